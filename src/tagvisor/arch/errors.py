@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 # Exceptions are plain (not frozen) dataclasses: the interpreter and pytest assign
 # __traceback__ and friends, which a frozen dataclass would refuse.
-
 from tagvisor.errors import TagvisorError
 
 

@@ -106,4 +106,3 @@ def subg(state: MteState, pointer: int, granules: int, tag_offset: int) -> int:
     """SUBG Xd, Xn|SP, #(granules * 16), #tag_offset."""
     _check_uimm6(granules)
     return _addsubg(state, pointer, -granules * 16, tag_offset)
-

@@ -90,9 +90,7 @@ def stgp(state: MteState, memory: TagMemory, address: int, data1: int, data2: in
     base = _untagged(state, address)
     payload = (data1 & MASK64).to_bytes(8, "little") + (data2 & MASK64).to_bytes(8, "little")
     memory.write_data(base, payload)
-    _write_tags(
-        state, memory, base, np.array([allocation_tag_from_address(address)], np.uint8)
-    )
+    _write_tags(state, memory, base, np.array([allocation_tag_from_address(address)], np.uint8))
 
 
 def _gm_block(state: MteState, address: int) -> tuple[int, int, int]:

@@ -1,0 +1,67 @@
+"""The `tagvisor` command and its tour."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tagvisor.cli.main import main
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "asymm"])
+def test_tour_catches_overflow_and_use_after_free_in_every_checking_mode(
+    mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario: `tagvisor tour --mode MODE --json`; both bugs are caught.
+
+    In async mode the catch is the TFSRE0_EL1.TF0 flag, not a fault address.
+    """
+    assert main(["tour", "--mode", mode, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overflow_caught"]
+    assert report["use_after_free_caught"]
+    if mode == "async":
+        assert report["tfsr_tf0"]
+        assert all(step["fault_address"] is None for step in report["steps"])
+
+
+def test_tour_without_checking_misses_both_bugs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scenario: TCF = none: the tags are there but mismatches have no effect."""
+    main(["tour", "--mode", "none", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert not report["overflow_caught"]
+    assert not report["use_after_free_caught"]
+
+
+def test_sync_fault_names_the_overflowing_address(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scenario: the overflow writes a[32..39]; FAR is a + 32 with a's tag."""
+    main(["tour", "--json"])
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    overflow = next(s for s in steps if s["action"].startswith("overflow"))
+    assert overflow["fault_address"] == overflow["pointer"]
+    assert overflow["pointer_tag"] != overflow["memory_tag"]
+
+
+def test_human_output_says_what_was_caught(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scenario: plain `tagvisor tour` prints the steps and a verdict line."""
+    main(["tour"])
+    out = capsys.readouterr().out
+    assert "overflow: caught; use after free: caught" in out
+
+
+def test_installed_command_has_help_and_version() -> None:
+    """Scenario: a user runs `tagvisor --help` and `tagvisor --version`."""
+    run = [sys.executable, "-m", "tagvisor.cli.main"]
+    help_text = subprocess.run([*run, "--help"], capture_output=True, text=True, check=True)
+    assert "tagvisor tour" in help_text.stdout
+    version = subprocess.run([*run, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("tagvisor 0.")
+
+
+def test_unknown_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scenario: `tagvisor tour --mode fast` exits 2 and lists the valid modes."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tour", "--mode", "fast"])
+    assert exit_info.value.code == 2
+    assert "choose from" in capsys.readouterr().err
