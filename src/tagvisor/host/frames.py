@@ -1,0 +1,231 @@
+"""Host physical memory: page frames, their tags, and the two MTE page flags.
+
+Linux keeps a page's MTE state in two page flags (arch/arm64/include/asm/mte.h):
+``PG_mte_tagged`` says the page's tags are valid (initialised or restored), and
+``PG_mte_lock`` serialises who initialises them. ``try_page_mte_tagging`` wins the lock
+for exactly one caller, which clears or restores the tags and then calls
+``set_page_mte_tagged``; a loser waits until the flag is set. Both flags are cleared
+when a page is freed (mm/page_alloc.c, ``PAGE_FLAGS_CHECK_AT_PREP`` covers every page
+flag), so a reused frame's old tags are never considered valid for the new owner.
+
+For hugetlb folios the flags live on the head page and the whole folio is initialised
+at once (arch/arm64/kvm/mmu.c, sanitise_mte_tags; folio_try_hugetlb_mte_tagging).
+
+Everything here works on arrays of frame numbers, so touching a GiB of memory is a few
+vector operations, not a Python loop per page.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Final, NewType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tagvisor.arch.constants import GRANULES_PER_PAGE, PACKED_TAGS_PER_PAGE, PAGE_SIZE
+from tagvisor.arch.tagstore import TagStorage
+from tagvisor.host.errors import OutOfMemory
+
+#: A host page frame number.
+Pfn = NewType("Pfn", int)
+Pfns = NDArray[np.int64]
+
+HUGE_PAGE_FRAMES: Final = 512  # 2 MiB hugetlb folio of 4 KiB pages
+
+
+def as_pfns(frames: Pfns | list[int] | int) -> Pfns:
+    return np.atleast_1d(np.asarray(frames, dtype=np.int64))
+
+
+class FrameTable:
+    """``nframes`` page frames of host RAM with data, tags and MTE flags.
+
+    Data and tags are allocated with ``np.zeros``: the OS backs them lazily, so a large
+    table costs only what is touched.
+    """
+
+    def __init__(self, nframes: int) -> None:
+        self.nframes = nframes
+        self.data = np.zeros((nframes, PAGE_SIZE), dtype=np.uint8)
+        self.tags = TagStorage(nframes * GRANULES_PER_PAGE)
+        self.mte_tagged = np.zeros(nframes, dtype=bool)
+        self.mte_lock = np.zeros(nframes, dtype=bool)
+        #: Head frame of the folio a frame belongs to (itself for a small page).
+        self.folio_head = np.arange(nframes, dtype=np.int64)
+        self.hugetlb = np.zeros(nframes, dtype=bool)
+        self.in_use = np.zeros(nframes, dtype=bool)
+        #: Mappings (page table entries, KSM) sharing each frame.
+        self.refcount = np.zeros(nframes, dtype=np.int32)
+        #: How many times each frame's tags were initialised since it was allocated:
+        #: the evidence that initialisation happens exactly once.
+        self.tag_inits = np.zeros(nframes, dtype=np.int32)
+        self._flags = threading.Condition()
+        self._free_small = list(range(nframes - 1, -1, -1))
+
+    # -- tags as pages ---------------------------------------------------------------
+
+    @property
+    def packed_pages(self) -> NDArray[np.uint8]:
+        """The tag storage as (frame, 128 packed bytes): one row per page."""
+        return self.tags._packed.reshape(self.nframes, PACKED_TAGS_PER_PAGE)
+
+    def page_tags(self, pfn: int) -> NDArray[np.uint8]:
+        """One page's tags, one per byte (256 bytes)."""
+        return self.tags.get(pfn * GRANULES_PER_PAGE, GRANULES_PER_PAGE)
+
+    # -- allocation ------------------------------------------------------------------
+
+    def alloc(self, count: int) -> Pfns:
+        """``count`` free small frames, zero-filled as the page allocator hands them out.
+
+        Raises OutOfMemory (ENOMEM) if there are not enough.
+        """
+        with self._flags:
+            if count > len(self._free_small):
+                raise OutOfMemory(f"need {count} free frames, {len(self._free_small)} left")
+            taken = [self._free_small.pop() for _ in range(count)] if count < 64 else None
+            if taken is None:
+                split = len(self._free_small) - count
+                taken = self._free_small[split:][::-1]
+                del self._free_small[split:]
+            pfns = as_pfns(taken)
+            self._prepare(pfns)
+            return pfns
+
+    def alloc_huge(self) -> Pfns:
+        """One 2 MiB hugetlb folio: 512 contiguous frames, head first."""
+        with self._flags:
+            free = np.zeros(self.nframes, dtype=bool)
+            free[self._free_small] = True
+            for head in range(0, self.nframes - HUGE_PAGE_FRAMES + 1, HUGE_PAGE_FRAMES):
+                if free[head : head + HUGE_PAGE_FRAMES].all():
+                    pfns = np.arange(head, head + HUGE_PAGE_FRAMES, dtype=np.int64)
+                    taken = set(pfns.tolist())
+                    self._free_small = [p for p in self._free_small if p not in taken]
+                    self._prepare(pfns)
+                    self.folio_head[pfns] = head
+                    self.hugetlb[pfns] = True
+                    return pfns
+            raise OutOfMemory("no free 2 MiB block of contiguous frames for a huge page")
+
+    def _prepare(self, pfns: Pfns) -> None:
+        # Flags are clear on allocation (cleared when the page was freed); data is zeroed
+        # as for __GFP_ZERO / a first anonymous fault. Tags are NOT cleared here: a
+        # frame's old tags stay in memory until someone initialises them.
+        self.in_use[pfns] = True
+        self.refcount[pfns] = 1
+        self.mte_tagged[pfns] = False
+        self.mte_lock[pfns] = False
+        self.tag_inits[pfns] = 0
+        self.data[pfns] = 0
+
+    def free(self, pfns: Pfns) -> None:
+        """Return frames to the allocator; page flags are cleared, tags stay as they are."""
+        pfns = as_pfns(pfns)
+        with self._flags:
+            if not self.in_use[pfns].all():
+                raise ValueError("freeing a frame that is not in use")
+            self.in_use[pfns] = False
+            self.refcount[pfns] = 0
+            self.mte_tagged[pfns] = False
+            self.mte_lock[pfns] = False
+            self.hugetlb[pfns] = False
+            self.folio_head[pfns] = pfns
+            self._free_small.extend(pfns.tolist())
+
+    def get(self, pfns: Pfns) -> None:
+        """Take another reference (a second mapping of the same frame)."""
+        with self._flags:
+            np.add.at(self.refcount, as_pfns(pfns), 1)
+
+    def put(self, pfns: Pfns) -> None:
+        """Drop a reference; frames nobody maps any more go back to the allocator."""
+        pfns = as_pfns(pfns)
+        with self._flags:
+            np.subtract.at(self.refcount, pfns, 1)
+            dead = np.unique(pfns[self.refcount[pfns] <= 0])
+        if dead.size:
+            self.free(dead)
+
+    def copy_page(self, dst: int, src: int) -> None:
+        """copy_highpage (arch/arm64/mm/copypage.c): data, and tags if src is tagged.
+
+        Used by copy-on-write and page migration; the destination is a fresh frame.
+        """
+        self.data[dst] = self.data[src]
+        if self.mte_tagged[self.folio_head[src]]:
+            self.restore_tags(as_pfns(dst), self.packed_pages[src].copy())
+
+    # -- PG_mte_tagged / PG_mte_lock ----------------------------------------------------
+
+    def try_mte_tagging(self, pfns: Pfns) -> Pfns:
+        """try_page_mte_tagging over many pages: the folio heads this caller must init.
+
+        A head is won when neither PG_mte_lock nor PG_mte_tagged is set; the winner
+        holds the lock, initialises the tags and calls :meth:`set_mte_tagged`. Heads
+        lost to another caller are waited for with :meth:`wait_mte_tagged`, after the
+        caller has finished its own (waiting first could deadlock two callers).
+        """
+        heads = np.unique(self.folio_head[as_pfns(pfns)])
+        with self._flags:
+            won = heads[~self.mte_lock[heads] & ~self.mte_tagged[heads]]
+            self.mte_lock[won] = True
+        return won
+
+    def set_mte_tagged(self, heads: Pfns) -> None:
+        """set_page_mte_tagged: publish initialised tags and wake any waiter."""
+        pages = self._folio_pages(as_pfns(heads))
+        with self._flags:
+            self.mte_tagged[pages] = True
+            self._flags.notify_all()
+
+    def wait_mte_tagged(self, pfns: Pfns, timeout: float = 10.0) -> None:
+        """Wait until every page's folio has PG_mte_tagged (another CPU's init done)."""
+        heads = np.unique(self.folio_head[as_pfns(pfns)])
+        with self._flags:
+            done = self._flags.wait_for(lambda: bool(self.mte_tagged[heads].all()), timeout)
+        if not done:
+            raise TimeoutError("pages stayed locked for MTE initialisation")
+
+    def sanitise(self, pfns: Pfns) -> int:
+        """Make every page's tags valid, clearing those never initialised.
+
+        arch/arm64/kvm/mmu.c sanitise_mte_tags and arch/arm64/kernel/mte.c
+        mte_sync_tags: exactly one caller clears a page's (or hugetlb folio's) tags.
+        Returns how many folios this call initialised.
+        """
+        pfns = as_pfns(pfns)
+        heads = self.try_mte_tagging(pfns)
+        if heads.size:
+            pages = self._folio_pages(heads)
+            self.packed_pages[pages] = 0
+            self.tag_inits[pages] += 1
+            self.set_mte_tagged(heads)
+        self.wait_mte_tagged(pfns)
+        return int(heads.size)
+
+    def restore_tags(self, pfns: Pfns, packed: NDArray[np.uint8]) -> int:
+        """Give small pages saved tags (swap-in, copy) and mark them tagged.
+
+        ``packed`` holds one 128-byte row per page. A page some other path already
+        tagged keeps its tags (mte_restore_tags only writes under a won
+        try_page_mte_tagging). Returns how many pages were restored.
+        """
+        pfns = as_pfns(pfns)
+        won = self.try_mte_tagging(pfns)
+        if won.size:
+            mine = np.isin(pfns, won)
+            self.packed_pages[pfns[mine]] = packed.reshape(-1, PACKED_TAGS_PER_PAGE)[mine]
+            self.tag_inits[pfns[mine]] += 1
+            self.set_mte_tagged(won)
+        self.wait_mte_tagged(pfns)
+        return int(won.size)
+
+    def _folio_pages(self, heads: Pfns) -> Pfns:
+        small = heads[~self.hugetlb[heads]]
+        huge = heads[self.hugetlb[heads]]
+        if not huge.size:
+            return small
+        spans = (huge[:, None] + np.arange(HUGE_PAGE_FRAMES)).reshape(-1)
+        return np.concatenate([small, spans])

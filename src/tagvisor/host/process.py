@@ -1,0 +1,305 @@
+"""A host process's address space: mmap, page faults, and MTE as user space sees it.
+
+The VMM is such a process; KVM memslots point into its mappings. Page faults follow
+mm/memory.c at the level MTE cares about: a missing page gets a fresh zeroed frame or is
+read back from swap; a write to a page shared copy-on-write gets a private copy
+(copy_highpage, tags included); and when a page is mapped into a PROT_MTE mapping its
+tags are made valid (set_pte_at -> mte_sync_tags, arch/arm64/kernel/mte.c), cleared if
+no one had initialised them.
+
+Changes to mappings are announced to MMU notifiers (include/linux/mmu_notifier.h), as
+KVM needs them to drop stage-2 entries.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tagvisor.arch.constants import PACKED_TAGS_PER_PAGE, PAGE_SIZE, TAG_GRANULE
+from tagvisor.arch.memory import NO_TAG
+from tagvisor.arch.tagformat import U8, pack_tags, unpack_tags
+from tagvisor.host.errors import SegmentationFault, SyscallError
+from tagvisor.host.frames import HUGE_PAGE_FRAMES, FrameTable, Pfns
+from tagvisor.host.mapping import (
+    MAP_ANONYMOUS,
+    MAP_HUGETLB,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    NO_FRAME,
+    NO_SLOT,
+    PROT_EXEC,
+    PROT_MTE,
+    PROT_READ,
+    PROT_WRITE,
+    Backing,
+    BackingKind,
+    HostVirtAddr,
+    Vma,
+)
+
+if TYPE_CHECKING:
+    from tagvisor.host.swap import SwapDevice
+
+SEGV_MAPERR = 1
+SEGV_ACCERR = 2
+
+#: Called with [start, end) of host virtual addresses whose translations are going.
+InvalidateHook = Callable[[int, int], None]
+
+MMAP_BASE = 0x7F00_0000_0000
+
+
+class HostProcess:
+    """An address space of VMAs over a shared :class:`FrameTable`."""
+
+    def __init__(self, frames: FrameTable, swap: SwapDevice | None = None) -> None:
+        self.frames = frames
+        self.swap = swap
+        self.vmas: list[Vma] = []
+        self._next_map = MMAP_BASE
+        self._notifiers: list[InvalidateHook] = []
+
+    # -- MMU notifiers ---------------------------------------------------------------
+
+    def register_notifier(self, hook: InvalidateHook) -> None:
+        self._notifiers.append(hook)
+
+    def invalidate(self, start: int, end: int) -> None:
+        """mmu_notifier_invalidate_range: tell secondary MMUs (KVM) to drop [start, end)."""
+        for hook in self._notifiers:
+            hook(start, end)
+
+    # -- mmap and friends ------------------------------------------------------------
+
+    def mmap(
+        self,
+        length: int,
+        prot: int,
+        flags: int,
+        backing: Backing | None = None,
+        page_offset: int = 0,
+        address: int | None = None,
+    ) -> HostVirtAddr:
+        """mmap(2) with Linux's errnos for what matters here.
+
+        ``backing`` is the file (memfd, tmpfs, hugetlbfs or regular file) for a file
+        mapping; without it the mapping is anonymous (MAP_ANONYMOUS).
+        """
+        if length <= 0:
+            raise SyscallError(errno.EINVAL, "mmap", "length must be positive")
+        if bool(flags & MAP_SHARED) == bool(flags & MAP_PRIVATE):
+            raise SyscallError(errno.EINVAL, "mmap", "exactly one of MAP_SHARED/MAP_PRIVATE")
+        if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_MTE):
+            raise SyscallError(errno.EINVAL, "mmap", f"unknown prot bits {prot:#x}")
+        huge = bool(flags & MAP_HUGETLB) or (
+            backing is not None and backing.kind is BackingKind.HUGETLB
+        )
+        align = HUGE_PAGE_FRAMES * PAGE_SIZE if huge else PAGE_SIZE
+        length = -(-length // align) * align
+        shared = bool(flags & MAP_SHARED)
+        if backing is None:
+            if not flags & MAP_ANONYMOUS:
+                raise SyscallError(errno.EBADF, "mmap", "a file mapping needs a file")
+            kind = (
+                BackingKind.HUGETLB if huge else (BackingKind.SHMEM if shared else BackingKind.ANON)
+            )
+            backing = Backing.of_size(kind, length)
+        elif page_offset + length // PAGE_SIZE > backing.npages:
+            raise SyscallError(errno.ENXIO, "mmap", "mapping runs past the end of the file")
+        vma = Vma(
+            start=self._place(length, address, align),
+            length=length,
+            prot=prot,
+            shared=shared,
+            backing=backing,
+            page_offset=page_offset,
+            mte_allowed=backing.kind.ram_based,
+        )
+        self._validate_mte(vma, prot, "mmap")
+        self.vmas.append(vma)
+        self.vmas.sort(key=lambda v: v.start)
+        return HostVirtAddr(vma.start)
+
+    def _place(self, length: int, address: int | None, align: int) -> int:
+        if address is not None:
+            if address % align:
+                raise SyscallError(errno.EINVAL, "mmap", f"address {address:#x} not aligned")
+            if any(v.start < address + length and address < v.end for v in self.vmas):
+                raise SyscallError(errno.EEXIST, "mmap", "MAP_FIXED_NOREPLACE overlap")
+            return address
+        start = -(-self._next_map // align) * align
+        self._next_map = start + length + PAGE_SIZE  # a guard page between mappings
+        return start
+
+    @staticmethod
+    def _validate_mte(vma: Vma, prot: int, syscall: str) -> None:
+        # arch/arm64/include/asm/mman.h arch_validate_flags: VM_MTE needs VM_MTE_ALLOWED.
+        if prot & PROT_MTE and not vma.mte_allowed:
+            raise SyscallError(
+                errno.EINVAL,
+                syscall,
+                f"PROT_MTE needs RAM-based memory; {vma.backing.kind.value} cannot hold tags",
+            )
+
+    def mprotect(self, address: int, length: int, prot: int) -> None:
+        """mprotect(2) of whole VMAs (splitting VMAs is not modelled)."""
+        vmas = list(self._vmas_in(address, length))
+        for vma in vmas:
+            self._validate_mte(vma, prot, "mprotect")
+        for vma in vmas:
+            vma.prot = prot
+        self.invalidate(address, address + length)
+
+    def munmap(self, address: int, length: int) -> None:
+        """munmap(2) of whole VMAs; private frames go back to the allocator."""
+        for vma in list(self._vmas_in(address, length)):
+            self.invalidate(vma.start, vma.end)
+            if not vma.backing.kind.shared_object:
+                present = vma.backing.pfns[vma.backing.pfns != NO_FRAME]
+                if present.size:
+                    self.frames.put(present)
+                if self.swap is not None:
+                    slots = vma.backing.swap_slots[vma.backing.swap_slots != NO_SLOT]
+                    self.swap.release(slots)
+            self.vmas.remove(vma)
+
+    def _vmas_in(self, address: int, length: int) -> Iterator[Vma]:
+        found = False
+        for vma in self.vmas:
+            if vma.start < address + length and address < vma.end:
+                if address > vma.start or address + length < vma.end:
+                    raise SyscallError(errno.EINVAL, "munmap", "partial VMAs not modelled")
+                found = True
+                yield vma
+        if not found:
+            raise SyscallError(errno.EINVAL, "munmap", f"nothing mapped at {address:#x}")
+
+    def find_vma(self, address: int) -> Vma | None:
+        """The VMA containing ``address`` (find_vma + bounds check)."""
+        for vma in self.vmas:
+            if vma.start <= address < vma.end:
+                return vma
+        return None
+
+    # -- page faults -----------------------------------------------------------------
+
+    def fault_in(self, address: int, length: int, *, write: bool) -> Pfns:
+        """Fault in [address, address + length) like get_user_pages; return the frames.
+
+        One VMA at a time and vectorised over its pages. Raises SegmentationFault
+        (SEGV_MAPERR for no mapping, SEGV_ACCERR for a protection violation).
+        """
+        first = address - address % PAGE_SIZE
+        last = -(-(address + length) // PAGE_SIZE) * PAGE_SIZE
+        parts = []
+        cursor = first
+        while cursor < last:
+            vma = self.find_vma(cursor)
+            if vma is None:
+                raise SegmentationFault(cursor, SEGV_MAPERR, "no mapping")
+            stop = min(last, vma.end)
+            parts.append(self._fault_vma(vma, cursor, stop, write=write))
+            cursor = stop
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def _fault_vma(self, vma: Vma, start: int, stop: int, *, write: bool) -> Pfns:
+        need = PROT_WRITE if write else PROT_READ
+        if not vma.prot & need:
+            raise SegmentationFault(start, SEGV_ACCERR, f"{vma.describe()} is not writable")
+        backing = vma.backing
+        index = np.arange(vma.page_index(start), vma.page_index(stop - 1) + 1)
+        missing = index[backing.pfns[index] == NO_FRAME]
+        if missing.size:
+            self._populate(backing, missing)
+        if write and not vma.shared:
+            self._break_cow(backing, index)
+        pfns = backing.pfns[index]
+        if vma.mte:
+            self.frames.sanitise(pfns)
+        return pfns
+
+    def _populate(self, backing: Backing, missing: np.ndarray) -> None:
+        swapped = missing[backing.swap_slots[missing] != NO_SLOT]
+        fresh = missing[backing.swap_slots[missing] == NO_SLOT]
+        if backing.kind is BackingKind.HUGETLB:
+            for head_index in np.unique(fresh - fresh % HUGE_PAGE_FRAMES).tolist():
+                backing.pfns[head_index : head_index + HUGE_PAGE_FRAMES] = self.frames.alloc_huge()
+        elif fresh.size:
+            backing.pfns[fresh] = self.frames.alloc(fresh.size)
+        if swapped.size:
+            if self.swap is None:
+                raise RuntimeError("a page is in swap but the process has no swap device")
+            backing.pfns[swapped] = self.swap.swap_in(backing.swap_slots[swapped])
+            backing.swap_slots[swapped] = NO_SLOT
+
+    def _break_cow(self, backing: Backing, index: np.ndarray) -> None:
+        shared = index[self.frames.refcount[backing.pfns[index]] > 1]
+        if not shared.size:
+            return
+        fresh = self.frames.alloc(shared.size)
+        for page, new in zip(shared.tolist(), fresh.tolist(), strict=True):
+            self.frames.copy_page(new, int(backing.pfns[page]))
+        self.frames.put(backing.pfns[shared])
+        backing.pfns[shared] = fresh
+
+    # -- data access through the mapping ---------------------------------------------
+
+    def read(self, address: int, length: int) -> bytes:
+        """Read bytes as the process would through its page tables (no tag check)."""
+        pfns = self.fault_in(address, length, write=False)
+        offset = address % PAGE_SIZE
+        flat = self.frames.data[pfns].reshape(-1)
+        return flat[offset : offset + length].tobytes()
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write bytes through the process's page tables (no tag check)."""
+        pfns = self.fault_in(address, len(data), write=True)
+        offset = address % PAGE_SIZE
+        flat = self.frames.data[pfns].reshape(-1)
+        flat[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
+        self.frames.data[pfns] = flat.reshape(-1, PAGE_SIZE)
+
+    # -- tags through a PROT_MTE mapping (LDG/STG by the process, ptrace) ----------------
+
+    def _tag_window(self, address: int, count: int, *, write: bool) -> tuple[Pfns, int]:
+        vma = self.find_vma(address)
+        if vma is None:
+            raise SegmentationFault(address, SEGV_MAPERR, "no mapping")
+        if not vma.mte:
+            raise SyscallError(errno.EIO, "tags", f"{vma.describe()} is not PROT_MTE")
+        pfns = self.fault_in(address, count * TAG_GRANULE, write=write)
+        return pfns, (address % PAGE_SIZE) // TAG_GRANULE
+
+    def load_tags(self, address: int, count: int) -> U8:
+        """Tags of ``count`` granules from ``address`` of a PROT_MTE mapping.
+
+        Like PTRACE_PEEKMTETAGS: EIO where the mapping is not PROT_MTE.
+        """
+        pfns, skip = self._tag_window(address, count, write=False)
+        return self._frame_tags(pfns)[skip : skip + count]
+
+    def store_tags(self, address: int, tags: U8) -> None:
+        """Set tags of granules from ``address`` (STG by the process, POKEMTETAGS)."""
+        pfns, skip = self._tag_window(address, int(tags.size), write=True)
+        window = self._frame_tags(pfns)
+        window[skip : skip + tags.size] = tags
+        packed = np.empty(window.size // 2, np.uint8)
+        pack_tags(window, packed)
+        self.frames.packed_pages[pfns] = packed.reshape(-1, PACKED_TAGS_PER_PAGE)
+
+    def _frame_tags(self, pfns: Pfns) -> U8:
+        packed = self.frames.packed_pages[pfns].reshape(-1)
+        out = np.empty(packed.size * 2, np.uint8)
+        unpack_tags(packed, out)
+        return out
+
+    def tags_or_untagged(self, address: int, count: int) -> U8:
+        """Tags as an access check sees them: NO_TAG outside PROT_MTE mappings."""
+        vma = self.find_vma(address)
+        if vma is None or not vma.mte:
+            return np.full(count, NO_TAG, np.uint8)
+        return self.load_tags(address, count)
