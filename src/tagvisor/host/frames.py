@@ -38,6 +38,13 @@ def as_pfns(frames: Pfns | list[int] | int) -> Pfns:
     return np.atleast_1d(np.asarray(frames, dtype=np.int64))
 
 
+def consecutive(pfns: Pfns) -> bool:
+    """Whether the frames are one ascending run, so ``array[first:first + n]`` is a view."""
+    if pfns.size < 2:
+        return True
+    return int(pfns[-1]) - int(pfns[0]) == pfns.size - 1 and bool(np.all(np.diff(pfns) == 1))
+
+
 class FrameTable:
     """``nframes`` page frames of host RAM with data, tags and MTE flags.
 

@@ -23,7 +23,7 @@ from tagvisor.arch.constants import PACKED_TAGS_PER_PAGE, PAGE_SIZE, TAG_GRANULE
 from tagvisor.arch.memory import NO_TAG
 from tagvisor.arch.tagformat import U8, pack_tags, unpack_tags
 from tagvisor.host.errors import SegmentationFault, SyscallError
-from tagvisor.host.frames import HUGE_PAGE_FRAMES, FrameTable, Pfns
+from tagvisor.host.frames import HUGE_PAGE_FRAMES, FrameTable, Pfns, consecutive
 from tagvisor.host.mapping import (
     MAP_ANONYMOUS,
     MAP_HUGETLB,
@@ -56,9 +56,13 @@ MMAP_BASE = 0x7F00_0000_0000
 class HostProcess:
     """An address space of VMAs over a shared :class:`FrameTable`."""
 
-    def __init__(self, frames: FrameTable, swap: SwapDevice | None = None) -> None:
+    def __init__(
+        self, frames: FrameTable, swap: SwapDevice | None = None, *, hugetlb_mte: bool = True
+    ) -> None:
         self.frames = frames
         self.swap = swap
+        #: hugetlbfs is VM_MTE_ALLOWED since Linux 6.13 (arch_calc_vm_flag_bits).
+        self.hugetlb_mte = hugetlb_mte
         self.vmas: list[Vma] = []
         self._next_map = MMAP_BASE
         self._notifiers: list[InvalidateHook] = []
@@ -117,7 +121,8 @@ class HostProcess:
             shared=shared,
             backing=backing,
             page_offset=page_offset,
-            mte_allowed=backing.kind.ram_based,
+            mte_allowed=backing.kind.ram_based
+            and (self.hugetlb_mte or backing.kind is not BackingKind.HUGETLB),
         )
         self._validate_mte(vma, prot, "mmap")
         self.vmas.append(vma)
@@ -184,6 +189,22 @@ class HostProcess:
             if vma.start <= address < vma.end:
                 return vma
         return None
+
+    def accessible_prefix(self, address: int, length: int, *, write: bool) -> int:
+        """How many bytes from ``address`` a copy_to/from_user could reach before faulting."""
+        need = PROT_WRITE if write else PROT_READ
+        cursor = address
+        stop = address + length
+        while cursor < stop:
+            vma = self.find_vma(cursor)
+            if vma is None or not vma.prot & need:
+                break
+            cursor = vma.end
+        return min(cursor, stop) - address
+
+    def vmas_between(self, start: int, end: int) -> list[Vma]:
+        """The VMAs intersecting [start, end), in address order."""
+        return [vma for vma in self.vmas if vma.start < end and start < vma.end]
 
     # -- page faults -----------------------------------------------------------------
 
@@ -262,6 +283,17 @@ class HostProcess:
         flat = self.frames.data[pfns].reshape(-1)
         flat[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
         self.frames.data[pfns] = flat.reshape(-1, PAGE_SIZE)
+
+    def contiguous_view(self, address: int, length: int, *, write: bool) -> U8 | None:
+        """[address, address + length) as a view of host memory, if its frames are
+        consecutive (the usual case for a fresh buffer); else None. Zero-copy bulk I/O."""
+        pfns = self.fault_in(address, length, write=write)
+        if not consecutive(pfns):
+            return None
+        offset = address % PAGE_SIZE
+        first = int(pfns[0])
+        flat = self.frames.data[first : first + pfns.size].reshape(-1)
+        return flat[offset : offset + length]
 
     # -- tags through a PROT_MTE mapping (LDG/STG by the process, ptrace) ----------------
 

@@ -1,0 +1,110 @@
+"""Memslots: guest physical ranges backed by the VMM's memory, with their stage-2 state.
+
+Each memslot keeps, per guest page, the host frame stage 2 maps it to (or none), whether
+that mapping is writable, and, while dirty logging, the dirty bitmap. Guest physical
+page numbers are plain ints here; the vectorised paths take NumPy arrays of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, NewType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tagvisor.arch.constants import PAGE_SIZE
+from tagvisor.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+
+#: A guest physical address (an IPA, in Arm terms).
+GuestPhysAddr = NewType("GuestPhysAddr", int)
+
+NOT_MAPPED: Final = -1
+
+
+@dataclass(eq=False)
+class Memslot:
+    """One KVM memslot and its stage-2 mappings."""
+
+    slot: int
+    flags: int
+    guest_phys_addr: int
+    memory_size: int
+    userspace_addr: int
+    s2_pfn: NDArray[np.int64] = field(init=False)
+    s2_writable: NDArray[np.bool_] = field(init=False)
+    dirty: NDArray[np.bool_] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.s2_pfn = np.full(self.npages, NOT_MAPPED, dtype=np.int64)
+        self.s2_writable = np.zeros(self.npages, dtype=bool)
+
+    @property
+    def npages(self) -> int:
+        return self.memory_size // PAGE_SIZE
+
+    @property
+    def base_gfn(self) -> int:
+        return self.guest_phys_addr // PAGE_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.guest_phys_addr + self.memory_size
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & KVM_MEM_READONLY)
+
+    @property
+    def logging(self) -> bool:
+        return bool(self.flags & KVM_MEM_LOG_DIRTY_PAGES)
+
+    def contains(self, gpa: int) -> bool:
+        return self.guest_phys_addr <= gpa < self.end
+
+    def hva_of(self, page: int) -> int:
+        """Host virtual address of the slot's ``page``-th page."""
+        return self.userspace_addr + page * PAGE_SIZE
+
+    def unmap(self, pages: NDArray[np.int64] | slice) -> None:
+        """Drop stage-2 entries (MMU notifier, memslot change)."""
+        self.s2_pfn[pages] = NOT_MAPPED
+        self.s2_writable[pages] = False
+
+    def dirty_bitmap_bytes(self) -> bytes:
+        """The dirty bitmap as KVM_GET_DIRTY_LOG returns it: ALIGN(npages, 64) / 8 bytes."""
+        assert self.dirty is not None
+        padded = np.zeros(-(-self.npages // 64) * 64, dtype=bool)
+        padded[: self.npages] = self.dirty
+        return np.packbits(padded, bitorder="little").tobytes()
+
+
+class MemslotTable:
+    """The VM's memslots by id, and lookups from guest physical addresses."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, Memslot] = {}
+
+    def __iter__(self) -> object:
+        return iter(self.slots.values())
+
+    def find(self, gpa: int) -> Memslot | None:
+        """The memslot covering ``gpa`` (gfn_to_memslot)."""
+        for memslot in self.slots.values():
+            if memslot.contains(gpa):
+                return memslot
+        return None
+
+    def overlapping(self, gpa: int, size: int, exclude: int) -> Memslot | None:
+        for memslot in self.slots.values():
+            if (
+                memslot.slot != exclude
+                and gpa < memslot.end
+                and memslot.guest_phys_addr < gpa + size
+            ):
+                return memslot
+        return None
+
+    def logging_count(self) -> int:
+        """kvm->nr_memslots_dirty_logging."""
+        return sum(1 for memslot in self.slots.values() if memslot.logging)

@@ -1,0 +1,167 @@
+"""Kernel profiles: how KVM's MTE ABI behaved in each Linux version, and the seed's v2.
+
+Each profile is a subclass that overrides only what its version changed (the py-evm
+pattern for protocol generations). The facts and their commits are in docs/kvm-abi.md;
+each override names the Linux change it models.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import ClassVar
+
+from tagvisor.host.mapping import BackingKind, Vma
+
+
+class KernelProfile:
+    """Linux 5.14: KVM_CAP_ARM_MTE and KVM_ARM_MTE_COPY_TAGS as first merged.
+
+    arch/arm64/kvm/arm.c (cap), guest.c (COPY_TAGS), mmu.c (memslots, faults).
+    """
+
+    name: ClassVar[str] = "linux-5.14"
+    version: ClassVar[tuple[int, int]] = (5, 14)
+    description: ClassVar[str] = "MTE for KVM guests as first merged"
+
+    #: MTE is a VM capability (KVM_CAP_ARM_MTE); the seed's v2 made it a VCPU feature.
+    mte_is_vm_cap: ClassVar[bool] = True
+    #: KVM_ARM_MTE_COPY_TAGS exists.
+    has_copy_tags: ClassVar[bool] = True
+    #: COPY_TAGS refuses length > INT_MAX with EINVAL (commit 2def950c63e3, 6.4).
+    copy_tags_checks_int_max: ClassVar[bool] = False
+    #: TO_GUEST fails with EBUSY while any memslot logs dirty pages (e0b7de4fd18c, 6.12).
+    copy_tags_busy_while_logging: ClassVar[bool] = False
+    #: A TO_GUEST page whose user copy fails part way gets all its tags cleared and is
+    #: still marked tagged (6.2); before, the copied prefix stayed and it stayed untagged.
+    partial_to_guest_clears_page: ClassVar[bool] = False
+    #: hugetlbfs mappings are VM_MTE_ALLOWED ("hugetlb: arm64: add mte support", 6.13).
+    hugetlb_mte_allowed: ClassVar[bool] = False
+    #: Tag initialisation also runs on stage-2 permission faults (seed v2 only).
+    sanitise_on_permission_fault: ClassVar[bool] = False
+
+    def memslot_refusal(self, vma: Vma) -> str | None:
+        """Why kvm_arch_prepare_memory_region refuses this VMA for an MTE VM (EINVAL).
+
+        5.14 to 6.1 refused only VM_SHARED mappings.
+        """
+        if vma.shared:
+            return "MAP_SHARED memory cannot back an MTE VM's memslot before Linux 6.2"
+        return None
+
+    def fault_refusal(self, vma: Vma) -> tuple[int, str] | None:
+        """Why user_mem_abort refuses to map a page of this VMA (KVM_RUN's errno)."""
+        if vma.shared:
+            return errno.EFAULT, "a MAP_SHARED page faulted into an MTE guest"
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: {self.description}>"
+
+
+class Linux61(KernelProfile):
+    """Linux 6.1, Debian 12's kernel: the 5.14 rules (what the testbed runs)."""
+
+    name = "linux-6.1"
+    version = (6, 1)
+    description = "bookworm's kernel; same MTE rules as 5.14"
+
+
+class Linux62(Linux61):
+    """Linux 6.2: any VM_MTE_ALLOWED mapping may back an MTE VM, checked up front.
+
+    Peter Collingbourne's series ("KVM: arm64: permit all VM_MTE_ALLOWED mappings with
+    MTE enabled"): MAP_SHARED anonymous/memfd/tmpfs memory is accepted, anything not
+    VM_MTE_ALLOWED fails at memslot creation (EINVAL) or at fault time (EFAULT).
+    PG_mte_lock arrives (Catalin Marinas, "arm64: mte: Lock a page for MTE tag
+    initialisation").
+    """
+
+    name = "linux-6.2"
+    version = (6, 2)
+    description = "VM_MTE_ALLOWED memslots, MAP_SHARED allowed, PG_mte_lock"
+    partial_to_guest_clears_page = True
+
+    def _mte_allowed(self, vma: Vma) -> bool:
+        if vma.backing.kind is BackingKind.HUGETLB:
+            return self.hugetlb_mte_allowed
+        return vma.backing.kind.ram_based
+
+    def memslot_refusal(self, vma: Vma) -> str | None:
+        if not self._mte_allowed(vma):
+            return f"{vma.backing.kind.value} memory is not VM_MTE_ALLOWED"
+        return None
+
+    def fault_refusal(self, vma: Vma) -> tuple[int, str] | None:
+        if not self._mte_allowed(vma):
+            return errno.EFAULT, f"{vma.backing.kind.value} memory is not VM_MTE_ALLOWED"
+        return None
+
+
+class Linux64(Linux62):
+    """Linux 6.4: COPY_TAGS lengths above INT_MAX are refused (EINVAL)."""
+
+    name = "linux-6.4"
+    version = (6, 4)
+    description = "COPY_TAGS length limited to INT_MAX"
+    copy_tags_checks_int_max = True
+
+
+class Linux612(Linux64):
+    """Linux 6.12: no TO_GUEST tag copies while dirty logging (EBUSY).
+
+    Writing tags does not mark pages in KVM's dirty bitmap, so a migration could miss
+    them (e0b7de4fd18c, "KVM: arm64: Disallow copying MTE to guest memory while KVM is
+    dirty logging").
+    """
+
+    name = "linux-6.12"
+    version = (6, 12)
+    description = "TO_GUEST refused with EBUSY while dirty logging"
+    copy_tags_busy_while_logging = True
+
+
+class Linux613(Linux612):
+    """Linux 6.13 and later (the default): hugetlbfs memory may back an MTE VM."""
+
+    name = "linux-6.13"
+    version = (6, 13)
+    description = "latest upstream: hugetlb MTE"
+    hugetlb_mte_allowed = True
+
+
+class SeedV2(KernelProfile):
+    """The seed thread's v2 series (Steven Price, Sep 2020), never merged.
+
+    MTE is a VCPU feature (bit 7 of KVM_ARM_VCPU_INIT features); any VCPU with it makes
+    the VM sticky-MTE and from then every stage-2 fault (permission faults too) clears
+    and flags the page's tags. There is no capability to probe, no VMA restriction and
+    no ioctl to copy tags.
+    """
+
+    name = "seed-v2"
+    version = (5, 9)
+    description = "the seed's v2: per-VCPU MTE, no COPY_TAGS"
+    mte_is_vm_cap = False
+    has_copy_tags = False
+    sanitise_on_permission_fault = True
+
+    def memslot_refusal(self, vma: Vma) -> str | None:
+        return None
+
+    def fault_refusal(self, vma: Vma) -> tuple[int, str] | None:
+        return None
+
+
+PROFILES: dict[str, type[KernelProfile]] = {
+    cls.name: cls for cls in (KernelProfile, Linux61, Linux62, Linux64, Linux612, Linux613, SeedV2)
+}
+DEFAULT_PROFILE = Linux613.name
+
+
+def profile_named(name: str) -> KernelProfile:
+    """The profile called ``name`` (e.g. ``linux-6.1``)."""
+    try:
+        return PROFILES[name]()
+    except KeyError:
+        known = ", ".join(PROFILES)
+        raise ValueError(f"unknown kernel profile {name!r}; known: {known}") from None

@@ -1,0 +1,189 @@
+"""Stage 2: how guest physical accesses reach host frames, and what MTE adds there.
+
+arch/arm64/kvm/mmu.c user_mem_abort, as far as tags and dirty pages are concerned:
+
+* A *translation fault* (no stage-2 entry) faults the page in through the VMM's mapping
+  (get_user_pages), then, for an MTE VM and a mapping that may hold tags, initialises
+  the page's tags once (sanitise_mte_tags: cleared unless already PG_mte_tagged). A
+  mapping that may not (profile.fault_refusal) fails KVM_RUN with EFAULT.
+* While the slot logs dirty pages, a read fault maps the page read-only, so the first
+  write - a data store or a tag store, which stage 2 also treats as a write - takes a
+  *permission fault*, which makes it writable and marks it dirty. Permission faults
+  never touch tags (except in the seed's v2).
+* A write fault marks the page dirty in the slot's bitmap (mark_page_dirty_in_slot).
+
+The tag-store-dirties-the-page rule is the seed's claim that tags share the page's
+permission model; a QEMU reviewer doubted the dirty log sees tag-only writes. It is
+marked here as one to confirm on the real kernel (docs/kvm-abi.md, conformance).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tagvisor.arch.constants import GRANULES_PER_PAGE, PACKED_TAGS_PER_PAGE, PAGE_SIZE, TAG_GRANULE
+from tagvisor.arch.tagformat import U8, pack_tags, unpack_tags
+from tagvisor.host.errors import SegmentationFault
+from tagvisor.host.mapping import PROT_WRITE
+from tagvisor.host.process import HostProcess
+from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.model.memslots import NOT_MAPPED, Memslot, MemslotTable
+from tagvisor.kvm.model.profiles import KernelProfile
+
+
+class MmioExit(Exception):
+    """The guest touched an address that no writable memslot covers: KVM_EXIT_MMIO."""
+
+    def __init__(self, gpa: int, write: bool) -> None:
+        super().__init__(f"MMIO {'write' if write else 'read'} at {gpa:#x}")
+        self.gpa = gpa
+        self.write = write
+
+
+class Stage2Mmu:
+    """Stage-2 faults and guest-physical data and tag access for one VM."""
+
+    def __init__(
+        self,
+        memslots: MemslotTable,
+        process: HostProcess,
+        profile: KernelProfile,
+        mte_enabled: Callable[[], bool],
+    ) -> None:
+        self.memslots = memslots
+        self.process = process
+        self.frames = process.frames
+        self.profile = profile
+        self.mte_enabled = mte_enabled
+        #: Counts of faults taken, for tests and the lab.
+        self.translation_faults = 0
+        self.permission_faults = 0
+        process.register_notifier(self.invalidate_hva)
+
+    # -- MMU notifier ----------------------------------------------------------------
+
+    def invalidate_hva(self, start: int, end: int) -> None:
+        """kvm_mmu_notifier_invalidate_range_start: unmap stage 2 for [start, end)."""
+        for memslot in self.memslots.slots.values():
+            lo = max(start, memslot.userspace_addr)
+            hi = min(end, memslot.userspace_addr + memslot.memory_size)
+            if lo < hi:
+                first = (lo - memslot.userspace_addr) // PAGE_SIZE
+                last = -(-(hi - memslot.userspace_addr) // PAGE_SIZE)
+                memslot.unmap(slice(first, last))
+
+    # -- faults ----------------------------------------------------------------------
+
+    def _pieces(self, gpa: int, length: int) -> Iterator[tuple[Memslot, int, int]]:
+        """(memslot, first page, page count) covering [gpa, gpa + length)."""
+        cursor = gpa - gpa % PAGE_SIZE
+        stop = gpa + length
+        while cursor < stop:
+            memslot = self.memslots.find(cursor)
+            if memslot is None:
+                raise MmioExit(max(cursor, gpa), write=False)
+            first = (cursor - memslot.guest_phys_addr) // PAGE_SIZE
+            last = min(-(-(stop - memslot.guest_phys_addr) // PAGE_SIZE), memslot.npages)
+            yield memslot, first, last - first
+            cursor = memslot.guest_phys_addr + last * PAGE_SIZE
+
+    def map_pages(self, gpa: int, length: int, *, write: bool) -> NDArray[np.int64]:
+        """Fault in every page of the range as a guest access would; return host frames.
+
+        Raises MmioExit where no memslot (or a read-only one, for writes) is found, and
+        KvmError(EFAULT) where the kernel would fail KVM_RUN.
+        """
+        parts = []
+        for memslot, first, count in self._pieces(gpa, length):
+            if write and memslot.readonly:
+                raise MmioExit(memslot.guest_phys_addr + first * PAGE_SIZE, write=True)
+            parts.append(self._fault(memslot, np.arange(first, first + count), write=write))
+        return np.concatenate(parts)
+
+    def _fault(
+        self, memslot: Memslot, pages: NDArray[np.int64], *, write: bool
+    ) -> NDArray[np.int64]:
+        missing = pages[memslot.s2_pfn[pages] == NOT_MAPPED]
+        if missing.size:
+            self.translation_faults += int(missing.size)
+            self._translation_fault(memslot, missing, write=write)
+        if write:
+            protected = pages[~memslot.s2_writable[pages]]
+            if protected.size:
+                self.permission_faults += int(protected.size)
+                if self.profile.sanitise_on_permission_fault and self.mte_enabled():
+                    self.frames.sanitise(memslot.s2_pfn[protected])
+                memslot.s2_writable[protected] = True
+            if memslot.dirty is not None:
+                memslot.dirty[pages] = True
+        return memslot.s2_pfn[pages]
+
+    def _translation_fault(
+        self, memslot: Memslot, pages: NDArray[np.int64], *, write: bool
+    ) -> None:
+        start = memslot.hva_of(int(pages[0]))
+        length = (int(pages[-1]) - int(pages[0]) + 1) * PAGE_SIZE
+        vmas = self.process.vmas_between(start, start + length)
+        if not vmas:
+            raise KvmError(errno.EFAULT, "KVM_RUN", f"no VMM mapping at {start:#x}")
+        mte = self.mte_enabled()
+        for vma in vmas if mte else ():
+            refusal = self.profile.fault_refusal(vma)
+            if refusal is not None:
+                raise KvmError(refusal[0], "KVM_RUN", refusal[1])
+        try:
+            # gup for the pages (contiguous in the VMM): a read fault may still map the
+            # host page writable, but stage 2 stays read-only while logging.
+            pfns_all = self.process.fault_in(start, length, write=write)
+        except SegmentationFault as fault:
+            raise KvmError(errno.EFAULT, "KVM_RUN", str(fault)) from None
+        pfns = pfns_all[pages - pages[0]]
+        if mte:
+            self.frames.sanitise(pfns)
+        memslot.s2_pfn[pages] = pfns
+        writable = write or (not memslot.logging and not memslot.readonly)
+        memslot.s2_writable[pages] = writable and all(v.prot & PROT_WRITE for v in vmas)
+
+    # -- guest physical data and tags ------------------------------------------------------
+
+    def read(self, gpa: int, length: int) -> bytes:
+        pfns = self.map_pages(gpa, length, write=False)
+        offset = gpa % PAGE_SIZE
+        return self.frames.data[pfns].reshape(-1)[offset : offset + length].tobytes()
+
+    def write(self, gpa: int, data: bytes) -> None:
+        pfns = self.map_pages(gpa, len(data), write=True)
+        offset = gpa % PAGE_SIZE
+        if len(pfns) == 1:
+            self.frames.data[pfns[0], offset : offset + len(data)] = np.frombuffer(data, np.uint8)
+            return
+        window = self.frames.data[pfns].reshape(-1)
+        window[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
+        self.frames.data[pfns] = window.reshape(-1, PAGE_SIZE)
+
+    def load_tags(self, gpa: int, count: int) -> U8:
+        """Allocation tags of ``count`` granules from granule-aligned ``gpa``."""
+        pfns = self.map_pages(gpa, count * TAG_GRANULE, write=False)
+        packed = self.frames.packed_pages[pfns].reshape(-1)
+        tags = np.empty(packed.size * 2, np.uint8)
+        unpack_tags(packed, tags)
+        skip = (gpa % PAGE_SIZE) // TAG_GRANULE
+        return tags[skip : skip + count]
+
+    def store_tags(self, gpa: int, tags: U8) -> None:
+        """Guest tag stores: need stage-2 write permission, so they dirty the page."""
+        pfns = self.map_pages(gpa, int(tags.size) * TAG_GRANULE, write=True)
+        skip = (gpa % PAGE_SIZE) // TAG_GRANULE
+        if len(pfns) == 1:
+            self.frames.tags.set(int(pfns[0]) * GRANULES_PER_PAGE + skip, tags)
+            return
+        packed = self.frames.packed_pages[pfns].reshape(-1)
+        window = np.empty(packed.size * 2, np.uint8)
+        unpack_tags(packed, window)
+        window[skip : skip + tags.size] = tags
+        pack_tags(window, packed)
+        self.frames.packed_pages[pfns] = packed.reshape(-1, PACKED_TAGS_PER_PAGE)

@@ -1,0 +1,115 @@
+"""The model's ``/dev/kvm``: a host with MTE, its memory, and the VMM process."""
+
+from __future__ import annotations
+
+from tagvisor.host.frames import FrameTable
+from tagvisor.host.mapping import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_MTE,
+    PROT_READ,
+    PROT_WRITE,
+    Backing,
+    BackingKind,
+)
+from tagvisor.host.process import HostProcess
+from tagvisor.host.swap import SwapDevice
+from tagvisor.kvm.model.profiles import DEFAULT_PROFILE, KernelProfile, profile_named
+from tagvisor.kvm.model.vm import ModelVm
+from tagvisor.kvm.uapi import KVM_API_VERSION, KVM_RUN_SIZE, Cap
+
+RW = PROT_READ | PROT_WRITE
+
+
+class ModelUserMemory:
+    """:class:`~tagvisor.kvm.api.UserMemory` over the modelled VMM process."""
+
+    def __init__(self, process: HostProcess) -> None:
+        self.process = process
+
+    def _prot(self, mte: bool) -> int:
+        return RW | (PROT_MTE if mte else 0)
+
+    def map_anonymous(self, length: int, *, shared: bool = False, mte: bool = False) -> int:
+        flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
+        return self.process.mmap(length, self._prot(mte), flags)
+
+    def map_memfd(self, length: int, *, mte: bool = False) -> int:
+        backing = Backing.of_size(BackingKind.MEMFD, length, "memfd:tagvisor")
+        return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
+
+    def map_file(self, length: int) -> int:
+        backing = Backing.of_size(BackingKind.FILE, length, "guest-ram.img")
+        return self.process.mmap(length, RW, MAP_SHARED, backing)
+
+    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
+        backing = Backing.of_size(BackingKind.HUGETLB, length, "hugetlbfs:tagvisor")
+        return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
+
+    def unmap(self, address: int, length: int) -> None:
+        self.process.munmap(address, length)
+
+    def protect(self, address: int, length: int, *, writable: bool) -> None:
+        vma = self.process.find_vma(address)
+        mte = PROT_MTE if vma is not None and vma.mte else 0
+        self.process.mprotect(address, length, (RW if writable else PROT_READ) | mte)
+
+    def read(self, address: int, length: int) -> bytes:
+        return self.process.read(address, length)
+
+    def write(self, address: int, data: bytes) -> None:
+        self.process.write(address, data)
+
+
+class ModelKvm:
+    """``/dev/kvm`` of a modelled arm64 host.
+
+    ``host_memory`` bytes of RAM back every VM and the VMM's buffers; the OS gives the
+    arrays lazily, so a large figure costs only what is used. The profile picks the
+    kernel version (or the seed's v2 design) whose ABI the model follows.
+    """
+
+    def __init__(
+        self,
+        host_memory: int = 1 << 30,
+        profile: str | KernelProfile = DEFAULT_PROFILE,
+        *,
+        host_mte: bool = True,
+        host_mte_level: int = 2,
+        host_32bit_el1: bool = False,
+        swap_pages: int = 0,
+    ) -> None:
+        self.profile = profile_named(profile) if isinstance(profile, str) else profile
+        self.host_mte = host_mte
+        self.host_mte_level = host_mte_level
+        self.host_32bit_el1 = host_32bit_el1
+        self.frames = FrameTable(host_memory // 4096)
+        swap = SwapDevice(self.frames, swap_pages) if swap_pages else None
+        self.process = HostProcess(self.frames, swap, hugetlb_mte=self.profile.hugetlb_mte_allowed)
+        self._user_memory = ModelUserMemory(self.process)
+
+    @property
+    def user_memory(self) -> ModelUserMemory:
+        return self._user_memory
+
+    def get_api_version(self) -> int:
+        return KVM_API_VERSION
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION: 0 for anything unknown (kvm_vm_ioctl_check_extension)."""
+        if cap == Cap.ARM_MTE:
+            return int(self.host_mte and self.profile.mte_is_vm_cap)
+        if cap == Cap.MANUAL_DIRTY_LOG_PROTECT2:
+            return 3
+        if cap == Cap.ARM_EL1_32BIT:
+            return int(self.host_32bit_el1)
+        if cap in (Cap.USER_MEMORY, Cap.ONE_REG, Cap.READONLY_MEM):
+            return 1
+        return 0
+
+    def create_vm(self, machine_type: int = 0) -> ModelVm:
+        return ModelVm(self)
+
+    def get_vcpu_mmap_size(self) -> int:
+        return KVM_RUN_SIZE

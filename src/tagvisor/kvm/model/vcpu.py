@@ -1,0 +1,173 @@
+"""A model VCPU: KVM_ARM_VCPU_INIT, ONE_REG, the reg list and KVM_RUN."""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from tagvisor.kvm.api import VcpuExit
+from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.model.guest import GuestContext, GuestExecutor
+from tagvisor.kvm.model.vcpu_regs import (
+    CORE_IDS,
+    ID_AA64PFR1_EL1,
+    MTE_REGS,
+    VcpuRegisters,
+    check_reg_id,
+    core_index,
+    is_sysreg,
+)
+from tagvisor.kvm.uapi import (
+    KVM_ARM_TARGET_GENERIC_V8,
+    KVM_REG_SIZE_MASK,
+    KVM_REG_SIZE_U64,
+    SEED_V2_VCPU_FEATURE_MTE,
+    ExitReason,
+    VcpuFeature,
+    kvm_vcpu_init,
+)
+
+if TYPE_CHECKING:
+    from tagvisor.kvm.model.vm import ModelVm
+
+#: Features this model implements; the rest of the known ones are "unsupported on this
+#: host" (EINVAL), unknown bits are ENOENT (kvm_vcpu_init_check_features).
+SUPPORTED_FEATURES = {VcpuFeature.POWER_OFF, VcpuFeature.EL1_32BIT, VcpuFeature.PSCI_0_2}
+KNOWN_FEATURE_BITS = (1 << (max(VcpuFeature) + 1)) - 1
+
+
+class ModelVcpu:
+    """One VCPU of a :class:`ModelVm`."""
+
+    def __init__(self, vm: ModelVm, vcpu_id: int) -> None:
+        self.vm = vm
+        self.vcpu_id = vcpu_id
+        self.features: int | None = None
+        self.regs = VcpuRegisters.reset()
+        self.executor: GuestExecutor | None = None
+        self.has_mte_feature = False  # the seed's v2 per-VCPU bit
+
+    # -- model-only plumbing -------------------------------------------------------------
+
+    def attach(self, executor: GuestExecutor) -> None:
+        """Give the VCPU something to run (the model's stand-in for guest RAM code)."""
+        self.executor = executor
+
+    @property
+    def tag_access(self) -> bool:
+        """HCR_EL2.ATA: set at VCPU reset when the VM (or, in v2, this VCPU) has MTE."""
+        if self.vm.profile.mte_is_vm_cap:
+            return self.vm.has_mte
+        return self.has_mte_feature
+
+    def context(self) -> GuestContext:
+        return GuestContext(self.regs, self.vm.stage2, self.tag_access)
+
+    # -- ioctls ----------------------------------------------------------------------
+
+    def arm_vcpu_init(self, init: kvm_vcpu_init) -> None:
+        """KVM_ARM_VCPU_INIT (arm.c kvm_vcpu_set_target, kvm_vcpu_init_check_features)."""
+        ioctl = "KVM_ARM_VCPU_INIT"
+        if init.target != KVM_ARM_TARGET_GENERIC_V8:
+            raise KvmError(
+                errno.EINVAL, ioctl, f"target {init.target}: use KVM_ARM_PREFERRED_TARGET"
+            )
+        features = init.features[0]
+        profile = self.vm.profile
+        mte_bit = 0 if profile.mte_is_vm_cap else 1 << SEED_V2_VCPU_FEATURE_MTE
+        if any(init.features[1:]) or features & ~(KNOWN_FEATURE_BITS | mte_bit):
+            raise KvmError(errno.ENOENT, ioctl, f"unknown feature bits {features:#x}")
+        wants_mte = bool(features & mte_bit)
+        others = features & ~mte_bit
+        for feature in VcpuFeature:
+            if others >> feature & 1 and feature not in SUPPORTED_FEATURES:
+                raise KvmError(errno.EINVAL, ioctl, f"{feature.name} is not supported by the model")
+        if wants_mte and not self.vm.kvm.host_mte:
+            raise KvmError(errno.EINVAL, ioctl, "the host has no MTE")
+        if others >> VcpuFeature.EL1_32BIT & 1:
+            if not self.vm.kvm.host_32bit_el1:
+                raise KvmError(errno.EINVAL, ioctl, "the host has no AArch32 EL1")
+            if self.vm.has_mte or wants_mte:
+                raise KvmError(errno.EINVAL, ioctl, "AArch32 VCPUs cannot have MTE")
+        stable = features & ~(1 << VcpuFeature.POWER_OFF)
+        if self.vm.vcpu_features is not None and self.vm.vcpu_features != stable:
+            raise KvmError(errno.EINVAL, ioctl, "all VCPUs of a VM need the same features")
+        self.vm.vcpu_features = stable
+        self.features = features
+        self.regs = VcpuRegisters.reset()
+        if wants_mte:
+            self.has_mte_feature = True
+            self.vm.seed_v2_mte = True  # sticky, VM-wide
+
+    def _require_init(self, ioctl: str) -> None:
+        if self.features is None:
+            raise KvmError(errno.ENOEXEC, ioctl, "KVM_ARM_VCPU_INIT must come first")
+
+    def _visible_sysreg(self, reg_id: int, ioctl: str) -> None:
+        if reg_id in MTE_REGS and not self.tag_access:
+            raise KvmError(
+                errno.ENOENT, ioctl, "MTE registers are hidden until KVM_CAP_ARM_MTE is enabled"
+            )
+        if reg_id & KVM_REG_SIZE_MASK != KVM_REG_SIZE_U64:
+            raise KvmError(errno.ENOENT, ioctl, "system registers are 64-bit")
+        if reg_id not in self.regs.sysregs and reg_id != ID_AA64PFR1_EL1:
+            raise KvmError(errno.ENOENT, ioctl, f"system register {reg_id:#x} is not modelled")
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG."""
+        ioctl = "KVM_GET_ONE_REG"
+        self._require_init(ioctl)
+        check_reg_id(reg_id, ioctl)
+        index = core_index(reg_id, ioctl)
+        if index is not None:
+            return self.regs.core[index]
+        if not is_sysreg(reg_id):
+            raise KvmError(errno.ENOENT, ioctl, f"register {reg_id:#x} is not modelled")
+        self._visible_sysreg(reg_id, ioctl)
+        if reg_id == ID_AA64PFR1_EL1:
+            mte_level = self.vm.kvm.host_mte_level if self.tag_access else 0
+            return mte_level << 8
+        return self.regs.sysregs[reg_id]
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG: MTE registers take any 64-bit value (no validation in KVM)."""
+        ioctl = "KVM_SET_ONE_REG"
+        self._require_init(ioctl)
+        check_reg_id(reg_id, ioctl)
+        if not 0 <= value < 2**64:
+            raise KvmError(errno.EINVAL, ioctl, "a 64-bit register takes a 64-bit value")
+        index = core_index(reg_id, ioctl)
+        if index is not None:
+            self.regs.core[index] = value
+            return
+        if not is_sysreg(reg_id):
+            raise KvmError(errno.ENOENT, ioctl, f"register {reg_id:#x} is not modelled")
+        self._visible_sysreg(reg_id, ioctl)
+        if reg_id == ID_AA64PFR1_EL1:
+            if value != self.get_one_reg(reg_id):
+                raise KvmError(errno.EINVAL, ioctl, "ID registers can only be set as they read")
+            return
+        self.regs.sysregs[reg_id] = value
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: every register ONE_REG accepts, MTE ones only with MTE."""
+        self._require_init("KVM_GET_REG_LIST")
+        sysregs = [
+            reg
+            for reg in (*self.regs.sysregs, ID_AA64PFR1_EL1)
+            if reg not in MTE_REGS or self.tag_access
+        ]
+        return [*CORE_IDS, *sorted(sysregs)]
+
+    def set_mmio_read_data(self, data: bytes) -> None:
+        if self.executor is not None:
+            self.executor.complete_mmio_read(data)
+
+    def run(self) -> VcpuExit:
+        """KVM_RUN: run the attached executor until it needs the VMM."""
+        self._require_init("KVM_RUN")
+        if self.executor is None:
+            # Nothing to execute: KVM would run whatever is in guest RAM; the model says
+            # plainly that it has no guest instead of inventing one.
+            return VcpuExit(ExitReason.FAIL_ENTRY)
+        return self.executor.run(self.context())

@@ -1,0 +1,123 @@
+"""A model VCPU's register file as KVM_GET/SET_ONE_REG and KVM_GET_REG_LIST see it.
+
+arch/arm64/kvm/guest.c (core registers) and sys_regs.c (system registers). The MTE
+registers GCR_EL1, RGSR_EL1, TFSR_EL1 and TFSRE0_EL1 are MTE_REG entries: reset to
+KVM's "unknown" pattern, stored as given without validation, and hidden - ENOENT from
+ONE_REG, absent from the reg list - unless the VM has MTE (mte_visibility).
+ID_AA64PFR1_EL1.MTE reads 0 unless MTE is enabled.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Final
+
+from tagvisor.arch.sysregs import (
+    GCR_EL1_ENC,
+    RGSR_EL1_ENC,
+    SCTLR_EL1_ENC,
+    TCR_EL1_ENC,
+    TFSR_EL1_ENC,
+    TFSRE0_EL1_ENC,
+)
+from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.uapi import (
+    KVM_REG_ARM64,
+    KVM_REG_ARM64_SYSREG,
+    KVM_REG_ARM_COPROC_MASK,
+    KVM_REG_ARM_CORE,
+    KVM_REG_SIZE_MASK,
+    KVM_REG_SIZE_U64,
+    arm64_core_reg,
+    arm64_sys_reg,
+)
+
+#: sys_regs.c reset_unknown fills registers with this pattern.
+RESET_UNKNOWN: Final = 0x1DE7EC7EDBADC0DE
+
+GCR_EL1: Final = arm64_sys_reg(*GCR_EL1_ENC)
+RGSR_EL1: Final = arm64_sys_reg(*RGSR_EL1_ENC)
+TFSR_EL1: Final = arm64_sys_reg(*TFSR_EL1_ENC)
+TFSRE0_EL1: Final = arm64_sys_reg(*TFSRE0_EL1_ENC)
+SCTLR_EL1: Final = arm64_sys_reg(*SCTLR_EL1_ENC)
+TCR_EL1: Final = arm64_sys_reg(*TCR_EL1_ENC)
+MAIR_EL1: Final = arm64_sys_reg(3, 0, 10, 2, 0)
+TTBR0_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 0)
+TTBR1_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 1)
+VBAR_EL1: Final = arm64_sys_reg(3, 0, 12, 0, 0)
+ESR_EL1: Final = arm64_sys_reg(3, 0, 5, 2, 0)
+FAR_EL1: Final = arm64_sys_reg(3, 0, 6, 0, 0)
+ELR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 1)
+SPSR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 0)
+SP_EL0: Final = arm64_sys_reg(3, 0, 4, 1, 0)
+ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
+
+MTE_REGS: Final = (GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1)
+
+#: KVM's reset SCTLR_EL1 (RES1 bits, MMU and caches off).
+SCTLR_EL1_RESET: Final = 0x00C5_0078
+#: PSTATE after KVM_ARM_VCPU_INIT: EL1h with D, A, I, F masked.
+PSTATE_RESET: Final = 0x3C5
+
+#: struct kvm_regs is 31 + 3 u64 of user_pt_regs, then more; offsets in 32-bit words.
+_CORE_WORDS: Final = 34 * 2
+CORE_IDS: Final = tuple(arm64_core_reg(2 * n) for n in range(34))
+
+
+def _sysreg_resets() -> dict[int, int]:
+    values = dict.fromkeys(
+        (MAIR_EL1, TTBR0_EL1, TTBR1_EL1, VBAR_EL1, ESR_EL1, FAR_EL1, ELR_EL1, SPSR_EL1),
+        RESET_UNKNOWN,
+    )
+    values.update({TCR_EL1: 0, SP_EL0: RESET_UNKNOWN, SCTLR_EL1: SCTLR_EL1_RESET})
+    values.update(dict.fromkeys(MTE_REGS, RESET_UNKNOWN))
+    return values
+
+
+@dataclass
+class VcpuRegisters:
+    """x0-x30, sp, pc, pstate and the EL1 system registers a guest kernel uses."""
+
+    core: list[int]
+    sysregs: dict[int, int]
+
+    @classmethod
+    def reset(cls) -> VcpuRegisters:
+        core = [0] * 34
+        core[33] = PSTATE_RESET
+        return cls(core=core, sysregs=_sysreg_resets())
+
+    @property
+    def pc(self) -> int:
+        return self.core[32]
+
+    @pc.setter
+    def pc(self, value: int) -> None:
+        self.core[32] = value & (2**64 - 1)
+
+    def x(self, n: int) -> int:
+        return self.core[n]
+
+
+def check_reg_id(reg_id: int, ioctl: str) -> None:
+    """The common id check of kvm_arm_get/set_reg: an arm64 id with a size."""
+    if (reg_id & ~KVM_REG_SIZE_MASK) >> 32 != KVM_REG_ARM64 >> 32:
+        raise KvmError(errno.EINVAL, ioctl, f"{reg_id:#x} is not an arm64 register id")
+
+
+def core_index(reg_id: int, ioctl: str) -> int | None:
+    """Index into ``VcpuRegisters.core`` for a core register id, None if not core."""
+    if reg_id & KVM_REG_ARM_COPROC_MASK != KVM_REG_ARM_CORE:
+        return None
+    offset = reg_id & 0xFFFF
+    if offset >= _CORE_WORDS:
+        # Registers past pstate (sp_el1, elr_el1, spsr, fp_regs) are not modelled.
+        raise KvmError(errno.ENOENT, ioctl, f"core register offset {offset} is not modelled")
+    if reg_id & KVM_REG_SIZE_MASK != KVM_REG_SIZE_U64 or offset % 2:
+        raise KvmError(errno.EINVAL, ioctl, "core registers are 64-bit and 64-bit aligned")
+    return offset // 2
+
+
+def is_sysreg(reg_id: int) -> bool:
+    return reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM64_SYSREG

@@ -1,0 +1,276 @@
+"""Linux's KVM user API for arm64, as far as tagvisor uses it.
+
+Numbers, structure layouts and ioctl encodings follow include/uapi/linux/kvm.h and
+arch/arm64/include/uapi/asm/kvm.h; ``tests/kvm/test_uapi_against_headers.py`` compiles
+a C program against Debian's arm64 uapi headers and compares every value here with it.
+Only the standard library is used, so the real ``/dev/kvm`` backend can run in a
+minimal arm64 image.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from typing import Final
+
+# -- ioctl encoding (include/uapi/asm-generic/ioctl.h; arm64 uses the generic one) ----
+
+_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+
+KVMIO: Final = 0xAE
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (
+        (direction << _IOC_DIRSHIFT)
+        | (KVMIO << _IOC_TYPESHIFT)
+        | (nr << _IOC_NRSHIFT)
+        | (size << _IOC_SIZESHIFT)
+    )
+
+
+def _io(nr: int) -> int:
+    return _ioc(_IOC_NONE, nr, 0)
+
+
+def _ior(nr: int, struct: type[ctypes.Structure]) -> int:
+    return _ioc(_IOC_READ, nr, ctypes.sizeof(struct))
+
+
+def _iow(nr: int, struct: type[ctypes.Structure]) -> int:
+    return _ioc(_IOC_WRITE, nr, ctypes.sizeof(struct))
+
+
+def _iowr(nr: int, struct: type[ctypes.Structure]) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, nr, ctypes.sizeof(struct))
+
+
+# -- structures ---------------------------------------------------------------------
+
+
+class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801 - the kernel's name
+    _fields_ = (
+        ("slot", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("guest_phys_addr", ctypes.c_uint64),
+        ("memory_size", ctypes.c_uint64),
+        ("userspace_addr", ctypes.c_uint64),
+    )
+
+
+class kvm_enable_cap(ctypes.Structure):  # noqa: N801
+    _fields_ = (
+        ("cap", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("args", ctypes.c_uint64 * 4),
+        ("pad", ctypes.c_uint8 * 64),
+    )
+
+
+class kvm_one_reg(ctypes.Structure):  # noqa: N801
+    _fields_ = (("id", ctypes.c_uint64), ("addr", ctypes.c_uint64))
+
+
+class kvm_vcpu_init(ctypes.Structure):  # noqa: N801
+    _fields_ = (("target", ctypes.c_uint32), ("features", ctypes.c_uint32 * 7))
+
+
+class kvm_arm_copy_mte_tags(ctypes.Structure):  # noqa: N801
+    _fields_ = (
+        ("guest_ipa", ctypes.c_uint64),
+        ("length", ctypes.c_uint64),
+        ("addr", ctypes.c_uint64),  # void __user *
+        ("flags", ctypes.c_uint64),
+        ("reserved", ctypes.c_uint64 * 2),
+    )
+
+
+class kvm_dirty_log(ctypes.Structure):  # noqa: N801
+    _fields_ = (
+        ("slot", ctypes.c_uint32),
+        ("padding1", ctypes.c_uint32),
+        ("dirty_bitmap", ctypes.c_uint64),  # void __user *
+    )
+
+
+class kvm_clear_dirty_log(ctypes.Structure):  # noqa: N801
+    _fields_ = (
+        ("slot", ctypes.c_uint32),
+        ("num_pages", ctypes.c_uint32),
+        ("first_page", ctypes.c_uint64),
+        ("dirty_bitmap", ctypes.c_uint64),
+    )
+
+
+class kvm_reg_list(ctypes.Structure):  # noqa: N801
+    _fields_ = (("n", ctypes.c_uint64),)  # followed by u64 reg[n]
+
+
+# -- ioctl numbers ------------------------------------------------------------------
+
+KVM_GET_API_VERSION: Final = _io(0x00)
+KVM_CREATE_VM: Final = _io(0x01)
+KVM_CHECK_EXTENSION: Final = _io(0x03)
+KVM_GET_VCPU_MMAP_SIZE: Final = _io(0x04)
+KVM_CREATE_VCPU: Final = _io(0x41)
+KVM_GET_DIRTY_LOG: Final = _iow(0x42, kvm_dirty_log)
+KVM_SET_USER_MEMORY_REGION: Final = _iow(0x46, kvm_userspace_memory_region)
+KVM_RUN: Final = _io(0x80)
+KVM_ENABLE_CAP: Final = _iow(0xA3, kvm_enable_cap)
+KVM_GET_ONE_REG: Final = _iow(0xAB, kvm_one_reg)
+KVM_SET_ONE_REG: Final = _iow(0xAC, kvm_one_reg)
+KVM_ARM_VCPU_INIT: Final = _iow(0xAE, kvm_vcpu_init)
+KVM_ARM_PREFERRED_TARGET: Final = _ior(0xAF, kvm_vcpu_init)
+KVM_GET_REG_LIST: Final = _iowr(0xB0, kvm_reg_list)
+KVM_ARM_MTE_COPY_TAGS: Final = _ior(0xB4, kvm_arm_copy_mte_tags)
+KVM_CLEAR_DIRTY_LOG: Final = _iowr(0xC0, kvm_clear_dirty_log)
+
+IOCTL_NAMES: Final = {
+    value: name
+    for name, value in dict(globals()).items()
+    if name.startswith("KVM_") and isinstance(value, int) and value > 0xFF
+}
+
+KVM_API_VERSION: Final = 12
+
+# -- capabilities, exits, features --------------------------------------------------
+
+
+class Cap(enum.IntEnum):
+    """KVM_CAP_* numbers used by tagvisor."""
+
+    USER_MEMORY = 3
+    ONE_REG = 70
+    READONLY_MEM = 81
+    ARM_EL1_32BIT = 93
+    MANUAL_DIRTY_LOG_PROTECT2 = 168
+    ARM_MTE = 205
+
+
+class ExitReason(enum.IntEnum):
+    """KVM_EXIT_*: why KVM_RUN returned (kvm_run.exit_reason)."""
+
+    UNKNOWN = 0
+    EXCEPTION = 1
+    IO = 2
+    HYPERCALL = 3
+    DEBUG = 4
+    HLT = 5
+    MMIO = 6
+    IRQ_WINDOW_OPEN = 7
+    SHUTDOWN = 8
+    FAIL_ENTRY = 9
+    INTR = 10
+    INTERNAL_ERROR = 17
+    SYSTEM_EVENT = 24
+    ARM_NISV = 28
+
+
+class SystemEvent(enum.IntEnum):
+    """KVM_SYSTEM_EVENT_* (kvm_run.system_event.type)."""
+
+    SHUTDOWN = 1
+    RESET = 2
+    CRASH = 3
+    WAKEUP = 4
+    SUSPEND = 5
+
+
+class VcpuFeature(enum.IntEnum):
+    """KVM_ARM_VCPU_* feature bits for KVM_ARM_VCPU_INIT (features[0])."""
+
+    POWER_OFF = 0
+    EL1_32BIT = 1
+    PSCI_0_2 = 2
+    PMU_V3 = 3
+    SVE = 4
+    PTRAUTH_ADDRESS = 5
+    PTRAUTH_GENERIC = 6
+    HAS_EL2 = 7
+
+
+#: The seed thread's v2 design used feature bit 7 for per-VCPU MTE (never merged;
+#: bit 7 is HAS_EL2 upstream).
+SEED_V2_VCPU_FEATURE_MTE: Final = 7
+
+KVM_ARM_TARGET_GENERIC_V8: Final = 5
+
+KVM_MEM_LOG_DIRTY_PAGES: Final = 1 << 0
+KVM_MEM_READONLY: Final = 1 << 1
+KVM_USER_MEM_SLOTS: Final = 512
+
+KVM_ARM_TAGS_TO_GUEST: Final = 0
+KVM_ARM_TAGS_FROM_GUEST: Final = 1
+
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE: Final = 1 << 0
+KVM_DIRTY_LOG_INITIALLY_SET: Final = 1 << 1
+
+# -- register ids (arch/arm64/include/uapi/asm/kvm.h) ----------------------------------
+
+KVM_REG_ARM64: Final = 0x6000_0000_0000_0000
+KVM_REG_SIZE_SHIFT: Final = 52
+KVM_REG_SIZE_MASK: Final = 0x00F0_0000_0000_0000
+KVM_REG_SIZE_U32: Final = 0x0020_0000_0000_0000
+KVM_REG_SIZE_U64: Final = 0x0030_0000_0000_0000
+KVM_REG_SIZE_U128: Final = 0x0040_0000_0000_0000
+KVM_REG_ARM_COPROC_SHIFT: Final = 16
+KVM_REG_ARM_COPROC_MASK: Final = 0x0FFF_0000
+KVM_REG_ARM_CORE: Final = 0x0010 << KVM_REG_ARM_COPROC_SHIFT
+KVM_REG_ARM64_SYSREG: Final = 0x0013 << KVM_REG_ARM_COPROC_SHIFT
+
+
+def reg_size(reg_id: int) -> int:
+    """Bytes of a register id's value: 1 << ((id & SIZE_MASK) >> SIZE_SHIFT)."""
+    return 1 << ((reg_id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
+
+
+def arm64_sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    """ARM64_SYS_REG(): a 64-bit system register's ONE_REG id."""
+    return (
+        KVM_REG_ARM64
+        | KVM_REG_SIZE_U64
+        | KVM_REG_ARM64_SYSREG
+        | (op0 << 14)
+        | (op1 << 11)
+        | (crn << 7)
+        | (crm << 3)
+        | op2
+    )
+
+
+def arm64_core_reg(offset_words: int, size: int = KVM_REG_SIZE_U64) -> int:
+    """A core register id: KVM_REG_ARM_CORE_REG(name) is the offset in 32-bit words."""
+    return KVM_REG_ARM64 | size | KVM_REG_ARM_CORE | offset_words
+
+
+# struct kvm_regs: user_pt_regs { u64 regs[31]; u64 sp; u64 pc; u64 pstate; } first.
+CORE_REG_X0: Final = arm64_core_reg(0)
+CORE_REG_SP: Final = arm64_core_reg(31 * 2)
+CORE_REG_PC: Final = arm64_core_reg(32 * 2)
+CORE_REG_PSTATE: Final = arm64_core_reg(33 * 2)
+
+
+def core_reg_x(n: int) -> int:
+    """ONE_REG id of general-purpose register Xn (0 to 30)."""
+    if not 0 <= n <= 30:
+        raise ValueError(f"X{n} is not a general-purpose register")
+    return arm64_core_reg(2 * n)
+
+
+# -- kvm_run layout (struct kvm_run; 6.1 arm64) -------------------------------------------
+
+KVM_RUN_EXIT_REASON_OFFSET: Final = 8
+KVM_RUN_UNION_OFFSET: Final = 32
+KVM_RUN_MMIO_PHYS_ADDR: Final = 32
+KVM_RUN_MMIO_DATA: Final = 40
+KVM_RUN_MMIO_LEN: Final = 48
+KVM_RUN_MMIO_IS_WRITE: Final = 52
+KVM_RUN_SYSTEM_EVENT_TYPE: Final = 32
+KVM_RUN_SYSTEM_EVENT_NDATA: Final = 36
+KVM_RUN_SYSTEM_EVENT_DATA: Final = 40
+KVM_RUN_SIZE: Final = 2352
