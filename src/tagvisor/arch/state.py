@@ -53,7 +53,9 @@ class MteState:
         Linux sets TBI0, ATA0, DZE and GCR_EL1.RRND (TCMA0 stays 0), and makes
         GCR_EL1.Exclude the complement of the prctl include mask (arch/arm64/kernel/
         mte.c, set_mte_ctrl). QEMU's linux-user does the same (target/arm/cpu.c
-        arm_cpu_reset_hold; linux-user/aarch64/mte_user_helper.c) with DCZID_EL0.BS 7.
+        arm_cpu_reset_hold; linux-user/aarch64/mte_user_helper.c). ``dczid_bs`` is the
+        CPU's DC ZVA block: 4 (64 bytes) is common on hardware, QEMU's linux-user
+        reports 7 (512 bytes).
         """
         return cls(
             el=0,
