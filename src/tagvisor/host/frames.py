@@ -62,6 +62,8 @@ class FrameTable:
         self.folio_head = np.arange(nframes, dtype=np.int64)
         self.hugetlb = np.zeros(nframes, dtype=bool)
         self.in_use = np.zeros(nframes, dtype=bool)
+        #: Frames handed out at least once: only those can hold old data.
+        self.ever_used = np.zeros(nframes, dtype=bool)
         #: Mappings (page table entries, KSM) sharing each frame.
         self.refcount = np.zeros(nframes, dtype=np.int32)
         #: How many times each frame's tags were initialised since it was allocated:
@@ -125,7 +127,13 @@ class FrameTable:
         self.mte_tagged[pfns] = False
         self.mte_lock[pfns] = False
         self.tag_inits[pfns] = 0
-        self.data[pfns] = 0
+        # A never-used frame is still the zero page np.zeros gave (and the OS backs it
+        # lazily), so only recycled frames need zeroing: a GiB of first touches costs
+        # bookkeeping, not a GiB of memset.
+        recycled = pfns[self.ever_used[pfns]]
+        if recycled.size:
+            self.data[recycled] = 0
+        self.ever_used[pfns] = True
 
     def free(self, pfns: Pfns) -> None:
         """Return frames to the allocator; page flags are cleared, tags stay as they are."""
@@ -166,6 +174,13 @@ class FrameTable:
 
     # -- PG_mte_tagged / PG_mte_lock ----------------------------------------------------
 
+    def _distinct_heads(self, pfns: Pfns) -> Pfns:
+        """Folio heads of ``pfns``, each once; free when the pages ascend (the usual case)."""
+        heads = self.folio_head[as_pfns(pfns)]
+        if heads.size < 2 or bool(np.all(heads[1:] > heads[:-1])):
+            return heads
+        return np.unique(heads)
+
     def try_mte_tagging(self, pfns: Pfns) -> Pfns:
         """try_page_mte_tagging over many pages: the folio heads this caller must init.
 
@@ -174,7 +189,7 @@ class FrameTable:
         lost to another caller are waited for with :meth:`wait_mte_tagged`, after the
         caller has finished its own (waiting first could deadlock two callers).
         """
-        heads = np.unique(self.folio_head[as_pfns(pfns)])
+        heads = self._distinct_heads(pfns)
         with self._flags:
             won = heads[~self.mte_lock[heads] & ~self.mte_tagged[heads]]
             self.mte_lock[won] = True
@@ -189,7 +204,7 @@ class FrameTable:
 
     def wait_mte_tagged(self, pfns: Pfns, timeout: float = 10.0) -> None:
         """Wait until every page's folio has PG_mte_tagged (another CPU's init done)."""
-        heads = np.unique(self.folio_head[as_pfns(pfns)])
+        heads = self._distinct_heads(pfns)
         with self._flags:
             done = self._flags.wait_for(lambda: bool(self.mte_tagged[heads].all()), timeout)
         if not done:

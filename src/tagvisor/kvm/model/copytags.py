@@ -155,18 +155,21 @@ def _copy_pages(
     return whole, failure
 
 
-def _read_guest_tags(frames: FrameTable, pfns: NDArray[np.int64]) -> NDArray[np.uint8]:
-    """One tag per byte for each page; zeros for pages never tagged."""
+def _read_guest_tags(
+    frames: FrameTable, pfns: NDArray[np.int64], out: NDArray[np.uint8] | None = None
+) -> NDArray[np.uint8]:
+    """One tag per byte for each page, into ``out`` if given; zeros for untagged pages."""
     first = int(pfns[0])
     if consecutive(pfns):
         packed = frames.packed_pages[first : first + pfns.size]
     else:
         packed = frames.packed_pages[pfns]
+    if out is None:
+        out = np.empty(pfns.size * TAG_BYTES_PER_PAGE, np.uint8)
+    unpack_tags(np.ascontiguousarray(packed).reshape(-1), out)
     untagged = ~frames.mte_tagged[frames.folio_head[pfns]]
     if untagged.any():
-        packed = np.where(untagged[:, None], np.uint8(0), packed)
-    out = np.empty(pfns.size * TAG_BYTES_PER_PAGE, np.uint8)
-    unpack_tags(np.ascontiguousarray(packed).reshape(-1), out)
+        out.reshape(-1, TAG_BYTES_PER_PAGE)[untagged] = 0
     return out
 
 
@@ -175,12 +178,11 @@ def _from_guest(
 ) -> None:
     if not pfns.size:
         return
-    tags = _read_guest_tags(frames, pfns)
-    view = process.contiguous_view(buffer, tags.size, write=True)
+    view = process.contiguous_view(buffer, pfns.size * TAG_BYTES_PER_PAGE, write=True)
     if view is not None:
-        view[:] = tags
+        _read_guest_tags(frames, pfns, out=view)  # straight into the user's pages
     else:
-        process.write(buffer, tags.tobytes())
+        process.write(buffer, _read_guest_tags(frames, pfns).tobytes())
 
 
 def _read_user(process: HostProcess, buffer: int, length: int) -> NDArray[np.uint8]:
