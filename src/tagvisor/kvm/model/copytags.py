@@ -192,15 +192,6 @@ def _read_user(process: HostProcess, buffer: int, length: int) -> NDArray[np.uin
     return np.frombuffer(process.read(buffer, length), np.uint8)
 
 
-def _store_packed(frames: FrameTable, pfns: NDArray[np.int64], packed: NDArray[np.uint8]) -> None:
-    rows = packed.reshape(-1, PACKED_TAGS_PER_PAGE)
-    first = int(pfns[0])
-    if consecutive(pfns):
-        frames.packed_pages[first : first + pfns.size] = rows
-    else:
-        frames.packed_pages[pfns] = rows
-
-
 def _to_guest(
     frames: FrameTable,
     process: HostProcess,
@@ -211,12 +202,18 @@ def _to_guest(
     if not pfns.size:
         return
     raw = _read_user(process, buffer, pfns.size * TAG_BYTES_PER_PAGE)
-    packed = np.empty(raw.size // 2, np.uint8)
-    pack_tags(raw, packed, low_nibble_only=True)
     # 6.2+: try_page_mte_tagging (result ignored), copy, set_page_mte_tagged. Earlier:
     # copy, then set the flag because the whole page copied. Either way: tagged.
     frames.try_mte_tagging(pfns)
-    _store_packed(frames, pfns, packed)
+    if consecutive(pfns):  # pack straight into the frames' tag storage
+        first = int(pfns[0])
+        pack_tags(
+            raw, frames.packed_pages[first : first + pfns.size].reshape(-1), low_nibble_only=True
+        )
+    else:
+        packed = np.empty(raw.size // 2, np.uint8)
+        pack_tags(raw, packed, low_nibble_only=True)
+        frames.packed_pages[pfns] = packed.reshape(-1, PACKED_TAGS_PER_PAGE)
     frames.tag_inits[pfns] += 1
     frames.set_mte_tagged(frames.folio_head[pfns])
 
