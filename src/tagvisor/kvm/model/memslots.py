@@ -84,6 +84,12 @@ class MemslotTable:
 
     def __init__(self) -> None:
         self.slots: dict[int, Memslot] = {}
+        #: Bumped whenever a stage-2 entry is removed or loses write permission, so a
+        #: CPU's cached guest-page translations know to start again.
+        self.generation = 0
+
+    def changed(self) -> None:
+        self.generation += 1
 
     def __iter__(self) -> object:
         return iter(self.slots.values())

@@ -75,6 +75,7 @@ class Stage2Mmu:
                 first = (lo - memslot.userspace_addr) // PAGE_SIZE
                 last = -(-(hi - memslot.userspace_addr) // PAGE_SIZE)
                 memslot.unmap(slice(first, last))
+                self.memslots.changed()
 
     # -- faults ----------------------------------------------------------------------
 
@@ -147,6 +148,17 @@ class Stage2Mmu:
         memslot.s2_pfn[pages] = pfns
         writable = write or (not memslot.logging and not memslot.readonly)
         memslot.s2_writable[pages] = writable and all(v.prot & PROT_WRITE for v in vmas)
+
+    def page_for(self, gpa: int, *, write: bool) -> tuple[int, bool]:
+        """(host frame, stage-2 writable) of the page holding ``gpa``, faulting it in.
+
+        The fast path for a CPU: it may cache the answer until
+        ``memslots.generation`` changes.
+        """
+        pfn = int(self.map_pages(gpa, 1, write=write)[0])
+        memslot = self.memslots.find(gpa)
+        assert memslot is not None  # map_pages found it
+        return pfn, bool(memslot.s2_writable[(gpa - memslot.guest_phys_addr) // PAGE_SIZE])
 
     # -- guest physical data and tags ------------------------------------------------------
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import errno
+import threading
 from typing import TYPE_CHECKING
 
 from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model.guest import GuestContext, GuestExecutor
+from tagvisor.kvm.model.psci import handle_psci
 from tagvisor.kvm.model.vcpu_regs import (
     CORE_IDS,
     ID_AA64PFR1_EL1,
     MTE_REGS,
     VcpuRegisters,
     check_reg_id,
-    core_index,
+    core_word,
     is_sysreg,
 )
 from tagvisor.kvm.uapi import (
@@ -46,6 +48,9 @@ class ModelVcpu:
         self.regs = VcpuRegisters.reset()
         self.executor: GuestExecutor | None = None
         self.has_mte_feature = False  # the seed's v2 per-VCPU bit
+        self.powered_off = False
+        self._kicked = False
+        self._wake = threading.Condition()
 
     # -- model-only plumbing -------------------------------------------------------------
 
@@ -62,6 +67,27 @@ class ModelVcpu:
 
     def context(self) -> GuestContext:
         return GuestContext(self.regs, self.vm.stage2, self.tag_access)
+
+    def kick(self) -> None:
+        """Make a KVM_RUN in progress (or the next) return KVM_EXIT_INTR.
+
+        The model's stand-in for the signal a VMM sends a VCPU thread.
+        """
+        with self._wake:
+            self._kicked = True
+            self._wake.notify_all()
+
+    def power_off(self) -> None:
+        self.powered_off = True
+
+    def power_on(self, entry: int, context: int) -> None:
+        """PSCI CPU_ON on this VCPU: start at ``entry`` with x0 = ``context``."""
+        with self._wake:
+            self.regs = VcpuRegisters.reset()
+            self.regs.pc = entry
+            self.regs.core[0] = context
+            self.powered_off = False
+            self._wake.notify_all()
 
     # -- ioctls ----------------------------------------------------------------------
 
@@ -95,6 +121,7 @@ class ModelVcpu:
         self.vm.vcpu_features = stable
         self.features = features
         self.regs = VcpuRegisters.reset()
+        self.powered_off = bool(features >> VcpuFeature.POWER_OFF & 1)
         if wants_mte:
             self.has_mte_feature = True
             self.vm.seed_v2_mte = True  # sticky, VM-wide
@@ -118,9 +145,9 @@ class ModelVcpu:
         ioctl = "KVM_GET_ONE_REG"
         self._require_init(ioctl)
         check_reg_id(reg_id, ioctl)
-        index = core_index(reg_id, ioctl)
-        if index is not None:
-            return self.regs.core[index]
+        word = core_word(reg_id, ioctl)
+        if word is not None:
+            return self.regs.get_core(word)
         if not is_sysreg(reg_id):
             raise KvmError(errno.ENOENT, ioctl, f"register {reg_id:#x} is not modelled")
         self._visible_sysreg(reg_id, ioctl)
@@ -136,9 +163,9 @@ class ModelVcpu:
         check_reg_id(reg_id, ioctl)
         if not 0 <= value < 2**64:
             raise KvmError(errno.EINVAL, ioctl, "a 64-bit register takes a 64-bit value")
-        index = core_index(reg_id, ioctl)
-        if index is not None:
-            self.regs.core[index] = value
+        word = core_word(reg_id, ioctl)
+        if word is not None:
+            self.regs.set_core(word, value)
             return
         if not is_sysreg(reg_id):
             raise KvmError(errno.ENOENT, ioctl, f"register {reg_id:#x} is not modelled")
@@ -164,10 +191,24 @@ class ModelVcpu:
             self.executor.complete_mmio_read(data)
 
     def run(self) -> VcpuExit:
-        """KVM_RUN: run the attached executor until it needs the VMM."""
+        """KVM_RUN: run the attached executor until it needs the VMM.
+
+        A powered-off VCPU waits for PSCI CPU_ON (or a kick). PSCI calls are handled
+        here, as KVM handles them in the kernel. Without an executor there is nothing
+        to run: the model reports FAIL_ENTRY rather than invent a guest.
+        """
         self._require_init("KVM_RUN")
+        with self._wake:
+            self._wake.wait_for(lambda: not self.powered_off or self._kicked)
+            if self._kicked:
+                self._kicked = False
+                return VcpuExit(ExitReason.INTR)
         if self.executor is None:
-            # Nothing to execute: KVM would run whatever is in guest RAM; the model says
-            # plainly that it has no guest instead of inventing one.
             return VcpuExit(ExitReason.FAIL_ENTRY)
-        return self.executor.run(self.context())
+        while True:
+            exit_ = self.executor.run(self.context())
+            if exit_.reason != ExitReason.HYPERCALL:
+                return exit_
+            result = handle_psci(self)
+            if result is not None:
+                return result

@@ -60,9 +60,16 @@ SCTLR_EL1_RESET: Final = 0x00C5_0078
 #: PSTATE after KVM_ARM_VCPU_INIT: EL1h with D, A, I, F masked.
 PSTATE_RESET: Final = 0x3C5
 
-#: struct kvm_regs is 31 + 3 u64 of user_pt_regs, then more; offsets in 32-bit words.
-_CORE_WORDS: Final = 34 * 2
-CORE_IDS: Final = tuple(arm64_core_reg(2 * n) for n in range(34))
+# struct kvm_regs, in 32-bit words: user_pt_regs {regs[31], sp (SP_EL0), pc, pstate}
+# at 0..67, then sp_el1 at 68, elr_el1 at 70, spsr[5] at 72..81 (fp_regs not modelled).
+SP_EL1_WORD: Final = 68
+ELR_EL1_WORD: Final = 70
+SPSR_WORD: Final = 72
+_CORE_WORDS: Final = SPSR_WORD + 2 * 5
+CORE_IDS: Final = tuple(arm64_core_reg(word) for word in range(0, _CORE_WORDS, 2))
+#: Index of each core register in ``VcpuRegisters.core`` by its word offset; elr_el1
+#: and spsr[0] (SPSR_EL1) are the same storage as the ELR_EL1 / SPSR_EL1 sysregs.
+CORE_SP_EL1: Final = 34
 
 
 def _sysreg_resets() -> dict[int, int]:
@@ -84,9 +91,25 @@ class VcpuRegisters:
 
     @classmethod
     def reset(cls) -> VcpuRegisters:
-        core = [0] * 34
+        core = [0] * (CORE_SP_EL1 + 1 + 4)  # x0-x30, sp, pc, pstate, sp_el1, spsr[1..4]
         core[33] = PSTATE_RESET
         return cls(core=core, sysregs=_sysreg_resets())
+
+    def get_core(self, word: int) -> int:
+        """A core register by its KVM_REG_ARM_CORE word offset (checked by core_word)."""
+        if word == ELR_EL1_WORD:
+            return self.sysregs[ELR_EL1]
+        if word == SPSR_WORD:
+            return self.sysregs[SPSR_EL1]
+        return self.core[_core_slot(word)]
+
+    def set_core(self, word: int, value: int) -> None:
+        if word == ELR_EL1_WORD:
+            self.sysregs[ELR_EL1] = value
+        elif word == SPSR_WORD:
+            self.sysregs[SPSR_EL1] = value
+        else:
+            self.core[_core_slot(word)] = value
 
     @property
     def pc(self) -> int:
@@ -106,17 +129,25 @@ def check_reg_id(reg_id: int, ioctl: str) -> None:
         raise KvmError(errno.EINVAL, ioctl, f"{reg_id:#x} is not an arm64 register id")
 
 
-def core_index(reg_id: int, ioctl: str) -> int | None:
-    """Index into ``VcpuRegisters.core`` for a core register id, None if not core."""
+def _core_slot(word: int) -> int:
+    if word < SP_EL1_WORD:
+        return word // 2
+    if word == SP_EL1_WORD:
+        return CORE_SP_EL1
+    return CORE_SP_EL1 + (word - SPSR_WORD) // 2  # spsr[1..4]
+
+
+def core_word(reg_id: int, ioctl: str) -> int | None:
+    """The word offset of a core register id (validated), None if not a core id."""
     if reg_id & KVM_REG_ARM_COPROC_MASK != KVM_REG_ARM_CORE:
         return None
     offset = reg_id & 0xFFFF
     if offset >= _CORE_WORDS:
-        # Registers past pstate (sp_el1, elr_el1, spsr, fp_regs) are not modelled.
+        # fp_regs (V0-V31, FPSR, FPCR) are not modelled.
         raise KvmError(errno.ENOENT, ioctl, f"core register offset {offset} is not modelled")
     if reg_id & KVM_REG_SIZE_MASK != KVM_REG_SIZE_U64 or offset % 2:
         raise KvmError(errno.EINVAL, ioctl, "core registers are 64-bit and 64-bit aligned")
-    return offset // 2
+    return offset
 
 
 def is_sysreg(reg_id: int) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.model import psci
 from tagvisor.kvm.model.copytags import copy_tags
 from tagvisor.kvm.model.memslots import Memslot, MemslotTable
 from tagvisor.kvm.model.stage2 import Stage2Mmu
@@ -152,14 +153,17 @@ class ModelVm:
             memslot.dirty = np.full(memslot.npages, bool(initially_set))
             if not initially_set:
                 memslot.s2_writable[:] = False  # kvm_mmu_wp_memory_region
+                self.memslots.changed()
         elif not memslot.logging:
             memslot.dirty = None
         if memslot.readonly:
             memslot.s2_writable[:] = False
+            self.memslots.changed()
 
     def _delete(self, memslot: Memslot) -> None:
         memslot.unmap(slice(None))
         del self.memslots.slots[memslot.slot]
+        self.memslots.changed()
 
     # -- VCPUs -----------------------------------------------------------------------
 
@@ -173,6 +177,16 @@ class ModelVm:
         vcpu = ModelVcpu(self, vcpu_id)
         self.vcpus[vcpu_id] = vcpu
         return vcpu
+
+    def power_on(self, mpidr: int, *, entry: int, context: int) -> int:
+        """PSCI CPU_ON: the VCPU whose id is the target's Aff0 starts at ``entry``."""
+        target = self.vcpus.get(mpidr & 0xFF)
+        if target is None or mpidr >> 8 & 0xFFFF_FFFF_FF:
+            return psci.INVALID_PARAMETERS
+        if not target.powered_off:
+            return psci.ALREADY_ON
+        target.power_on(entry, context)
+        return psci.SUCCESS
 
     def arm_preferred_target(self) -> kvm_vcpu_init:
         """KVM_ARM_PREFERRED_TARGET: generic v8, no features."""
@@ -197,6 +211,7 @@ class ModelVm:
             reported = np.flatnonzero(memslot.dirty)
             memslot.dirty[reported] = False
             memslot.s2_writable[reported] = False
+            self.memslots.changed()
         return bitmap
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
@@ -221,6 +236,7 @@ class ModelVm:
         pages = first_page + np.flatnonzero(bits)
         memslot.dirty[pages] = False
         memslot.s2_writable[pages] = False
+        self.memslots.changed()
 
     # -- tags ------------------------------------------------------------------------
 
