@@ -1,0 +1,190 @@
+"""The machine builder: a recipe that reads top to bottom and ends with a paused machine.
+
+    machine = (
+        MachineBuilder(ModelKvm())
+        .memory(256 << 20)
+        .mte(tcf="sync")
+        .vcpus(1)
+        .image(Path("guests/prebuilt/heap.elf"))
+        .build()
+    )
+    result = machine.run()
+
+Order of work in :meth:`build`, as Linux requires it: create the VM, enable
+KVM_CAP_ARM_MTE (only possible before any VCPU exists), map guest RAM in the VMM and
+register it as memslots (an MTE VM refuses memory that cannot hold tags), create and
+initialise the VCPUs, attach devices, load the image and the boot configuration, and
+point VCPU 0 at the entry. Nothing runs until :meth:`Machine.run`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Self
+
+from tagvisor.kvm.api import Kvm
+from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.model.guest import GeneratorGuest, GuestProgram
+from tagvisor.kvm.model.system import ModelKvm
+from tagvisor.kvm.model.vcpu import ModelVcpu
+from tagvisor.kvm.uapi import CORE_REG_PC, Cap, VcpuFeature
+from tagvisor.vmm.devices import dma as dma_device
+from tagvisor.vmm.devices import pl011, ucall
+from tagvisor.vmm.devices.bus import MmioBus
+from tagvisor.vmm.loader import GuestImage, load, parse_elf
+from tagvisor.vmm.machine import Machine, MachineConfig, MachineError
+from tagvisor.vmm.memory import GuestMemory
+from tagvisor.vmm.tag_access import make_tag_access
+
+RAM_BASE: Final = 0x4000_0000
+DEFAULT_RAM: Final = 128 << 20
+UART_BASE: Final = 0x0900_0000
+UCALL_BASE: Final = 0x0A00_0000
+DMA_BASE: Final = 0x0A00_1000
+BOOT_CONFIG_OFFSET: Final = 0x1000
+BOOT_CONFIG_MAGIC: Final = 0x47435654  # "TVCG"
+TCF_MODES: Final = {"none": 0, "sync": 1, "async": 2, "asymm": 3}
+BACKINGS: Final = ("anonymous", "memfd", "hugetlb")
+
+
+def boot_config(tcf: int, mte: bool, ram_size: int) -> bytes:
+    """The boot configuration block of docs/guest-abi.md."""
+    return struct.pack("<IIIIQ", BOOT_CONFIG_MAGIC, 1, tcf, int(mte), ram_size)
+
+
+class MachineBuilder:
+    """Collects a machine's shape; :meth:`build` makes it, paused."""
+
+    def __init__(self, kvm: Kvm) -> None:
+        self._kvm = kvm
+        self._ram_size = DEFAULT_RAM
+        self._ram_base = RAM_BASE
+        self._backing = "anonymous"
+        self._vmm_prot_mte = False
+        self._mte = True
+        self._tcf = TCF_MODES["sync"]
+        self._vcpus = 1
+        self._tag_access = "copy-tags"
+        self._image: GuestImage | None = None
+        self._program: GuestProgram | None = None
+        self._console_sink: Callable[[bytes], None] | None = None
+
+    def memory(
+        self,
+        size: int,
+        *,
+        base: int = RAM_BASE,
+        backing: str = "anonymous",
+        vmm_prot_mte: bool = False,
+    ) -> Self:
+        """Guest RAM: ``size`` bytes at ``base``, backed by ``backing`` in the VMM.
+
+        ``vmm_prot_mte`` maps it PROT_MTE in the VMM too (for the PROT_MTE tag-access
+        ways of the seed thread).
+        """
+        if backing not in BACKINGS:
+            raise ValueError(f"unknown RAM backing {backing!r}; choose from {BACKINGS}")
+        if size <= 0 or size % (2 << 20):
+            raise ValueError(f"guest RAM must be a positive multiple of 2 MiB, not {size:#x}")
+        self._ram_size, self._ram_base = size, base
+        self._backing, self._vmm_prot_mte = backing, vmm_prot_mte
+        return self
+
+    def mte(self, enabled: bool = True, *, tcf: str = "sync") -> Self:
+        """Enable KVM_CAP_ARM_MTE, and tell the guest which tag check mode to use."""
+        if tcf not in TCF_MODES:
+            raise ValueError(f"unknown tag check mode {tcf!r}; choose from {list(TCF_MODES)}")
+        self._mte, self._tcf = enabled, TCF_MODES[tcf]
+        return self
+
+    def vcpus(self, count: int) -> Self:
+        if not 1 <= count <= 8:
+            raise ValueError("tagvisor machines have 1 to 8 VCPUs")
+        self._vcpus = count
+        return self
+
+    def tag_access(self, way: str) -> Self:
+        """How the VMM reaches guest tags (see tagvisor.vmm.tag_access.WAYS)."""
+        self._tag_access = way
+        return self
+
+    def console(self, sink: Callable[[bytes], None]) -> Self:
+        """Where console bytes go as the guest writes them (e.g. the terminal)."""
+        self._console_sink = sink
+        return self
+
+    def image(self, image: GuestImage | Path) -> Self:
+        """The guest: an AArch64 ELF file, or an already parsed image."""
+        if isinstance(image, Path):
+            image = parse_elf(image.read_bytes(), image.name)
+        self._image = image
+        return self
+
+    def python_guest(self, program: GuestProgram) -> Self:
+        """A Python-level guest instead of an image (model backend only)."""
+        self._program = program
+        return self
+
+    def build(self) -> Machine:
+        kvm = self._kvm
+        vm = kvm.create_vm()
+        if self._mte:
+            if not kvm.check_extension(Cap.ARM_MTE):
+                raise MachineError("this host's KVM has no MTE (KVM_CAP_ARM_MTE): use --no-mte")
+            vm.enable_cap(Cap.ARM_MTE)
+        user = kvm.user_memory
+        mappers: dict[str, Callable[..., int]] = {
+            "anonymous": user.map_anonymous,
+            "memfd": user.map_memfd,
+            "hugetlb": user.map_hugetlb,
+        }
+        hva = mappers[self._backing](self._ram_size, mte=self._vmm_prot_mte)
+        memory = GuestMemory(vm, user)
+        try:
+            memory.add_region(self._ram_base, self._ram_size, hva)
+        except KvmError as error:
+            raise MachineError(f"guest RAM ({self._backing}) was refused: {error}") from error
+        vcpus = []
+        target = vm.arm_preferred_target()
+        for index in range(self._vcpus):
+            vcpu = vm.create_vcpu(index)
+            init = type(target).from_buffer_copy(target)
+            init.features[0] = 1 << VcpuFeature.PSCI_0_2
+            if index:
+                init.features[0] |= 1 << VcpuFeature.POWER_OFF  # started by PSCI CPU_ON
+            vcpu.arm_vcpu_init(init)
+            vcpus.append(vcpu)
+        process = kvm.process if isinstance(kvm, ModelKvm) else None
+        tags = make_tag_access(self._tag_access, vm, memory, user, process)
+        console = pl011.Pl011(self._console_sink)
+        calls = ucall.UcallDevice(memory)
+        engine = dma_device.DmaEngine(tags)
+        bus = MmioBus()
+        bus.attach(UART_BASE, pl011.WINDOW, console)
+        bus.attach(UCALL_BASE, ucall.WINDOW, calls)
+        bus.attach(DMA_BASE, dma_device.WINDOW, engine)
+        config = MachineConfig(
+            ram_base=self._ram_base,
+            ram_size=self._ram_size,
+            ram_backing=self._backing,
+            mte=self._mte,
+            tcf=self._tcf,
+            vcpus=self._vcpus,
+            tag_access=self._tag_access,
+            vmm_prot_mte=self._vmm_prot_mte,
+        )
+        machine = Machine(kvm, vm, vcpus, memory, bus, console, calls, engine, tags, config)
+        memory.write(
+            self._ram_base + BOOT_CONFIG_OFFSET, boot_config(self._tcf, self._mte, self._ram_size)
+        )
+        if self._image is not None:
+            vcpus[0].set_one_reg(CORE_REG_PC, load(self._image, memory))
+        elif self._program is not None:
+            if not isinstance(vcpus[0], ModelVcpu):
+                raise MachineError("Python guests run only on the model backend")
+            vcpus[0].attach(GeneratorGuest(self._program))
+        else:
+            raise MachineError("the machine has no guest: give it an image or a Python guest")
+        return machine

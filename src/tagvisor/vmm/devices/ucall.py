@@ -1,0 +1,102 @@
+"""The ucall channel: a guest reports values, assertions and its exit status.
+
+In the style of the KVM selftests' ucall (tools/testing/selftests/kvm/lib/ucall_common.c):
+the guest fills a ``struct ucall`` in its RAM and stores its guest-physical address to
+the doorbell with one 8-byte write. The struct is read from guest memory and treated as
+hostile: the address must lie in RAM, ``nargs`` must be at most 6, a printed string is
+bounded. See docs/guest-abi.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from tagvisor.errors import TagvisorError
+from tagvisor.vmm.memory import GuestMemory, GuestMemoryError
+
+WINDOW: Final = 0x1000
+UCALL_SIZE: Final = 8 * 8
+MAX_ARGS: Final = 6
+MAX_STRING: Final = 256
+
+
+class UcallCmd(enum.IntEnum):
+    SYNC = 1
+    ASSERT = 2
+    PRINT = 3
+    DONE = 4
+
+
+class UcallError(TagvisorError):
+    """A ucall the guest made is malformed (bad address, command or argument count)."""
+
+
+@dataclass(frozen=True)
+class Ucall:
+    cmd: UcallCmd
+    args: tuple[int, ...]
+    text: str = ""
+
+    def __str__(self) -> str:
+        if self.cmd is UcallCmd.PRINT:
+            return f"print: {self.text}"
+        values = " ".join(f"{arg:#x}" for arg in self.args)
+        return f"{self.cmd.name.lower()} {values}".rstrip()
+
+
+class UcallDevice:
+    name = "ucall"
+
+    def __init__(self, memory: GuestMemory) -> None:
+        self.memory = memory
+        self.calls: list[Ucall] = []
+
+    def mmio_read(self, offset: int, size: int) -> bytes:
+        return bytes(size)
+
+    def mmio_write(self, offset: int, data: bytes) -> None:
+        if offset != 0 or len(data) != 8:
+            raise UcallError(
+                f"the ucall doorbell takes one 8-byte store at offset 0, got "
+                f"{len(data)} bytes at {offset:#x}"
+            )
+        self.calls.append(self.decode(int.from_bytes(data, "little")))
+
+    def decode(self, address: int) -> Ucall:
+        try:
+            raw = self.memory.read(address, UCALL_SIZE)
+        except GuestMemoryError as error:
+            raise UcallError(f"ucall struct at {address:#x} is not in guest RAM") from error
+        cmd, nargs, *args = struct.unpack("<8Q", raw)
+        try:
+            command = UcallCmd(cmd)
+        except ValueError:
+            raise UcallError(f"unknown ucall command {cmd}") from None
+        if nargs > MAX_ARGS:
+            raise UcallError(f"ucall with {nargs} arguments (at most {MAX_ARGS})")
+        values = tuple(args[:nargs])
+        text = ""
+        if command is UcallCmd.PRINT:
+            if not values:
+                raise UcallError("UCALL_PRINT needs the string's address")
+            text = self._string(values[0])
+        return Ucall(command, values, text)
+
+    def _string(self, address: int) -> str:
+        try:
+            raw = self.memory.read(address, MAX_STRING)
+        except GuestMemoryError:
+            region = self.memory.region_of(address)
+            raw = self.memory.read(address, min(MAX_STRING, region.end - address))
+        return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+    @property
+    def exit_status(self) -> int | None:
+        """args[0] of the last UCALL_DONE, if the guest made one."""
+        for call in reversed(self.calls):
+            if call.cmd is UcallCmd.DONE:
+                return call.args[0] if call.args else 0
+        return None

@@ -1,0 +1,182 @@
+"""A running (or paused) machine: its VM, VCPUs, memory and devices, and the run loop.
+
+Build one with :class:`tagvisor.vmm.builder.MachineBuilder`; it comes back paused.
+:meth:`Machine.run` runs the VCPUs (VCPU 0 on the calling thread, the others on their
+own) and handles their exits until the guest powers off, fails, or someone pauses it.
+Only the backend API is used, so the same loop drives the model and a real /dev/kvm.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+
+from tagvisor.errors import TagvisorError
+from tagvisor.kvm.api import Kvm, Vcpu, VcpuExit, Vm
+from tagvisor.kvm.uapi import ExitReason, SystemEvent
+from tagvisor.vmm.devices.bus import BusError, MmioBus
+from tagvisor.vmm.devices.dma import DmaEngine
+from tagvisor.vmm.devices.pl011 import Pl011
+from tagvisor.vmm.devices.ucall import UcallDevice, UcallError
+from tagvisor.vmm.memory import GuestMemory
+from tagvisor.vmm.tag_access import TagAccess
+
+
+class MachineError(TagvisorError):
+    """The guest stopped in a way that is not a clean power-off."""
+
+
+class RunState(enum.Enum):
+    PAUSED = "paused"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass
+class MachineConfig:
+    """What a machine was built with (kept for snapshots and migration)."""
+
+    ram_base: int
+    ram_size: int
+    ram_backing: str
+    mte: bool
+    tcf: int
+    vcpus: int
+    tag_access: str
+    vmm_prot_mte: bool = False
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    state: RunState
+    exits: int
+    system_event: int | None = None
+    exit_status: int | None = None
+    error: str | None = None
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Machine:
+    """A VM and everything the VMM keeps for it."""
+
+    def __init__(
+        self,
+        kvm: Kvm,
+        vm: Vm,
+        vcpus: list[Vcpu],
+        memory: GuestMemory,
+        bus: MmioBus,
+        console: Pl011,
+        ucall: UcallDevice,
+        dma: DmaEngine,
+        tags: TagAccess,
+        config: MachineConfig,
+    ) -> None:
+        self.kvm = kvm
+        self.vm = vm
+        self.vcpus = vcpus
+        self.memory = memory
+        self.bus = bus
+        self.console = console
+        self.ucall = ucall
+        self.dma = dma
+        self.tags = tags
+        self.config = config
+        self.state = RunState.PAUSED
+        self.system_event: int | None = None
+        self._pause = threading.Event()
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self.exits = 0
+        self.by_reason: dict[str, int] = {}
+
+    # -- control ---------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Ask every VCPU to stop at its next exit; run() then returns PAUSED."""
+        self._pause.set()
+        for vcpu in self.vcpus:
+            kick = getattr(vcpu, "kick", None)  # the model's stand-in for a signal
+            if kick is not None:
+                kick()
+
+    def run(self, max_exits: int | None = None) -> RunResult:
+        """Run until power-off, an error, a pause, or ``max_exits`` exits of VCPU 0."""
+        if self.state is RunState.STOPPED:
+            raise MachineError("the machine has stopped; build a new one")
+        self._pause.clear()
+        self.state = RunState.RUNNING
+        others = [
+            threading.Thread(target=self._loop, args=(vcpu, None), daemon=True, name=f"vcpu{index}")
+            for index, vcpu in enumerate(self.vcpus[1:], start=1)
+        ]
+        for thread in others:
+            thread.start()
+        self._loop(self.vcpus[0], max_exits)
+        if self.state is RunState.RUNNING:
+            self.pause()
+        for thread in others:
+            thread.join()
+        if self.state is RunState.RUNNING:
+            self.state = RunState.PAUSED
+        return RunResult(
+            state=self.state,
+            exits=self.exits,
+            system_event=self.system_event,
+            exit_status=self.exit_status,
+            error=self._errors[0] if self._errors else None,
+            by_reason=dict(self.by_reason),
+        )
+
+    @property
+    def exit_status(self) -> int | None:
+        """The guest's status: its UCALL_DONE value, 0 for a plain power-off, else None."""
+        if self._errors:
+            return 255
+        if self.system_event == SystemEvent.SHUTDOWN:
+            status = self.ucall.exit_status
+            return 0 if status is None else status
+        return None
+
+    # -- the VCPU loop ---------------------------------------------------------------
+
+    def _loop(self, vcpu: Vcpu, max_exits: int | None) -> None:
+        count = 0
+        while self.state is RunState.RUNNING and not self._pause.is_set():
+            exit_ = vcpu.run()
+            count += 1
+            with self._lock:
+                self.exits += 1
+                self.by_reason[exit_.reason.name] = self.by_reason.get(exit_.reason.name, 0) + 1
+            try:
+                self._handle(vcpu, exit_)
+            except (BusError, UcallError, MachineError) as error:
+                self._stop(str(error))
+            if max_exits is not None and count >= max_exits:
+                break
+
+    def _handle(self, vcpu: Vcpu, exit_: VcpuExit) -> None:
+        if exit_.reason == ExitReason.MMIO and exit_.mmio is not None:
+            mmio = exit_.mmio
+            if mmio.is_write:
+                self.bus.write(mmio.phys_addr, mmio.data)
+            else:
+                vcpu.set_mmio_read_data(self.bus.read(mmio.phys_addr, mmio.length))
+        elif exit_.reason == ExitReason.SYSTEM_EVENT:
+            with self._lock:
+                self.system_event = exit_.system_event
+                self.state = RunState.STOPPED
+            self.pause()
+        elif exit_.reason == ExitReason.INTR:
+            return
+        else:
+            raise MachineError(f"KVM_RUN returned {exit_.reason.name}: the guest cannot go on")
+
+    def _stop(self, reason: str) -> None:
+        with self._lock:
+            self._errors.append(reason)
+            self.state = RunState.STOPPED
+        self.pause()

@@ -1,0 +1,138 @@
+"""Guest memory as the VMM sees it: regions of its own mappings, and a dirty bitmap.
+
+A region is one memslot: a guest-physical range backed by a mapping in the VMM's own
+address space. The VMM reads and writes guest data through that mapping (never tag
+checked: see :mod:`tagvisor.vmm.tag_access` for tags). What changed since the last look
+is KVM's dirty log OR the VMM's own writes (a device's DMA), which KVM cannot see: the
+union is what migration must send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NewType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tagvisor.arch.constants import PAGE_SIZE
+from tagvisor.errors import TagvisorError
+from tagvisor.kvm.api import UserMemory, Vm
+from tagvisor.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region
+
+#: A guest physical address.
+GuestPhysAddr = NewType("GuestPhysAddr", int)
+
+
+class GuestMemoryError(TagvisorError):
+    """A guest-physical access by the VMM fell outside guest RAM."""
+
+
+@dataclass(eq=False)
+class GuestRegion:
+    """One memslot: [gpa, gpa + size) at ``hva`` in the VMM, and the VMM's own writes."""
+
+    slot: int
+    gpa: int
+    size: int
+    hva: int
+    logging: bool = False
+    vmm_dirty: NDArray[np.bool_] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.vmm_dirty = np.zeros(self.npages, dtype=bool)
+
+    @property
+    def npages(self) -> int:
+        return self.size // PAGE_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        return self.gpa <= gpa and gpa + length <= self.end
+
+
+class GuestMemory:
+    """All of a VM's RAM regions, reached through the VMM's mappings."""
+
+    def __init__(self, vm: Vm, user: UserMemory) -> None:
+        self.vm = vm
+        self.user = user
+        self.regions: list[GuestRegion] = []
+
+    def add_region(self, gpa: int, size: int, hva: int) -> GuestRegion:
+        """Register [gpa, gpa + size) at ``hva`` with KVM as the next memslot."""
+        region = GuestRegion(slot=len(self.regions), gpa=gpa, size=size, hva=hva)
+        self.vm.set_user_memory_region(
+            kvm_userspace_memory_region(
+                slot=region.slot,
+                flags=0,
+                guest_phys_addr=gpa,
+                memory_size=size,
+                userspace_addr=hva,
+            )
+        )
+        self.regions.append(region)
+        return region
+
+    def region_of(self, gpa: int, length: int = 1) -> GuestRegion:
+        for region in self.regions:
+            if region.contains(gpa, length):
+                return region
+        raise GuestMemoryError(
+            f"[{gpa:#x}, {gpa + length:#x}) is not inside one region of guest RAM"
+        )
+
+    @property
+    def size(self) -> int:
+        return sum(region.size for region in self.regions)
+
+    # -- data ------------------------------------------------------------------------
+
+    def read(self, gpa: int, length: int) -> bytes:
+        region = self.region_of(gpa, length)
+        return self.user.read(region.hva + gpa - region.gpa, length)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Write guest memory from the VMM side; the pages count as dirty."""
+        region = self.region_of(gpa, len(data))
+        self.user.write(region.hva + gpa - region.gpa, data)
+        if data:
+            first = (gpa - region.gpa) // PAGE_SIZE
+            last = (gpa - region.gpa + len(data) - 1) // PAGE_SIZE
+            region.vmm_dirty[first : last + 1] = True
+
+    # -- dirty tracking --------------------------------------------------------------
+
+    def start_dirty_log(self) -> None:
+        """Turn on KVM_MEM_LOG_DIRTY_PAGES on every region; everything starts dirty."""
+        for region in self.regions:
+            self._set_logging(region, True)
+            region.vmm_dirty[:] = True
+
+    def stop_dirty_log(self) -> None:
+        for region in self.regions:
+            self._set_logging(region, False)
+
+    def _set_logging(self, region: GuestRegion, on: bool) -> None:
+        self.vm.set_user_memory_region(
+            kvm_userspace_memory_region(
+                slot=region.slot,
+                flags=KVM_MEM_LOG_DIRTY_PAGES if on else 0,
+                guest_phys_addr=region.gpa,
+                memory_size=region.size,
+                userspace_addr=region.hva,
+            )
+        )
+        region.logging = on
+
+    def take_dirty(self, region: GuestRegion) -> NDArray[np.bool_]:
+        """Pages changed since the last call: KVM's log OR the VMM's own writes."""
+        bits = np.unpackbits(
+            np.frombuffer(self.vm.get_dirty_log(region.slot), np.uint8), bitorder="little"
+        )[: region.npages].astype(bool)
+        dirty = bits | region.vmm_dirty
+        region.vmm_dirty[:] = False
+        return dirty
