@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tagvisor import __version__
-from tagvisor.cli import tour
+from tagvisor.cli import run, tour
 from tagvisor.errors import TagvisorError
 
 DESCRIPTION = """\
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tagvisor {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     tour.register(commands)
+    run.register(commands)
     return parser
 
 

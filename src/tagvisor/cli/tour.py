@@ -1,4 +1,4 @@
-"""``tagvisor tour``: a short, concrete look at memory tagging.
+"""tagvisor tour: a short, concrete look at memory tagging.
 
 A tiny tagging heap (the way Scudo and glibc's MTE support work: a random tag per
 allocation from IRG, stored over the allocation's granules with STG, a new tag on free)
