@@ -70,6 +70,29 @@ class MachineBuilder:
         self._image: GuestImage | None = None
         self._program: GuestProgram | None = None
         self._console_sink: Callable[[bytes], None] | None = None
+        self._restoring = False
+
+    @classmethod
+    def from_config(cls, kvm: Kvm, config: MachineConfig) -> MachineBuilder:
+        """A builder for a machine shaped like ``config`` whose memory, registers and
+        devices will be restored (a snapshot, or an incoming migration)."""
+        tcf = {value: name for name, value in TCF_MODES.items()}.get(config.tcf)
+        if tcf is None:
+            raise ValueError(f"unknown tag check mode {config.tcf}")
+        builder = (
+            cls(kvm)
+            .memory(
+                config.ram_size,
+                base=config.ram_base,
+                backing=config.ram_backing,
+                vmm_prot_mte=config.vmm_prot_mte,
+            )
+            .mte(config.mte, tcf=tcf)
+            .vcpus(config.vcpus)
+            .tag_access(config.tag_access)
+        )
+        builder._restoring = True
+        return builder
 
     def memory(
         self,
@@ -176,6 +199,8 @@ class MachineBuilder:
             vmm_prot_mte=self._vmm_prot_mte,
         )
         machine = Machine(kvm, vm, vcpus, memory, bus, console, calls, engine, tags, config)
+        if self._restoring:
+            return machine
         memory.write(
             self._ram_base + BOOT_CONFIG_OFFSET, boot_config(self._tcf, self._mte, self._ram_size)
         )

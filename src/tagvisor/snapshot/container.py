@@ -1,0 +1,151 @@
+"""The sectioned, versioned, checksummed container of snapshots and migration streams.
+
+    HEADER  := magic[8] major:u16 minor:u16 reserved:u32 crc32:u32     (20 bytes)
+    SECTION := tag[4] flags:u32 length:u64 payload[length] crc32:u32
+
+All integers little-endian; the CRC32 of a section covers its tag, flags, length and
+payload; the header's covers its first 16 bytes.
+
+Compatibility rule (docs/snapshot.md): a reader accepts the major version it knows and
+any minor version. A newer minor may add sections; a section with the OPTIONAL flag
+that the reader does not know is skipped, an unknown mandatory one stops the reader.
+A change that an older reader would misread takes a new major version.
+
+Readers treat their input as hostile: a section longer than the reader's limit is
+refused before anything is allocated, and every checksum is verified before the
+payload is handed on.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from tagvisor.errors import TagvisorError
+
+HEADER: Final = struct.Struct("<8sHHI")
+SECTION_HEAD: Final = struct.Struct("<4sIQ")
+CRC: Final = struct.Struct("<I")
+OPTIONAL: Final = 1 << 0
+END_TAG: Final = b"END!"
+
+
+class FormatError(TagvisorError):
+    """The input is damaged, truncated, foreign or from an unknown version."""
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes) -> object: ...
+
+
+class ByteSource(Protocol):
+    def read(self, size: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Version:
+    major: int
+    minor: int
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+@dataclass(frozen=True)
+class Section:
+    tag: bytes
+    flags: int
+    payload: bytes
+
+    @property
+    def optional(self) -> bool:
+        return bool(self.flags & OPTIONAL)
+
+
+def write_header(sink: ByteSink, magic: bytes, version: Version) -> None:
+    head = HEADER.pack(magic, version.major, version.minor, 0)
+    sink.write(head + CRC.pack(zlib.crc32(head)))
+
+
+def write_section(sink: ByteSink, tag: bytes, payload: bytes, *, optional: bool = False) -> int:
+    """Write one section; returns the bytes written."""
+    if len(tag) != 4:
+        raise ValueError(f"section tags are 4 bytes, not {tag!r}")
+    head = SECTION_HEAD.pack(tag, OPTIONAL if optional else 0, len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    sink.write(head)
+    sink.write(payload)
+    sink.write(CRC.pack(crc))
+    return len(head) + len(payload) + CRC.size
+
+
+def read_exactly(source: ByteSource, size: int, what: str) -> bytes:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = source.read(remaining)
+        if not chunk:
+            raise FormatError(f"the input ends inside {what} ({size - remaining} of {size} bytes)")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_header(source: ByteSource, magic: bytes, major: int) -> Version:
+    """Check magic, version and checksum of the header; return the version."""
+    raw = read_exactly(source, HEADER.size + CRC.size, "the header")
+    found_magic, found_major, minor, _reserved = HEADER.unpack_from(raw)
+    if found_magic != magic:
+        raise FormatError(
+            f"not a tagvisor {magic.decode(errors='replace').strip()} (magic {found_magic!r})"
+        )
+    (crc,) = CRC.unpack_from(raw, HEADER.size)
+    if crc != zlib.crc32(raw[: HEADER.size]):
+        raise FormatError("the header's checksum does not match: the input is damaged")
+    if found_major != major:
+        raise FormatError(
+            f"format version {found_major}.{minor} is not readable by this tagvisor "
+            f"(it reads {major}.x); use a tagvisor of the same major version"
+        )
+    return Version(found_major, minor)
+
+
+def read_section(source: ByteSource, limit_for: Callable[[bytes], int]) -> Section:
+    """Read and verify one section; its payload may be at most ``limit_for(tag)`` bytes,
+    checked before any of it is read."""
+    head = read_exactly(source, SECTION_HEAD.size, "a section header")
+    tag, flags, length = SECTION_HEAD.unpack(head)
+    limit = limit_for(tag)
+    if length > limit:
+        raise FormatError(
+            f"section {tag!r} claims {length} bytes, more than the {limit} allowed here"
+        )
+    payload = read_exactly(source, length, f"section {tag!r}")
+    (crc,) = CRC.unpack(read_exactly(source, CRC.size, f"the checksum of {tag!r}"))
+    if crc != zlib.crc32(payload, zlib.crc32(head)):
+        raise FormatError(f"section {tag!r} fails its checksum: the input is damaged")
+    return Section(tag, flags, payload)
+
+
+def iter_sections(source: ByteSource, limits: dict[bytes, int]) -> Iterator[Section]:
+    """Sections up to END!, each within its tag's size limit.
+
+    An unknown optional section is skipped (within the largest limit); an unknown
+    mandatory one is refused.
+    """
+    largest = max(limits.values())
+    while True:
+        section = read_section(source, lambda tag: limits.get(tag, largest))
+        if section.tag == END_TAG:
+            yield section
+            return
+        if section.tag not in limits:
+            if section.optional:
+                continue
+            raise FormatError(
+                f"unknown mandatory section {section.tag!r}: written by a newer tagvisor?"
+            )
+        yield section

@@ -1,0 +1,224 @@
+"""Snapshot files: save a paused machine with every tag, and restore it.
+
+    file := HEADER("TAGVSNAP", 1.0) CONF VCPU* DEVS PAGE* END!
+
+CONF is the machine's shape (MachineState), one VCPU section per VCPU, DEVS the device
+state, PAGE sections the guest's non-zero pages with their tags (pages whose data and
+tags are all zero are not stored), END! a summary with the SHA-256 of all memory and
+tags. See docs/snapshot.md for the compatibility rule.
+
+Restore reads the file twice: first to verify every checksum, size and address without
+touching anything, then to build the machine and fill it. Tags are written with
+KVM_ARM_MTE_COPY_TAGS before the guest runs again; otherwise its first touch of each
+page would clear them (``with_tags=False`` shows that failure on purpose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from tagvisor.arch.constants import PAGE_SIZE
+from tagvisor.errors import TagvisorError
+from tagvisor.kvm.api import Kvm
+from tagvisor.kvm.uapi import Cap
+from tagvisor.snapshot import pages
+from tagvisor.snapshot.container import (
+    END_TAG,
+    ByteSink,
+    FormatError,
+    Version,
+    iter_sections,
+    read_header,
+    write_header,
+    write_section,
+)
+from tagvisor.snapshot.guestpages import iter_runs, runs_of, write_run
+from tagvisor.snapshot.pages import EncodeStats, Kind, PageRun
+from tagvisor.snapshot.state import (
+    DeviceState,
+    MachineState,
+    VcpuState,
+    apply_devices,
+    apply_vcpu,
+    capture_devices,
+    capture_machine,
+    capture_vcpu,
+)
+from tagvisor.vmm.builder import MachineBuilder
+from tagvisor.vmm.machine import Machine, RunState
+
+MAGIC: Final = b"TAGVSNAP"
+VERSION: Final = Version(1, 0)
+LIMITS: Final = {
+    b"CONF": 64 << 10,
+    b"VCPU": 128 << 10,
+    b"DEVS": 16 << 20,
+    b"PAGE": pages.HEAD.size + pages.MAX_BODY,
+    END_TAG: 64 << 10,
+}
+
+Progress = Callable[[int, int], None]
+
+
+class SnapshotError(TagvisorError):
+    """A snapshot cannot be taken or restored here; the message says why."""
+
+
+@dataclass
+class SnapshotReport:
+    path: str
+    pages_total: int
+    stats: EncodeStats
+    digest: str
+    file_bytes: int
+
+
+@dataclass
+class Snapshot:
+    """What a verified snapshot file holds, without its pages."""
+
+    version: Version
+    machine: MachineState
+    vcpus: list[VcpuState]
+    devices: DeviceState
+    digest: str
+    pages_stored: int
+
+
+def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None) -> SnapshotReport:
+    """Write ``machine`` (which must not be running) to ``path`` atomically."""
+    if machine.state is RunState.RUNNING:
+        raise SnapshotError("pause the machine before taking a snapshot")
+    temporary = path.with_name(path.name + ".partial")
+    digest = hashlib.sha256()
+    stats = EncodeStats()
+    total = machine.memory.size // PAGE_SIZE
+    done = 0
+    with temporary.open("wb") as sink:
+        write_header(sink, MAGIC, VERSION)
+        write_section(sink, b"CONF", capture_machine(machine).encode())
+        for index, vcpu in enumerate(machine.vcpus):
+            write_section(sink, b"VCPU", capture_vcpu(index, vcpu).encode())
+        write_section(sink, b"DEVS", capture_devices(machine).encode())
+        for region in machine.memory.regions:
+            for run in iter_runs(machine, region):
+                digest.update(run.data.tobytes())
+                digest.update(run.tags.tobytes())
+                stats.pages += run.npages
+                stats.zero_pages += _write_nonzero(sink, run, stats)
+                done += run.npages
+                if progress is not None:
+                    progress(done, total)
+        summary = {
+            "digest": digest.hexdigest(),
+            "pages_total": total,
+            "pages_stored": stats.pages - stats.zero_pages,
+        }
+        write_section(sink, END_TAG, json.dumps(summary, sort_keys=True).encode())
+        sink.flush()
+        os.fsync(sink.fileno())
+    temporary.replace(path)
+    return SnapshotReport(str(path), total, stats, digest.hexdigest(), path.stat().st_size)
+
+
+def _write_nonzero(sink: ByteSink, run: PageRun, stats: EncodeStats) -> int:
+    """Encode the run's pages that are not entirely zero; return how many were zero."""
+    kinds = pages.classify(run.data, run.tags)
+    for first, count in runs_of(kinds != Kind.ZERO):
+        part = PageRun(
+            run.gpa + first * PAGE_SIZE,
+            run.data[first : first + count],
+            run.tags[first : first + count],
+        )
+        payload, part_stats = pages.encode(part)
+        write_section(sink, b"PAGE", payload)
+        stats.data_bytes += part_stats.data_bytes
+        stats.tag_bytes += part_stats.tag_bytes
+        stats.uniform_tag_pages += part_stats.uniform_tag_pages
+        stats.wire_bytes += part_stats.wire_bytes
+    return int((kinds == Kind.ZERO).sum())
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """Verify the whole file (checksums, sizes, addresses) and return its states."""
+    machine: MachineState | None = None
+    vcpus: list[VcpuState] = []
+    devices: DeviceState | None = None
+    summary: dict[str, object] = {}
+    stored = 0
+    with path.open("rb") as source:
+        version = read_header(source, MAGIC, VERSION.major)
+        for section in iter_sections(source, LIMITS):
+            if section.tag == b"CONF":
+                machine = MachineState.decode(section.payload)
+            elif section.tag == b"VCPU":
+                vcpus.append(VcpuState.decode(section.payload))
+            elif section.tag == b"DEVS":
+                devices = DeviceState.decode(section.payload)
+            elif section.tag == b"PAGE":
+                if machine is None:
+                    raise FormatError("a PAGE section comes before the machine's configuration")
+                run = pages.decode(section.payload)
+                _check_in_ram(run, machine)
+                stored += run.npages
+            else:
+                try:
+                    summary = json.loads(section.payload)
+                except ValueError:
+                    raise FormatError("the END! section is not valid JSON") from None
+    if machine is None or devices is None or not isinstance(summary, dict):
+        raise FormatError("the snapshot lacks its CONF, DEVS or END! section")
+    if len(vcpus) != machine.config.vcpus or sorted(v.vcpu_id for v in vcpus) != list(
+        range(machine.config.vcpus)
+    ):
+        raise FormatError(
+            f"the snapshot has {len(vcpus)} VCPU sections for {machine.config.vcpus} VCPUs"
+        )
+    digest = summary.get("digest")
+    if not isinstance(digest, str) or summary.get("pages_stored") != stored:
+        raise FormatError("the END! summary does not match the PAGE sections")
+    return Snapshot(
+        version, machine, sorted(vcpus, key=lambda v: v.vcpu_id), devices, digest, stored
+    )
+
+
+def _check_in_ram(run: PageRun, machine: MachineState) -> None:
+    config = machine.config
+    if (
+        run.gpa < config.ram_base
+        or run.gpa + run.npages * PAGE_SIZE > config.ram_base + config.ram_size
+    ):
+        raise FormatError(f"a PAGE section at {run.gpa:#x} lies outside the guest's RAM")
+    if not config.mte and run.tags.any():
+        raise FormatError("a snapshot of a VM without MTE carries tags")
+
+
+def restore_snapshot(
+    path: Path, kvm: Kvm, *, with_tags: bool = True, progress: Progress | None = None
+) -> Machine:
+    """Build a paused machine from a snapshot: memory, tags, registers and devices."""
+    snapshot = read_snapshot(path)  # nothing is built unless the whole file is sound
+    config = snapshot.machine.config
+    if config.mte and not kvm.check_extension(Cap.ARM_MTE):
+        raise SnapshotError("the snapshot's guest uses MTE but this host's KVM has none")
+    machine = MachineBuilder.from_config(kvm, config).build()
+    done = 0
+    with path.open("rb") as source:
+        read_header(source, MAGIC, VERSION.major)
+        for section in iter_sections(source, LIMITS):
+            if section.tag == b"PAGE":
+                run = pages.decode(section.payload)
+                write_run(machine, run, with_tags=with_tags)
+                done += run.npages
+                if progress is not None:
+                    progress(done, snapshot.pages_stored)
+    for state in snapshot.vcpus:
+        apply_vcpu(state, machine.vcpus[state.vcpu_id])
+    apply_devices(snapshot.devices, machine)
+    return machine

@@ -1,0 +1,176 @@
+"""Plain State objects for each component, separate from the live objects (Firecracker's
+persist pattern), and their exact, deterministic encodings.
+
+``capture_*`` reads a live component into a State; ``apply_*`` writes a State into a
+live component. States encode to bytes deterministically (sorted keys, no timestamps),
+so save -> load -> save gives the same bytes. Decoders validate every field.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Final
+
+from tagvisor.kvm.api import Vcpu
+from tagvisor.kvm.model.vcpu_regs import ID_AA64PFR1_EL1
+from tagvisor.snapshot.container import FormatError
+from tagvisor.vmm.devices.ucall import Ucall, UcallCmd
+from tagvisor.vmm.machine import Machine, MachineConfig
+
+VCPU_HEAD: Final = struct.Struct("<II")
+REG: Final = struct.Struct("<QQ")
+MAX_REGS: Final = 4096
+#: Registers the VMM must not write back (read-only ID registers).
+READ_ONLY: Final = frozenset({ID_AA64PFR1_EL1})
+
+
+@dataclass(frozen=True)
+class MachineState:
+    """Configuration that must match for a guest to continue: layout, MTE, profile."""
+
+    config: MachineConfig
+    profile: str
+    mte_level: int
+
+    def encode(self) -> bytes:
+        return _json(
+            {"config": asdict(self.config), "profile": self.profile, "mte_level": self.mte_level}
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> MachineState:
+        raw = _parse(payload, "machine state")
+        config_raw = _field(raw, "config", dict)
+        names = {f.name: f.type for f in fields(MachineConfig)}
+        if set(config_raw) != set(names):
+            raise FormatError(
+                f"machine config has fields {sorted(config_raw)}, expected {sorted(names)}"
+            )
+        for name, value in config_raw.items():
+            expected = (
+                bool
+                if names[name] in ("bool", bool)
+                else (str if names[name] in ("str", str) else int)
+            )
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise FormatError(f"machine config field {name!r} has the wrong type")
+        return cls(
+            MachineConfig(**config_raw), _field(raw, "profile", str), _field(raw, "mte_level", int)
+        )
+
+
+@dataclass(frozen=True)
+class VcpuState:
+    """Every register KVM_GET_REG_LIST names, with its value."""
+
+    vcpu_id: int
+    registers: tuple[tuple[int, int], ...]
+
+    def encode(self) -> bytes:
+        head = VCPU_HEAD.pack(self.vcpu_id, len(self.registers))
+        return head + b"".join(REG.pack(reg, value) for reg, value in self.registers)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> VcpuState:
+        if len(payload) < VCPU_HEAD.size:
+            raise FormatError("a VCPU section is shorter than its header")
+        vcpu_id, count = VCPU_HEAD.unpack_from(payload)
+        if count > MAX_REGS or len(payload) != VCPU_HEAD.size + count * REG.size:
+            raise FormatError(f"a VCPU section claims {count} registers in {len(payload)} bytes")
+        registers = tuple(REG.iter_unpack(payload[VCPU_HEAD.size :]))
+        return cls(vcpu_id, registers)
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """The console so far, the ucall log, and the DMA engine's registers."""
+
+    console: str
+    ucalls: tuple[tuple[int, tuple[int, ...], str], ...]
+    dma_registers: tuple[int, int, int]
+    dma_status: int
+
+    def encode(self) -> bytes:
+        return _json(
+            {
+                "console": self.console,
+                "ucalls": [[cmd, list(args), text] for cmd, args, text in self.ucalls],
+                "dma": {"registers": list(self.dma_registers), "status": self.dma_status},
+            }
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DeviceState:
+        raw = _parse(payload, "device state")
+        dma = _field(raw, "dma", dict)
+        registers = _field(dma, "registers", list)
+        ucalls = _field(raw, "ucalls", list)
+        try:
+            calls = tuple(
+                (int(UcallCmd(cmd)), tuple(int(a) for a in args), str(text))
+                for cmd, args, text in ucalls
+            )
+            regs = (int(registers[0]), int(registers[1]), int(registers[2]))
+        except (ValueError, TypeError, IndexError) as error:
+            raise FormatError(f"device state is malformed: {error}") from None
+        return cls(_field(raw, "console", str), calls, regs, _field(dma, "status", int))
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _parse(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FormatError(f"{what} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"{what} is not a JSON object")
+    return value
+
+
+def _field(raw: dict[str, Any], name: str, kind: type) -> Any:
+    value = raw.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FormatError(f"field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+# -- capture and apply ----------------------------------------------------------------
+
+
+def capture_machine(machine: Machine) -> MachineState:
+    profile = getattr(getattr(machine.kvm, "profile", None), "name", "linux")
+    level = machine.vcpus[0].get_one_reg(ID_AA64PFR1_EL1) >> 8 & 0xF
+    return MachineState(machine.config, profile, level)
+
+
+def capture_vcpu(vcpu_id: int, vcpu: Vcpu) -> VcpuState:
+    registers = tuple(sorted((reg, vcpu.get_one_reg(reg)) for reg in vcpu.get_reg_list()))
+    return VcpuState(vcpu_id, registers)
+
+
+def apply_vcpu(state: VcpuState, vcpu: Vcpu) -> None:
+    for reg, value in state.registers:
+        if reg not in READ_ONLY:
+            vcpu.set_one_reg(reg, value)
+
+
+def capture_devices(machine: Machine) -> DeviceState:
+    registers = machine.dma.registers
+    return DeviceState(
+        console=machine.console.text,
+        ucalls=tuple((int(c.cmd), c.args, c.text) for c in machine.ucall.calls),
+        dma_registers=(registers[0x00], registers[0x08], registers[0x10]),
+        dma_status=machine.dma.status,
+    )
+
+
+def apply_devices(state: DeviceState, machine: Machine) -> None:
+    machine.console.output[:] = state.console.encode()
+    machine.ucall.calls[:] = [Ucall(UcallCmd(cmd), args, text) for cmd, args, text in state.ucalls]
+    machine.dma.registers.update(zip((0x00, 0x08, 0x10), state.dma_registers, strict=True))
+    machine.dma.status = state.dma_status

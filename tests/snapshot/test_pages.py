@@ -1,0 +1,81 @@
+"""The page+tag encoding: kinds, sizes, round trips and hostile payloads."""
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tagvisor.snapshot.container import FormatError
+from tagvisor.snapshot.pages import Kind, PageRun, classify, decode, encode
+
+
+def run_of(kinds: list[int], seed: int = 0) -> PageRun:
+    rng = np.random.default_rng(seed)
+    data = np.zeros((len(kinds), 4096), np.uint8)
+    tags = np.zeros((len(kinds), 256), np.uint8)
+    for i, kind in enumerate(kinds):
+        if kind in (Kind.DATA_UNIFORM, Kind.DATA_TAGS):
+            data[i] = rng.integers(0, 256, 4096)
+            data[i, 0] = 1
+        if kind in (Kind.DATA_UNIFORM, Kind.ZERO_UNIFORM):
+            tags[i] = 3 if kind == Kind.ZERO_UNIFORM else rng.integers(0, 16)
+        if kind in (Kind.DATA_TAGS, Kind.ZERO_TAGS):
+            tags[i] = rng.integers(0, 16, 256)
+            tags[i, :2] = (1, 2)
+    return PageRun(0x4000_0000, data, tags)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(list(Kind)), min_size=1, max_size=40), st.booleans())
+def test_any_mix_of_pages_round_trips_exactly(kinds: list[int], compress: bool) -> None:
+    """Scenario: random runs of all five kinds, compressed or not."""
+    run = run_of(kinds)
+    assert classify(run.data, run.tags).tolist() == kinds
+    payload, stats = encode(run, compress=compress)
+    back = decode(payload)
+    assert back.gpa == run.gpa
+    assert np.array_equal(back.data, run.data)
+    assert np.array_equal(back.tags, run.tags)
+    assert stats.tag_bytes <= len(kinds) * 128
+
+
+def test_zero_page_with_tags_is_not_a_zero_page() -> None:
+    """Scenario: a page of zeros whose granules are tagged 0x3, and one with mixed tags.
+
+    Neither is skipped as zero: uniform tags cost 1 byte, mixed 128 (1/32 of 4 KiB)."""
+    run = run_of([Kind.ZERO_UNIFORM, Kind.ZERO_TAGS, Kind.ZERO])
+    _, stats = encode(run)
+    assert stats.zero_pages == 1
+    assert stats.tag_bytes == 1 + 128
+    assert stats.data_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p[:20], r"shorter than its kinds|holds"),
+        (lambda p: struct.pack("<QII", 0x4000_0000, 70000, 0) + p[16:], "claims 70000 pages"),
+        (lambda p: struct.pack("<QII", 0x4000_0001, 1, 0) + p[16:], "claims 1 pages"),
+        (lambda p: p[:16] + bytes([9]) + p[17:], "unknown page kind"),
+        (lambda p: p + b"x", "holds"),
+        (lambda p: p[:12] + struct.pack("<I", 4) + p[16:], "unknown flags"),
+    ],
+    ids=["short", "too many pages", "unaligned", "bad kind", "trailing", "flags"],
+)
+def test_hostile_page_payloads_are_refused(mutate: object, message: str) -> None:
+    """Scenario: PAGE payloads whose header or body lies about their contents."""
+    assert callable(mutate)
+    payload, _ = encode(run_of([Kind.DATA_TAGS]))
+    with pytest.raises(FormatError, match=message):
+        decode(mutate(payload))
+
+
+def test_compressed_bomb_is_refused() -> None:
+    """Scenario: a compressed body that would inflate past the section limit."""
+    import zlib
+
+    body = zlib.compress(bytes([0]) + bytes(200 << 20), 9)
+    with pytest.raises(FormatError, match=r"beyond its limit|holds"):
+        decode(struct.pack("<QII", 0x4000_0000, 1, 1) + body)
