@@ -20,7 +20,9 @@ marked here as one to confirm on the real kernel (docs/kvm-abi.md, conformance).
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable, Iterator
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +35,20 @@ from tagvisor.host.process import HostProcess
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model.memslots import NOT_MAPPED, Memslot, MemslotTable
 from tagvisor.kvm.model.profiles import KernelProfile
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(
+    method: Callable[Concatenate[Stage2Mmu, P], R],
+) -> Callable[Concatenate[Stage2Mmu, P], R]:
+    def wrapper(self: Stage2Mmu, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    wrapper.__doc__, wrapper.__name__ = method.__doc__, method.__name__
+    return wrapper
 
 
 class MmioExit(Exception):
@@ -59,6 +75,11 @@ class Stage2Mmu:
         self.frames = process.frames
         self.profile = profile
         self.mte_enabled = mte_enabled
+        #: Held by every guest access and by dirty-log harvesting, so a harvest never
+        #: falls between a write fault marking a page dirty and the write landing
+        #: (real KVM gets this from the guest retrying the faulting store). A CPU that
+        #: caches translations holds it while it runs a block.
+        self.lock = threading.RLock()
         #: Counts of faults taken, for tests and the lab.
         self.translation_faults = 0
         self.permission_faults = 0
@@ -66,6 +87,7 @@ class Stage2Mmu:
 
     # -- MMU notifier ----------------------------------------------------------------
 
+    @_locked
     def invalidate_hva(self, start: int, end: int) -> None:
         """kvm_mmu_notifier_invalidate_range_start: unmap stage 2 for [start, end)."""
         for memslot in self.memslots.slots.values():
@@ -92,6 +114,7 @@ class Stage2Mmu:
             yield memslot, first, last - first
             cursor = memslot.guest_phys_addr + last * PAGE_SIZE
 
+    @_locked
     def map_pages(self, gpa: int, length: int, *, write: bool) -> NDArray[np.int64]:
         """Fault in every page of the range as a guest access would; return host frames.
 
@@ -149,6 +172,7 @@ class Stage2Mmu:
         writable = write or (not memslot.logging and not memslot.readonly)
         memslot.s2_writable[pages] = writable and all(v.prot & PROT_WRITE for v in vmas)
 
+    @_locked
     def page_for(self, gpa: int, *, write: bool) -> tuple[int, bool]:
         """(host frame, stage-2 writable) of the page holding ``gpa``, faulting it in.
 
@@ -162,11 +186,14 @@ class Stage2Mmu:
 
     # -- guest physical data and tags ------------------------------------------------------
 
+    @_locked
     def read(self, gpa: int, length: int) -> bytes:
         pfns = self.map_pages(gpa, length, write=False)
         offset = gpa % PAGE_SIZE
-        return self.frames.data[pfns].reshape(-1)[offset : offset + length].tobytes()
+        window: NDArray[np.uint8] = self.frames.data[pfns].reshape(-1)
+        return window[offset : offset + length].tobytes()
 
+    @_locked
     def write(self, gpa: int, data: bytes) -> None:
         pfns = self.map_pages(gpa, len(data), write=True)
         offset = gpa % PAGE_SIZE
@@ -177,6 +204,7 @@ class Stage2Mmu:
         window[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
         self.frames.data[pfns] = window.reshape(-1, PAGE_SIZE)
 
+    @_locked
     def load_tags(self, gpa: int, count: int) -> U8:
         """Allocation tags of ``count`` granules from granule-aligned ``gpa``."""
         pfns = self.map_pages(gpa, count * TAG_GRANULE, write=False)
@@ -186,6 +214,7 @@ class Stage2Mmu:
         skip = (gpa % PAGE_SIZE) // TAG_GRANULE
         return tags[skip : skip + count]
 
+    @_locked
     def store_tags(self, gpa: int, tags: U8) -> None:
         """Guest tag stores: need stage-2 write permission, so they dirty the page."""
         pfns = self.map_pages(gpa, int(tags.size) * TAG_GRANULE, write=True)

@@ -204,6 +204,10 @@ class ModelVm:
 
     def get_dirty_log(self, slot: int) -> bytes:
         """KVM_GET_DIRTY_LOG: without manual protect, also clear and write-protect."""
+        with self.stage2.lock:
+            return self._get_dirty_log(slot)
+
+    def _get_dirty_log(self, slot: int) -> bytes:
         memslot = self._logging_slot(slot, "KVM_GET_DIRTY_LOG")
         assert memslot.dirty is not None
         bitmap = memslot.dirty_bitmap_bytes()
@@ -216,6 +220,10 @@ class ModelVm:
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
         """KVM_CLEAR_DIRTY_LOG: clear the given bits and write-protect those pages."""
+        with self.stage2.lock:
+            self._clear_dirty_log(slot, first_page, num_pages, bitmap)
+
+    def _clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
         ioctl = "KVM_CLEAR_DIRTY_LOG"
         if slot & 0xFFFF >= KVM_USER_MEM_SLOTS or slot >> 16:
             raise KvmError(errno.EINVAL, ioctl, f"slot {slot} is out of range")
@@ -246,6 +254,10 @@ class ModelVm:
             raise KvmError(
                 errno.EINVAL, "KVM_ARM_MTE_COPY_TAGS", f"{self.profile.name} has no such ioctl"
             )
+        with self.stage2.lock:
+            return self._copy_tags(copy)
+
+    def _copy_tags(self, copy: kvm_arm_copy_mte_tags) -> int:
         return copy_tags(
             copy,
             memslots=self.memslots,
