@@ -1,0 +1,19 @@
+"""Live migration that keeps every tag: pre-copy over TCP, each page with its tags."""
+
+from tagvisor.migration.destination import IncomingError, IncomingReport, incoming, receive
+from tagvisor.migration.source import MigrationError, MigrationRefused, MigrationReport, migrate
+from tagvisor.migration.transport import Listener, TcpAddress, parse_address
+
+__all__ = [
+    "IncomingError",
+    "IncomingReport",
+    "Listener",
+    "MigrationError",
+    "MigrationRefused",
+    "MigrationReport",
+    "TcpAddress",
+    "incoming",
+    "migrate",
+    "parse_address",
+    "receive",
+]

@@ -1,0 +1,171 @@
+"""The receiving side of live migration.
+
+The stream is hostile until proven otherwise: the header, HELO and every section are
+checked (version, checksum, size limit) before use, and every page's address is checked
+against the guest's own RAM layout, so a stream can neither write outside guest RAM nor
+make this process allocate without bound. Incompatible sources are refused before any
+page is sent: MTE on one side only, a different MTE feature level, too much memory, a
+stream version this side does not know.
+
+The machine is built paused and returned only after END! was received and every page,
+register and device applied; on any error it is discarded, never resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Final
+
+from tagvisor.arch.constants import PAGE_SIZE
+from tagvisor.errors import TagvisorError
+from tagvisor.kvm.api import Kvm
+from tagvisor.kvm.uapi import Cap
+from tagvisor.migration import protocol
+from tagvisor.migration.transport import Connection, Listener, TcpAddress
+from tagvisor.snapshot import pages
+from tagvisor.snapshot.container import END_TAG, FormatError, iter_sections, read_header
+from tagvisor.snapshot.guestpages import write_run
+from tagvisor.snapshot.state import DeviceState, MachineState, VcpuState, apply_devices, apply_vcpu
+from tagvisor.vmm.builder import MachineBuilder
+from tagvisor.vmm.machine import Machine
+
+DEFAULT_MAX_MEMORY: Final = 16 << 30
+
+
+class IncomingError(TagvisorError):
+    """The incoming migration failed; no guest was resumed."""
+
+
+@dataclass
+class IncomingReport:
+    pages_received: int = 0
+    iterations: int = 0
+    bytes_received: int = 0
+    vcpus: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def host_mte_level(kvm: Kvm) -> int:
+    """The MTE feature level a VM on this host would see (ID_AA64PFR1_EL1.MTE)."""
+    level = getattr(kvm, "host_mte_level", None)
+    if isinstance(level, int):
+        return level
+    return 2 if kvm.check_extension(Cap.ARM_MTE) else 0
+
+
+def refusal(
+    machine: MachineState, kvm: Kvm, *, max_memory: int, require_mte: bool | None
+) -> str | None:
+    """Why this destination cannot take that guest, or None if it can."""
+    config = machine.config
+    host_mte = bool(kvm.check_extension(Cap.ARM_MTE))
+    if require_mte is not None and config.mte != require_mte:
+        side = "the source" if config.mte else "this destination"
+        return f"MTE is on at {side} only (source mte={config.mte}, required={require_mte})"
+    if config.mte and not host_mte:
+        return "the guest uses MTE but this host's KVM has no KVM_CAP_ARM_MTE"
+    if config.mte and machine.mte_level != host_mte_level(kvm):
+        return (
+            f"MTE feature level differs: the guest saw {machine.mte_level}, this host "
+            f"offers {host_mte_level(kvm)}"
+        )
+    if config.ram_size > max_memory:
+        return f"the guest has {config.ram_size} bytes of RAM; this side allows {max_memory}"
+    return None
+
+
+def receive(
+    conn: Connection,
+    kvm: Kvm,
+    *,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    require_mte: bool | None = None,
+) -> tuple[Machine, IncomingReport]:
+    """Run the destination side over an accepted connection."""
+    report = IncomingReport()
+    try:
+        read_header(conn, protocol.MAGIC, protocol.VERSION.major)
+    except FormatError as error:
+        protocol.send_json(conn, b"RFSE", {"reason": str(error)})
+        raise IncomingError(f"refused the source: {error}") from error
+    sections = iter_sections(conn, protocol.LIMITS)
+    try:
+        first = next(sections)
+        if first.tag != b"HELO":
+            raise FormatError(f"the stream starts with {first.tag!r}, not HELO")
+        hello = protocol.Hello.decode(first.payload)
+    except FormatError as error:
+        with contextlib.suppress(TagvisorError):
+            protocol.send_json(conn, b"RFSE", {"reason": f"malformed greeting: {error}"})
+        raise IncomingError(f"the source's greeting is malformed: {error}") from error
+    reason = refusal(hello.machine, kvm, max_memory=max_memory, require_mte=require_mte)
+    if reason is not None:
+        protocol.send_json(conn, b"RFSE", {"reason": reason})
+        raise IncomingError(f"refused the source: {reason}")
+    protocol.send_json(conn, b"ACPT", {})
+    config = hello.machine.config
+    machine = MachineBuilder.from_config(kvm, config).build()
+    vcpus: list[VcpuState] = []
+    devices: DeviceState | None = None
+    try:
+        for section in sections:
+            if section.tag == b"PAGE":
+                run = pages.decode(section.payload)
+                if (
+                    run.gpa < config.ram_base
+                    or run.gpa + run.npages * PAGE_SIZE > config.ram_base + config.ram_size
+                ):
+                    raise FormatError(f"the source sent pages at {run.gpa:#x}, outside guest RAM")
+                if run.tags.any() and not config.mte:
+                    raise FormatError("the source sent tags for a guest without MTE")
+                write_run(machine, run)
+                report.pages_received += run.npages
+            elif section.tag == b"ITER":
+                report.iterations += 1
+            elif section.tag == b"VCPU":
+                state = VcpuState.decode(section.payload)
+                if not 0 <= state.vcpu_id < config.vcpus:
+                    raise FormatError(f"the source sent state for VCPU {state.vcpu_id}")
+                vcpus.append(state)
+            elif section.tag == b"DEVS":
+                devices = DeviceState.decode(section.payload)
+            elif section.tag == END_TAG:
+                break
+            else:
+                raise FormatError(f"unexpected section {section.tag!r} after HELO")
+        else:
+            raise FormatError("the stream ended without END!")
+        if sorted(v.vcpu_id for v in vcpus) != list(range(config.vcpus)) or devices is None:
+            raise FormatError("the stream ended without every VCPU's and the devices' state")
+        for state in vcpus:
+            apply_vcpu(state, machine.vcpus[state.vcpu_id])
+        apply_devices(devices, machine)
+    except TagvisorError as error:
+        with contextlib.suppress(TagvisorError):  # the source may be gone; nothing to tell
+            protocol.send_json(conn, b"FAIL", {"reason": str(error)})
+        raise IncomingError(f"incoming migration failed, no guest was resumed: {error}") from error
+    protocol.send_json(conn, b"DONE", {"pages": report.pages_received})
+    report.bytes_received = conn.received
+    report.vcpus = len(vcpus)
+    return machine, report
+
+
+def incoming(
+    kvm: Kvm,
+    address: TcpAddress | Listener,
+    *,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    require_mte: bool | None = None,
+    timeout: float = 60.0,
+) -> tuple[Machine, IncomingReport]:
+    """Listen (loopback unless told otherwise), take one migration, return the guest."""
+    listener = address if isinstance(address, Listener) else Listener(address)
+    try:
+        conn = listener.accept(timeout)
+    finally:
+        listener.close()
+    try:
+        return receive(conn, kvm, max_memory=max_memory, require_mte=require_mte)
+    finally:
+        conn.close()

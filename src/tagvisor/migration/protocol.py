@@ -1,0 +1,82 @@
+"""The migration stream: sections on the snapshot container, with a handshake.
+
+    source -> destination: HEADER("TAGVMIGR", 1.0) HELO
+    destination -> source: ACPT | RFSE(reason)           (before any page is sent)
+    source -> destination: (PAGE* ITER)* VCPU* DEVS END!
+    destination -> source: DONE | FAIL(reason)
+
+HELO carries the machine's shape (the snapshot's MachineState) and the stream options;
+ITER marks the end of a pre-copy iteration; END! carries page counts. PAGE sections are
+the snapshot's: each page travels with its tags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tagvisor.snapshot import pages
+from tagvisor.snapshot.container import (
+    END_TAG,
+    ByteSink,
+    ByteSource,
+    FormatError,
+    Version,
+    read_section,
+    write_section,
+)
+from tagvisor.snapshot.state import MachineState
+
+MAGIC: Final = b"TAGVMIGR"
+VERSION: Final = Version(1, 0)
+LIMITS: Final = {
+    b"HELO": 64 << 10,
+    b"PAGE": pages.HEAD.size + pages.MAX_BODY,
+    b"ITER": 4 << 10,
+    b"VCPU": 128 << 10,
+    b"DEVS": 16 << 20,
+    END_TAG: 64 << 10,
+}
+REPLY_LIMIT: Final = 16 << 10
+
+
+@dataclass(frozen=True)
+class Hello:
+    machine: MachineState
+    compress: bool
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"machine": json.loads(self.machine.encode()), "compress": self.compress},
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Hello:
+        try:
+            raw = json.loads(payload)
+            machine = MachineState.decode(json.dumps(raw["machine"]).encode())
+            compress = raw["compress"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise FormatError(f"the HELO section is malformed: {error}") from None
+        if not isinstance(compress, bool):
+            raise FormatError("the HELO section's compress flag is not a boolean")
+        return cls(machine, compress)
+
+
+def send_json(sink: ByteSink, tag: bytes, value: dict[str, Any]) -> None:
+    write_section(sink, tag, json.dumps(value, sort_keys=True).encode())
+
+
+def read_reply(source: ByteSource, expected: tuple[bytes, ...]) -> tuple[bytes, dict[str, Any]]:
+    section = read_section(source, lambda tag: REPLY_LIMIT)
+    if section.tag not in expected:
+        raise FormatError(f"expected one of {expected}, the peer sent {section.tag!r}")
+    try:
+        value = json.loads(section.payload)
+    except ValueError:
+        raise FormatError(f"the peer's {section.tag!r} reply is not JSON") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"the peer's {section.tag!r} reply is not a JSON object")
+    return section.tag, value

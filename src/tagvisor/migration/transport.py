@@ -1,0 +1,111 @@
+"""TCP transport for migration: addresses, a listener that binds loopback by default,
+and connections that read exactly and fail with a clear error on a cut or a timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass
+from typing import Final
+
+from tagvisor.errors import TagvisorError
+from tagvisor.snapshot.container import FormatError
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+
+class TransportError(TagvisorError):
+    """The connection failed, was cut, or timed out."""
+
+
+@dataclass(frozen=True)
+class TcpAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+
+def parse_address(text: str) -> TcpAddress:
+    """``tcp:HOST:PORT`` (IPv6 hosts in brackets) -> TcpAddress."""
+    if not text.startswith("tcp:"):
+        raise ValueError(f"{text!r}: migration addresses look like tcp:127.0.0.1:4444")
+    rest = text[4:]
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]:")
+    else:
+        host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected tcp:HOST:PORT with a port from 1 to 65535")
+    return TcpAddress(host, int(port))
+
+
+class Connection:
+    """A connected socket with the ByteSource/ByteSink interface of the container."""
+
+    def __init__(self, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.sock = sock
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sent = 0
+        self.received = 0
+
+    def read(self, size: int) -> bytes:
+        try:
+            data = self.sock.recv(min(size, 1 << 22))
+        except OSError as error:
+            raise TransportError(f"receiving failed: {error}") from error
+        if not data:
+            raise FormatError("the connection closed in the middle of the stream")
+        self.received += len(data)
+        return data
+
+    def write(self, data: bytes) -> int:
+        try:
+            self.sock.sendall(data)
+        except OSError as error:
+            raise TransportError(f"sending failed: {error}") from error
+        self.sent += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class Listener:
+    """A listening socket (``SO_REUSEADDR``); port 0 picks a free port."""
+
+    def __init__(self, address: TcpAddress) -> None:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((address.host, address.port))
+        except OSError as error:
+            self.sock.close()
+            raise TransportError(f"cannot listen on {address}: {error}") from error
+        self.sock.listen(1)
+        self.address = TcpAddress(address.host, self.sock.getsockname()[1])
+
+    def accept(self, timeout: float = DEFAULT_TIMEOUT) -> Connection:
+        self.sock.settimeout(timeout)
+        try:
+            sock, _peer = self.sock.accept()
+        except OSError as error:
+            raise TransportError(f"no source connected to {self.address}: {error}") from error
+        return Connection(sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(address: TcpAddress, timeout: float = DEFAULT_TIMEOUT) -> Connection:
+    try:
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
+    except OSError as error:
+        raise TransportError(f"cannot connect to {address}: {error}") from error
+    return Connection(sock, timeout)

@@ -1,0 +1,120 @@
+"""Pre-copy live migration with tags, between two hosts on loopback."""
+
+import numpy as np
+import pytest
+
+from tagvisor.kvm.model.guest import GeneratorGuest
+from tagvisor.migration import IncomingError, MigrationRefused, migrate
+from tagvisor.snapshot.guestpages import memory_digest
+from tagvisor.vmm import RunState
+from tests.migration.churner import CHECK, churner
+from tests.migration.conftest import Destination, source_machine
+
+
+def syncs(machine: object) -> list[tuple[int, ...]]:
+    return [c.args for c in machine.ucall.calls if c.cmd.name == "SYNC"]  # type: ignore[attr-defined]
+
+
+def test_migration_moves_every_page_and_tag_while_the_guest_churns(
+    destination: Destination,
+) -> None:
+    """Scenario: a guest keeps retagging and rewriting its heap during pre-copy.
+
+    The destination's memory and tags equal the source's at the moment it stopped
+    (by digest); the guest carries on at the destination from the round it reached,
+    and its old tagged pointer still matches (no fault).
+    """
+    source = source_machine()
+    destination.start()
+    report = migrate(source, destination.address, max_iterations=6, stop_pages=8)
+    destination.join()
+    assert destination.error is None
+    dest = destination.resume_guest()
+    assert source.state is RunState.PAUSED
+    assert memory_digest(source) == memory_digest(dest)
+    assert report.iterations >= 2
+    assert report.guest_exits_during > 0, "the guest did not run during pre-copy"
+    assert report.tag_share <= 1 / 32
+    reached = source.vcpus[0].regs.core[19]  # type: ignore[attr-defined]
+    before = len(syncs(dest))
+    dest.run(max_exits=200)
+    rounds = [args[0] for args in syncs(dest)[before:] if args[0] != CHECK]
+    assert rounds[:3] == [reached, reached + 1, reached + 2]
+    checks = [args for args in syncs(dest)[before:] if args[0] == CHECK]
+    assert checks
+    assert set(checks) == {(CHECK, 1)}
+
+
+def test_zero_pages_with_tags_travel_and_true_zero_pages_do_not(destination: Destination) -> None:
+    """Scenario: a page of zeros tagged 0x9 by the guest, and untouched RAM.
+
+    The tagged zero page arrives with its tags; the rest of RAM is not sent at all in
+    the first pass (it is zero at the destination already)."""
+    source = source_machine()
+    stage2 = source.vm.stage2  # type: ignore[attr-defined]
+    zero_page = 0x4000_0000 + (24 << 20)
+    stage2.store_tags(zero_page, np.full(256, 9, np.uint8))
+    destination.start()
+    report = migrate(source, destination.address, run_guest=False, max_iterations=2)
+    destination.join()
+    assert destination.machine is not None
+    dest_stage2 = destination.machine.vm.stage2  # type: ignore[attr-defined]
+    assert dest_stage2.load_tags(zero_page, 256).tolist() == [9] * 256
+    assert report.pages_sent < (32 << 20) // 4096 // 2
+    assert report.uniform_tag_pages >= 1
+
+
+def test_destination_refuses_before_any_page_is_sent(destination: Destination) -> None:
+    """Scenario: the destination demands a guest without MTE; the source has MTE.
+
+    The refusal names the mismatch, no PAGE was sent, and the source guest continues
+    and finishes normally."""
+    destination.options = {"require_mte": False}
+    source = source_machine(rounds=20)
+    destination.start()
+    with pytest.raises(MigrationRefused, match="MTE is on at the source only"):
+        migrate(source, destination.address)
+    destination.join()
+    assert isinstance(destination.error, IncomingError)
+    assert source.memory.regions[0].logging is False
+    assert source.run().exit_status == 0
+
+
+def test_destination_with_another_mte_level_is_refused(destination: Destination) -> None:
+    """Scenario: the source host offers MTE level 2, the destination level 3 (MTE3)."""
+    destination.kvm.host_mte_level = 3
+    source = source_machine(rounds=10)
+    destination.start()
+    with pytest.raises(MigrationRefused, match="feature level differs"):
+        migrate(source, destination.address)
+
+
+def test_too_big_a_guest_is_refused(destination: Destination) -> None:
+    """Scenario: the destination allows 16 MiB of guest RAM; the guest has 32."""
+    destination.options = {"max_memory": 16 << 20}
+    source = source_machine(rounds=10)
+    destination.start()
+    with pytest.raises(MigrationRefused, match="allows 16777216"):
+        migrate(source, destination.address)
+
+
+def test_compressed_stream_moves_the_same_memory(destination: Destination) -> None:
+    """Scenario: the same migration with zlib compression on, over a guest whose heap
+    is random (incompressible) but which also holds 2 MiB of text: the stream is
+    smaller than the pages it carries, and the memory arrives the same."""
+    source = source_machine()
+    text = b"memory tagging keeps tags with pages. " * ((2 << 20) // 38 + 1)
+    source.vm.stage2.write(0x4000_0000 + (24 << 20), text[: 2 << 20])  # type: ignore[attr-defined]
+    destination.start()
+    report = migrate(source, destination.address, run_guest=False, compress=True)
+    destination.join()
+    assert destination.machine is not None
+    assert memory_digest(source) == memory_digest(destination.machine)
+    assert report.compressed
+    assert report.wire_bytes < report.data_bytes
+
+
+def test_the_guest_program_is_not_migrated_only_its_state() -> None:
+    """Scenario: the Python guest on the destination is a fresh program object reading
+    its round from X19, like real guest code reads its PC (a reminder of the contract)."""
+    assert isinstance(GeneratorGuest(churner(1)), GeneratorGuest)
