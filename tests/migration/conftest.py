@@ -48,7 +48,10 @@ class Destination:
     def _run(self) -> None:
         try:
             self.machine, self.report = incoming(
-                self.kvm, self.listener, timeout=20, **self.options  # type: ignore[arg-type]
+                self.kvm,
+                self.listener,
+                timeout=20,
+                **self.options,  # type: ignore[arg-type]
             )
         except BaseException as error:  # reported to the test
             self.error = error

@@ -43,6 +43,7 @@ from tagvisor.host.mapping import (
 
 if TYPE_CHECKING:
     from tagvisor.host.swap import SwapDevice
+    from tagvisor.host.userfault import Userfaultfd
 
 SEGV_MAPERR = 1
 SEGV_ACCERR = 2
@@ -57,15 +58,24 @@ class HostProcess:
     """An address space of VMAs over a shared :class:`FrameTable`."""
 
     def __init__(
-        self, frames: FrameTable, swap: SwapDevice | None = None, *, hugetlb_mte: bool = True
+        self,
+        frames: FrameTable,
+        swap: SwapDevice | None = None,
+        *,
+        hugetlb_mte: bool = True,
+        proposals: frozenset[str] = frozenset(),
     ) -> None:
         self.frames = frames
         self.swap = swap
         #: hugetlbfs is VM_MTE_ALLOWED since Linux 6.13 (arch_calc_vm_flag_bits).
         self.hugetlb_mte = hugetlb_mte
+        #: Kernel features that are proposals, not Linux, that this host models.
+        self.proposals = proposals
         self.vmas: list[Vma] = []
         self._next_map = MMAP_BASE
         self._notifiers: list[InvalidateHook] = []
+        #: Ranges registered with userfaultfd (post-copy); see tagvisor.host.userfault.
+        self.userfaults: list[Userfaultfd] = []
 
     # -- MMU notifiers ---------------------------------------------------------------
 
@@ -172,6 +182,20 @@ class HostProcess:
                     self.swap.release(slots)
             self.vmas.remove(vma)
 
+    def discard(self, address: int, pages: np.ndarray) -> None:
+        """MADV_DONTNEED of the given pages (indices from ``address``) of one private
+        anonymous or shared mapping: their frames go, the next touch faults again."""
+        vma = self.find_vma(address)
+        if vma is None:
+            raise SyscallError(errno.EINVAL, "madvise", f"nothing mapped at {address:#x}")
+        index = vma.page_index(address) + pages
+        present = index[vma.backing.pfns[index] != NO_FRAME]
+        if not present.size:
+            return
+        self.invalidate(address, address + (int(pages.max()) + 1) * PAGE_SIZE)
+        self.frames.put(vma.backing.pfns[present])
+        vma.backing.pfns[present] = NO_FRAME
+
     def _vmas_in(self, address: int, length: int) -> Iterator[Vma]:
         found = False
         for vma in self.vmas:
@@ -234,6 +258,9 @@ class HostProcess:
         backing = vma.backing
         index = np.arange(vma.page_index(start), vma.page_index(stop - 1) + 1)
         missing = index[backing.pfns[index] == NO_FRAME]
+        if missing.size and self.userfaults:
+            self._userfault(vma, missing)
+            missing = index[backing.pfns[index] == NO_FRAME]
         if missing.size:
             self._populate(backing, missing)
         if write and not vma.shared:
@@ -242,6 +269,16 @@ class HostProcess:
         if vma.mte:
             self.frames.sanitise(pfns)
         return pfns
+
+    def _userfault(self, vma: Vma, missing: np.ndarray) -> None:
+        """Hand missing pages in registered ranges to their userfaultfd, one by one
+        (post-copy's on-demand path is page by page by nature)."""
+        for index in missing.tolist():
+            address = vma.start + (index - vma.page_offset) * PAGE_SIZE
+            for uffd in self.userfaults:
+                if uffd.covers(address) and vma.backing.swap_slots[index] == NO_SLOT:
+                    uffd.resolve(address)
+                    break
 
     def _populate(self, backing: Backing, missing: np.ndarray) -> None:
         swapped = missing[backing.swap_slots[missing] != NO_SLOT]

@@ -19,12 +19,14 @@ from typing import Final
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
+from tagvisor.host.process import HostProcess
 from tagvisor.kvm.api import Kvm
 from tagvisor.kvm.uapi import Cap
 from tagvisor.migration import protocol
+from tagvisor.migration.postcopy import PostcopyReceiver, decode_pending
 from tagvisor.migration.transport import Connection, Listener, TcpAddress
 from tagvisor.snapshot import pages
-from tagvisor.snapshot.container import END_TAG, FormatError, iter_sections, read_header
+from tagvisor.snapshot.container import END_TAG, FormatError, Section, iter_sections, read_header
 from tagvisor.snapshot.guestpages import write_run
 from tagvisor.snapshot.state import DeviceState, MachineState, VcpuState, apply_devices, apply_vcpu
 from tagvisor.vmm.builder import MachineBuilder
@@ -44,6 +46,8 @@ class IncomingReport:
     bytes_received: int = 0
     vcpus: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Set for a post-copy migration: join() it to wait for the last pages.
+    postcopy: PostcopyReceiver | None = None
 
 
 def host_mte_level(kvm: Kvm) -> int:
@@ -108,6 +112,7 @@ def receive(
     machine = MachineBuilder.from_config(kvm, config).build()
     vcpus: list[VcpuState] = []
     devices: DeviceState | None = None
+    post: Section | None = None
     try:
         for section in sections:
             if section.tag == b"PAGE":
@@ -130,7 +135,8 @@ def receive(
                 vcpus.append(state)
             elif section.tag == b"DEVS":
                 devices = DeviceState.decode(section.payload)
-            elif section.tag == END_TAG:
+            elif section.tag in (END_TAG, b"POST"):
+                post = section if section.tag == b"POST" else None
                 break
             else:
                 raise FormatError(f"unexpected section {section.tag!r} after HELO")
@@ -141,6 +147,17 @@ def receive(
         for state in vcpus:
             apply_vcpu(state, machine.vcpus[state.vcpu_id])
         apply_devices(devices, machine)
+        if post is not None:
+            process = getattr(kvm, "process", None)
+            if not isinstance(process, HostProcess):
+                raise FormatError("post-copy needs userfaultfd, which tagvisor models only")
+            receiver = PostcopyReceiver(
+                conn, machine, process, decode_pending(post.payload, machine), sections
+            )
+            receiver.start()
+            report.postcopy = receiver
+            report.vcpus = len(vcpus)
+            return machine, report
     except TagvisorError as error:
         with contextlib.suppress(TagvisorError):  # the source may be gone; nothing to tell
             protocol.send_json(conn, b"FAIL", {"reason": str(error)})
@@ -166,6 +183,10 @@ def incoming(
     finally:
         listener.close()
     try:
-        return receive(conn, kvm, max_memory=max_memory, require_mte=require_mte)
-    finally:
+        machine, report = receive(conn, kvm, max_memory=max_memory, require_mte=require_mte)
+    except BaseException:
         conn.close()
+        raise
+    if report.postcopy is None:
+        conn.close()  # post-copy's receiver closes it when the last page is in
+    return machine, report

@@ -5,6 +5,11 @@
     source -> destination: (PAGE* ITER)* VCPU* DEVS END!
     destination -> source: DONE | FAIL(reason)
 
+or, post-copy, after the VCPUs and devices:
+
+    source -> destination: POST(missing-page bitmap) PAGE* END!
+    destination -> source: REQ(gpa)* DONE
+
 HELO carries the machine's shape (the snapshot's MachineState) and the stream options;
 ITER marks the end of a pre-copy iteration; END! carries page counts. PAGE sections are
 the snapshot's: each page travels with its tags.
@@ -36,6 +41,7 @@ LIMITS: Final = {
     b"ITER": 4 << 10,
     b"VCPU": 128 << 10,
     b"DEVS": 16 << 20,
+    b"POST": 8 << 20,
     END_TAG: 64 << 10,
 }
 REPLY_LIMIT: Final = 16 << 10

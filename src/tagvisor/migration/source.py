@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
 from tagvisor.migration import protocol
+from tagvisor.migration.postcopy import encode_pending, final_reply, serve
 from tagvisor.migration.transport import Connection, TcpAddress, connect
 from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import END_TAG, write_header, write_section
@@ -60,6 +61,8 @@ class MigrationReport:
     tag_bytes: int = 0
     wire_bytes: int = 0
     compressed: bool = False
+    postcopy: bool = False
+    postcopy_pages: int = 0
     dirty_per_iteration: list[int] = field(default_factory=list)
     total_seconds: float = 0.0
     downtime_seconds: float = 0.0
@@ -116,9 +119,15 @@ def migrate(
     max_iterations: int = 8,
     stop_pages: int = 64,
     compress: bool = False,
+    postcopy: bool = False,
     progress: Progress | None = None,
 ) -> MigrationReport:
-    """Live-migrate ``machine`` to an ``incoming`` destination at ``address``."""
+    """Live-migrate ``machine`` to an ``incoming`` destination at ``address``.
+
+    With ``postcopy`` the guest moves after ``max_iterations`` pre-copy passes and the
+    destination fetches what is still missing on demand (see tagvisor.migration.
+    postcopy); downtime is then the pause until the destination can resume.
+    """
     if machine.state is RunState.STOPPED:
         raise MigrationError("the guest has stopped; there is nothing to migrate")
     report = MigrationReport(compressed=compress)
@@ -159,24 +168,37 @@ def migrate(
         report.guest_exits_during = machine.exits - exits_before
         if _stopped(machine):
             raise MigrationError("the guest stopped during migration; nothing to move")
-        final = _send_dirty(
-            conn,
-            machine,
-            report,
-            report.iterations,
-            sparse=False,
-            compress=compress,
-            progress=progress,
-        )
-        report.dirty_per_iteration.append(final)
+        if postcopy:
+            pending = [memory.take_dirty(region) for region in memory.regions]
+        else:
+            final = _send_dirty(
+                conn,
+                machine,
+                report,
+                report.iterations,
+                sparse=False,
+                compress=compress,
+                progress=progress,
+            )
+            report.dirty_per_iteration.append(final)
         for index, vcpu in enumerate(machine.vcpus):
             write_section(conn, b"VCPU", capture_vcpu(index, vcpu).encode())
         write_section(conn, b"DEVS", capture_devices(machine).encode())
-        protocol.send_json(conn, END_TAG, {"pages_sent": report.pages_sent})
-        tag, reply = protocol.read_reply(conn, (b"DONE", b"FAIL"))
+        if postcopy:
+            write_section(conn, b"POST", encode_pending(pending))
+            report.downtime_seconds = time.perf_counter() - paused
+            report.postcopy = True
+            report.postcopy_pages = sum(int(mask.sum()) for mask in pending)
+            report.add(serve(conn, machine, pending, compress=compress))
+            tag, payload = final_reply(conn)
+            reply = {"reason": payload.decode(errors="replace")}
+        else:
+            protocol.send_json(conn, END_TAG, {"pages_sent": report.pages_sent})
+            tag, reply = protocol.read_reply(conn, (b"DONE", b"FAIL"))
         if tag == b"FAIL":
             raise MigrationError(f"the destination failed: {reply.get('reason')}")
-        report.downtime_seconds = time.perf_counter() - paused
+        if not postcopy:
+            report.downtime_seconds = time.perf_counter() - paused
         report.total_seconds = time.perf_counter() - started
         return report
     except MigrationError:

@@ -67,7 +67,9 @@ class ModelKvm:
 
     ``host_memory`` bytes of RAM back every VM and the VMM's buffers; the OS gives the
     arrays lazily, so a large figure costs only what is used. The profile picks the
-    kernel version (or the seed's v2 design) whose ABI the model follows.
+    kernel version (or the seed's v2 design) whose ABI the model follows. ``proposals``
+    turns on modelled kernel features that Linux does not have (named in
+    tagvisor.host.userfault), all off by default.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class ModelKvm:
         host_mte_level: int = 2,
         host_32bit_el1: bool = False,
         swap_pages: int = 0,
+        proposals: frozenset[str] = frozenset(),
     ) -> None:
         self.profile = profile_named(profile) if isinstance(profile, str) else profile
         self.host_mte = host_mte
@@ -86,7 +89,9 @@ class ModelKvm:
         self.host_32bit_el1 = host_32bit_el1
         self.frames = FrameTable(host_memory // 4096)
         swap = SwapDevice(self.frames, swap_pages) if swap_pages else None
-        self.process = HostProcess(self.frames, swap, hugetlb_mte=self.profile.hugetlb_mte_allowed)
+        self.process = HostProcess(
+            self.frames, swap, hugetlb_mte=self.profile.hugetlb_mte_allowed, proposals=proposals
+        )
         self._user_memory = ModelUserMemory(self.process)
 
     @property

@@ -254,10 +254,8 @@ class ModelVm:
             raise KvmError(
                 errno.EINVAL, "KVM_ARM_MTE_COPY_TAGS", f"{self.profile.name} has no such ioctl"
             )
-        with self.stage2.lock:
-            return self._copy_tags(copy)
-
-    def _copy_tags(self, copy: kvm_arm_copy_mte_tags) -> int:
+        # No stage-2 lock: COPY_TAGS goes through the VMM's mapping and never touches the
+        # dirty log, and a post-copy VMM calls it while a VCPU sleeps in a userfault.
         return copy_tags(
             copy,
             memslots=self.memslots,
