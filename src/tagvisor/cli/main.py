@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tagvisor import __version__
-from tagvisor.cli import run, tour
+from tagvisor.cli import migrate, run, snapshot, tour
 from tagvisor.errors import TagvisorError
 
 DESCRIPTION = """\
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     tour.register(commands)
     run.register(commands)
+    snapshot.register(commands)
+    migrate.register(commands)
     return parser
 
 
