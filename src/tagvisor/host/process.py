@@ -308,17 +308,25 @@ class HostProcess:
 
     def read(self, address: int, length: int) -> bytes:
         """Read bytes as the process would through its page tables (no tag check)."""
+        view = self.contiguous_view(address, length, write=False)
+        if view is not None:
+            return view.tobytes()
         pfns = self.fault_in(address, length, write=False)
         offset = address % PAGE_SIZE
         flat = self.frames.data[pfns].reshape(-1)
         return flat[offset : offset + length].tobytes()
 
-    def write(self, address: int, data: bytes) -> None:
+    def write(self, address: int, data: bytes | memoryview) -> None:
         """Write bytes through the process's page tables (no tag check)."""
-        pfns = self.fault_in(address, len(data), write=True)
+        source = np.frombuffer(data, np.uint8)
+        view = self.contiguous_view(address, source.size, write=True)
+        if view is not None:
+            view[:] = source
+            return
+        pfns = self.fault_in(address, source.size, write=True)
         offset = address % PAGE_SIZE
         flat = self.frames.data[pfns].reshape(-1)
-        flat[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
+        flat[offset : offset + source.size] = source
         self.frames.data[pfns] = flat.reshape(-1, PAGE_SIZE)
 
     def contiguous_view(self, address: int, length: int, *, write: bool) -> U8 | None:

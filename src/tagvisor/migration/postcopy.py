@@ -31,7 +31,14 @@ from tagvisor.host.process import HostProcess
 from tagvisor.host.userfault import PROPOSAL_UFFDIO_COPY_MTE, Userfaultfd
 from tagvisor.migration.transport import Connection
 from tagvisor.snapshot import pages
-from tagvisor.snapshot.container import END_TAG, FormatError, Section, read_section, write_section
+from tagvisor.snapshot.container import (
+    END_TAG,
+    FormatError,
+    Payload,
+    Section,
+    read_section,
+    write_section,
+)
 from tagvisor.snapshot.guestpages import read_run, runs_of
 from tagvisor.snapshot.pages import EncodeStats, PageRun
 from tagvisor.vmm.machine import Machine
@@ -45,7 +52,7 @@ def encode_pending(masks: list[NDArray[np.bool_]]) -> bytes:
     return b"".join(np.packbits(mask, bitorder="little").tobytes() for mask in masks)
 
 
-def decode_pending(payload: bytes, machine: Machine) -> list[NDArray[np.bool_]]:
+def decode_pending(payload: Payload, machine: Machine) -> list[NDArray[np.bool_]]:
     masks, offset = [], 0
     for region in machine.memory.regions:
         size = -(-region.npages // 8)
@@ -100,7 +107,7 @@ def serve(
     return stats
 
 
-def final_reply(conn: Connection) -> tuple[bytes, bytes]:
+def final_reply(conn: Connection) -> tuple[bytes, Payload]:
     """After END!, the destination's DONE or FAIL; REQs for pages already on their way
     (the guest faulted while they were in flight) are answered by those pages."""
     while True:

@@ -27,6 +27,7 @@ from tagvisor.snapshot.container import (
     ByteSink,
     ByteSource,
     FormatError,
+    Payload,
     Version,
     read_section,
     write_section,
@@ -59,7 +60,7 @@ class Hello:
         ).encode()
 
     @classmethod
-    def decode(cls, payload: bytes) -> Hello:
+    def decode(cls, payload: Payload) -> Hello:
         try:
             raw = json.loads(payload)
             machine = MachineState.decode(json.dumps(raw["machine"]).encode())

@@ -62,6 +62,16 @@ class Connection:
         self.received += len(data)
         return data
 
+    def readinto(self, buffer: memoryview) -> int:
+        try:
+            got = self.sock.recv_into(buffer, min(len(buffer), 1 << 22))
+        except OSError as error:
+            raise TransportError(f"receiving failed: {error}") from error
+        if not got:
+            raise FormatError("the connection closed in the middle of the stream")
+        self.received += got
+        return got
+
     def write(self, data: bytes) -> int:
         try:
             self.sock.sendall(data)

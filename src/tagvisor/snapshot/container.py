@@ -36,6 +36,10 @@ OPTIONAL: Final = 1 << 0
 END_TAG: Final = b"END!"
 
 
+#: What a reader hands on: bytes, or the bytearray it filled in place (no copy).
+Payload = bytes | bytearray
+
+
 class FormatError(TagvisorError):
     """The input is damaged, truncated, foreign or from an unknown version."""
 
@@ -61,7 +65,7 @@ class Version:
 class Section:
     tag: bytes
     flags: int
-    payload: bytes
+    payload: Payload
 
     @property
     def optional(self) -> bool:
@@ -85,7 +89,20 @@ def write_section(sink: ByteSink, tag: bytes, payload: bytes, *, optional: bool 
     return len(head) + len(payload) + CRC.size
 
 
-def read_exactly(source: ByteSource, size: int, what: str) -> bytes:
+def read_exactly(source: ByteSource, size: int, what: str) -> Payload:
+    """``size`` bytes, or FormatError if the input ends first. Sources that can
+    ``readinto`` (files, connections) fill one buffer with no further copy."""
+    readinto = getattr(source, "readinto", None)
+    if readinto is not None:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        done = 0
+        while done < size:
+            got = readinto(view[done:])
+            if not got:
+                raise FormatError(f"the input ends inside {what} ({done} of {size} bytes)")
+            done += got
+        return buffer  # a bytearray: bytes-like, and not copied again
     chunks = []
     remaining = size
     while remaining:

@@ -37,7 +37,7 @@ def write_run(machine: Machine, run: PageRun, *, with_tags: bool = True) -> None
     Tags are written for all pages of the run, zeros included, so the pages are marked
     tagged and a later first touch cannot clear what was restored.
     """
-    machine.memory.write(run.gpa, run.data.tobytes())
+    machine.memory.write(run.gpa, np.ascontiguousarray(run.data).data.cast("B"))
     if with_tags and machine.config.mte:
         machine.tags.write_tags(run.gpa, run.tags.reshape(-1))
 

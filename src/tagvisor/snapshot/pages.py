@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PACKED_TAGS_PER_PAGE, PAGE_SIZE
 from tagvisor.arch.tagformat import pack_tags, unpack_tags
-from tagvisor.snapshot.container import FormatError
+from tagvisor.snapshot.container import FormatError, Payload
 
 HEAD: Final = struct.Struct("<QII")
 COMPRESSED: Final = 1 << 0
@@ -124,7 +124,7 @@ def encode(run: PageRun, *, compress: bool = False) -> tuple[bytes, EncodeStats]
     return payload, stats
 
 
-def decode(payload: bytes) -> PageRun:
+def decode(payload: Payload) -> PageRun:
     """Parse a PAGE payload, checking every size against what the kinds promise."""
     if len(payload) < HEAD.size:
         raise FormatError("a PAGE section is shorter than its header")
@@ -162,8 +162,11 @@ def decode(payload: bytes) -> PageRun:
     data_rows = np.frombuffer(body, np.uint8, n_data * PAGE_SIZE, offset)
     if uniform_tags.max(initial=0) > 0xF:
         raise FormatError("a PAGE section has a uniform tag above 15")
-    data = np.zeros((npages, PAGE_SIZE), np.uint8)
-    data[with_data] = data_rows.reshape(-1, PAGE_SIZE)
+    if n_data == npages:  # every page has data: use the payload's bytes as they are
+        data = data_rows.reshape(npages, PAGE_SIZE)
+    else:
+        data = np.zeros((npages, PAGE_SIZE), np.uint8)
+        data[with_data] = data_rows.reshape(-1, PAGE_SIZE)
     tags = np.zeros((npages, GRANULES_PER_PAGE), np.uint8)
     tags[uniform] = uniform_tags[:, None]
     if n_full:

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from tagvisor.kvm.api import Vcpu
 from tagvisor.kvm.model.vcpu_regs import ID_AA64PFR1_EL1
-from tagvisor.snapshot.container import FormatError
+from tagvisor.snapshot.container import FormatError, Payload
 from tagvisor.vmm.devices.ucall import Ucall, UcallCmd
 from tagvisor.vmm.machine import Machine, MachineConfig
 
@@ -40,7 +40,7 @@ class MachineState:
         )
 
     @classmethod
-    def decode(cls, payload: bytes) -> MachineState:
+    def decode(cls, payload: Payload) -> MachineState:
         raw = _parse(payload, "machine state")
         config_raw = _field(raw, "config", dict)
         names = {f.name: f.type for f in fields(MachineConfig)}
@@ -73,7 +73,7 @@ class VcpuState:
         return head + b"".join(REG.pack(reg, value) for reg, value in self.registers)
 
     @classmethod
-    def decode(cls, payload: bytes) -> VcpuState:
+    def decode(cls, payload: Payload) -> VcpuState:
         if len(payload) < VCPU_HEAD.size:
             raise FormatError("a VCPU section is shorter than its header")
         vcpu_id, count = VCPU_HEAD.unpack_from(payload)
@@ -102,7 +102,7 @@ class DeviceState:
         )
 
     @classmethod
-    def decode(cls, payload: bytes) -> DeviceState:
+    def decode(cls, payload: Payload) -> DeviceState:
         raw = _parse(payload, "device state")
         dma = _field(raw, "dma", dict)
         registers = _field(dma, "registers", list)
@@ -122,7 +122,7 @@ def _json(value: dict[str, Any]) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _parse(payload: bytes, what: str) -> dict[str, Any]:
+def _parse(payload: Payload, what: str) -> dict[str, Any]:
     try:
         value = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

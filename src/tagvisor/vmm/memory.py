@@ -95,7 +95,7 @@ class GuestMemory:
         region = self.region_of(gpa, length)
         return self.user.read(region.hva + gpa - region.gpa, length)
 
-    def write(self, gpa: int, data: bytes) -> None:
+    def write(self, gpa: int, data: bytes | memoryview) -> None:
         """Write guest memory from the VMM side; the pages count as dirty."""
         region = self.region_of(gpa, len(data))
         self.user.write(region.hva + gpa - region.gpa, data)

@@ -58,7 +58,7 @@ class ModelUserMemory:
     def read(self, address: int, length: int) -> bytes:
         return self.process.read(address, length)
 
-    def write(self, address: int, data: bytes) -> None:
+    def write(self, address: int, data: bytes | memoryview) -> None:
         self.process.write(address, data)
 
 
