@@ -17,6 +17,8 @@ vector operations, not a Python loop per page.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import threading
 from typing import Final, NewType
 
@@ -32,6 +34,17 @@ Pfn = NewType("Pfn", int)
 Pfns = NDArray[np.int64]
 
 HUGE_PAGE_FRAMES: Final = 512  # 2 MiB hugetlb folio of 4 KiB pages
+
+
+def _huge_zeroed(size: int) -> NDArray[np.uint8]:
+    """Zeroed memory the OS backs lazily, with transparent huge pages advised: first
+    touches of guest RAM then fault 2 MiB at a time (about twice as fast here)."""
+    if size == 0:
+        return np.zeros(0, np.uint8)
+    area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(OSError, AttributeError):  # THP may be off or unknown
+        area.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(area, np.uint8)
 
 
 def as_pfns(frames: Pfns | list[int] | int) -> Pfns:
@@ -54,7 +67,7 @@ class FrameTable:
 
     def __init__(self, nframes: int) -> None:
         self.nframes = nframes
-        self.data = np.zeros((nframes, PAGE_SIZE), dtype=np.uint8)
+        self.data = _huge_zeroed(nframes * PAGE_SIZE).reshape(nframes, PAGE_SIZE)
         self.tags = TagStorage(nframes * GRANULES_PER_PAGE)
         self.mte_tagged = np.zeros(nframes, dtype=bool)
         self.mte_lock = np.zeros(nframes, dtype=bool)

@@ -80,7 +80,7 @@ def serve(
     def send(region_index: int, first: int, count: int) -> None:
         region = regions[region_index]
         run = read_run(machine, region.gpa + first * PAGE_SIZE, count)
-        payload, part = pages.encode(run, compress=compress)
+        payload, part = pages.encode_parts(run, compress=compress)
         write_section(conn, b"PAGE", payload)
         stats.add(part)
         pending[region_index][first : first + count] = False

@@ -156,6 +156,7 @@ def migrate(
                 sparse=iteration == 0,
                 compress=compress,
                 progress=progress,
+                live=runner is not None,
             )
             report.dirty_per_iteration.append(sent)
             report.iterations += 1
@@ -226,13 +227,14 @@ def _send_dirty(
     sparse: bool,
     compress: bool,
     progress: Progress | None,
+    live: bool = False,
 ) -> int:
     """Send every page the dirty log reports (all non-zero ones when ``sparse``)."""
     sent = 0
     for region in machine.memory.regions:
         dirty = machine.memory.take_dirty(region)
         remaining = int(dirty.sum())
-        for run in iter_runs(machine, region, dirty):
+        for run in iter_runs(machine, region, dirty, live=live):
             selected = _selection(run, sparse)
             for first, count in runs_of(selected, pages.MAX_PAGES):
                 part = PageRun(
@@ -240,7 +242,7 @@ def _send_dirty(
                     run.data[first : first + count],
                     run.tags[first : first + count],
                 )
-                payload, stats = pages.encode(part, compress=compress)
+                payload, stats = pages.encode_parts(part, compress=compress)
                 write_section(conn, b"PAGE", payload)
                 report.add(stats)
             sent += run.npages

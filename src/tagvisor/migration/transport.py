@@ -72,7 +72,7 @@ class Connection:
         self.received += got
         return got
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         try:
             self.sock.sendall(data)
         except OSError as error:

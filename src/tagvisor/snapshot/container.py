@@ -21,7 +21,7 @@ payload is handed on.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -45,7 +45,7 @@ class FormatError(TagvisorError):
 
 
 class ByteSink(Protocol):
-    def write(self, data: bytes) -> object: ...
+    def write(self, data: bytes | memoryview, /) -> object: ...
 
 
 class ByteSource(Protocol):
@@ -77,16 +77,27 @@ def write_header(sink: ByteSink, magic: bytes, version: Version) -> None:
     sink.write(head + CRC.pack(crc32c(head)))
 
 
-def write_section(sink: ByteSink, tag: bytes, payload: bytes, *, optional: bool = False) -> int:
-    """Write one section; returns the bytes written."""
+def write_section(
+    sink: ByteSink,
+    tag: bytes,
+    payload: bytes | Sequence[bytes | memoryview],
+    *,
+    optional: bool = False,
+) -> int:
+    """Write one section whose payload is one buffer or several in a row (written as
+    they are, never joined); returns the bytes written."""
     if len(tag) != 4:
         raise ValueError(f"section tags are 4 bytes, not {tag!r}")
-    head = SECTION_HEAD.pack(tag, OPTIONAL if optional else 0, len(payload))
-    crc = crc32c(payload, crc32c(head))
+    parts = [payload] if isinstance(payload, bytes) else list(payload)
+    length = sum(len(part) for part in parts)
+    head = SECTION_HEAD.pack(tag, OPTIONAL if optional else 0, length)
+    crc = crc32c(head)
     sink.write(head)
-    sink.write(payload)
+    for part in parts:
+        crc = crc32c(part, crc)
+        sink.write(part)
     sink.write(CRC.pack(crc))
-    return len(head) + len(payload) + CRC.size
+    return len(head) + length + CRC.size
 
 
 def read_exactly(source: ByteSource, size: int, what: str) -> Payload:

@@ -22,8 +22,12 @@ from tagvisor.vmm.memory import GuestRegion
 SCAN_PAGES = 4096
 
 
-def read_run(machine: Machine, gpa: int, npages: int) -> PageRun:
-    data = np.frombuffer(machine.memory.read(gpa, npages * PAGE_SIZE), np.uint8)
+def read_run(machine: Machine, gpa: int, npages: int, *, live: bool = False) -> PageRun:
+    """Pages with their tags. While the guest runs (``live``) the data is copied, so
+    what is checksummed is what is sent; a paused guest's memory is read in place."""
+    data = machine.memory.view(gpa, npages * PAGE_SIZE)
+    if live:
+        data = data.copy()
     if machine.config.mte:
         tags = machine.tags.read_tags(gpa, npages * GRANULES_PER_PAGE)
     else:
@@ -37,7 +41,7 @@ def write_run(machine: Machine, run: PageRun, *, with_tags: bool = True) -> None
     Tags are written for all pages of the run, zeros included, so the pages are marked
     tagged and a later first touch cannot clear what was restored.
     """
-    machine.memory.write(run.gpa, np.ascontiguousarray(run.data).data.cast("B"))
+    machine.memory.write(run.gpa, np.ascontiguousarray(run.data).reshape(-1).data)
     if with_tags and machine.config.mte:
         machine.tags.write_tags(run.gpa, run.tags.reshape(-1))
 
@@ -58,11 +62,13 @@ def iter_runs(
     region: GuestRegion,
     mask: NDArray[np.bool_] | None = None,
     limit: int = SCAN_PAGES,
+    *,
+    live: bool = False,
 ) -> Iterator[PageRun]:
     """Runs of the region's pages (all, or those set in ``mask``), read with tags."""
     selected = np.ones(region.npages, bool) if mask is None else mask
     for first, count in runs_of(selected, limit):
-        yield read_run(machine, region.gpa + first * PAGE_SIZE, count)
+        yield read_run(machine, region.gpa + first * PAGE_SIZE, count, live=live)
 
 
 def memory_digest(machine: Machine) -> str:

@@ -136,7 +136,7 @@ def _write_nonzero(sink: ByteSink, run: PageRun, stats: EncodeStats) -> int:
             run.data[first : first + count],
             run.tags[first : first + count],
         )
-        payload, part_stats = pages.encode(part)
+        payload, part_stats = pages.encode_parts(part)
         write_section(sink, b"PAGE", payload)
         stats.data_bytes += part_stats.data_bytes
         stats.tag_bytes += part_stats.tag_bytes

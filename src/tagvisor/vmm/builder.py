@@ -31,7 +31,7 @@ from tagvisor.kvm.model.system import ModelKvm
 from tagvisor.kvm.model.vcpu import ModelVcpu
 from tagvisor.kvm.uapi import CORE_REG_PC, Cap, VcpuFeature
 from tagvisor.vmm.devices import dma as dma_device
-from tagvisor.vmm.devices import pl011, ucall
+from tagvisor.vmm.devices import pl011, progress, ucall
 from tagvisor.vmm.devices.bus import MmioBus
 from tagvisor.vmm.loader import GuestImage, load, parse_elf
 from tagvisor.vmm.machine import Machine, MachineConfig, MachineError
@@ -41,6 +41,7 @@ from tagvisor.vmm.tag_access import make_tag_access
 RAM_BASE: Final = 0x4000_0000
 DEFAULT_RAM: Final = 128 << 20
 UART_BASE: Final = 0x0900_0000
+PROGRESS_BASE: Final = 0x0900_1000
 UCALL_BASE: Final = 0x0A00_0000
 DMA_BASE: Final = 0x0A00_1000
 BOOT_CONFIG_OFFSET: Final = 0x1000
@@ -186,6 +187,7 @@ class MachineBuilder:
         engine = dma_device.DmaEngine(tags)
         bus = MmioBus()
         bus.attach(UART_BASE, pl011.WINDOW, console)
+        bus.attach(PROGRESS_BASE, progress.WINDOW, progress.ProgressRegister())
         bus.attach(UCALL_BASE, ucall.WINDOW, calls)
         bus.attach(DMA_BASE, dma_device.WINDOW, engine)
         config = MachineConfig(

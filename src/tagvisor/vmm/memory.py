@@ -95,6 +95,21 @@ class GuestMemory:
         region = self.region_of(gpa, length)
         return self.user.read(region.hva + gpa - region.gpa, length)
 
+    def view(self, gpa: int, length: int) -> NDArray[np.uint8]:
+        """Guest memory as a read-only array: a view of the mapping when the backend can
+        give one (the model, for contiguous frames), else a copy. Read it before the
+        guest changes the range again."""
+        region = self.region_of(gpa, length)
+        hva = region.hva + gpa - region.gpa
+        viewer = getattr(self.user, "view", None)
+        array = viewer(hva, length) if viewer is not None else None
+        if array is None:
+            array = np.frombuffer(self.user.read(hva, length), np.uint8)
+        array = array.view()
+        array.flags.writeable = False
+        result: NDArray[np.uint8] = array
+        return result
+
     def write(self, gpa: int, data: bytes | memoryview) -> None:
         """Write guest memory from the VMM side; the pages count as dirty."""
         region = self.region_of(gpa, len(data))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+from numpy.typing import NDArray
+
 from tagvisor.host.frames import FrameTable
 from tagvisor.host.mapping import (
     MAP_ANONYMOUS,
@@ -57,6 +60,10 @@ class ModelUserMemory:
 
     def read(self, address: int, length: int) -> bytes:
         return self.process.read(address, length)
+
+    def view(self, address: int, length: int) -> NDArray[np.uint8] | None:
+        """Zero-copy access for the model's VMM (not part of the UserMemory protocol)."""
+        return self.process.contiguous_view(address, length, write=False)
 
     def write(self, address: int, data: bytes | memoryview) -> None:
         self.process.write(address, data)

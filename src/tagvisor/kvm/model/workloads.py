@@ -18,7 +18,7 @@ from tagvisor.arch.constants import PAGE_SIZE, TAG_GRANULE
 from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.model.guest import GuestContext, GuestProgram, mmio_write
 
-#: Where workloads report progress (an address no memslot covers).
+#: Where workloads report progress: the VMM's progress register (docs/guest-abi.md).
 PROGRESS_MMIO: Final = 0x0900_1000
 #: Pages touched per stage-2 call: big enough to amortise, small enough to interleave.
 BATCH_PAGES: Final = 4096
