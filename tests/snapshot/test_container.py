@@ -1,6 +1,7 @@
 """The sectioned container: versions, checksums, unknown sections, size limits."""
 
 import io
+
 import pytest
 
 from tagvisor.snapshot.container import (
