@@ -62,6 +62,13 @@ def add_machine_options(parser: argparse.ArgumentParser) -> None:
         help="guest RAM, e.g. 128M or 1G (default 128M)",
     )
     parser.add_argument("--vcpus", type=int, default=1, help="number of VCPUs (default 1)")
+    parser.add_argument(
+        "--arg",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the guest's program argument, e.g. churn rounds (default 0)",
+    )
     add_host_options(parser)
 
 
@@ -95,6 +102,7 @@ def boot(args: argparse.Namespace, *, stream: bool, tag_access: str = "copy-tags
         .memory(args.mem, vmm_prot_mte=tag_access != "copy-tags")
         .mte(not args.no_mte, tcf=args.tcf)
         .vcpus(args.vcpus)
+        .argument(args.arg)
         .tag_access(tag_access)
         .console(console_sink(stream))
         .image(image)

@@ -50,9 +50,11 @@ TCF_MODES: Final = {"none": 0, "sync": 1, "async": 2, "asymm": 3}
 BACKINGS: Final = ("anonymous", "memfd", "hugetlb")
 
 
-def boot_config(tcf: int, mte: bool, ram_size: int) -> bytes:
-    """The boot configuration block of docs/guest-abi.md."""
-    return struct.pack("<IIIIQ", BOOT_CONFIG_MAGIC, 1, tcf, int(mte), ram_size)
+def boot_config(tcf: int, mte: bool, ram_size: int, argument: int = 0, irg_seed: int = 0) -> bytes:
+    """The boot configuration block of docs/guest-abi.md (40 bytes)."""
+    return struct.pack(
+        "<IIIIQQII", BOOT_CONFIG_MAGIC, 1, tcf, int(mte), ram_size, argument, irg_seed, 0
+    )
 
 
 class MachineBuilder:
@@ -72,6 +74,8 @@ class MachineBuilder:
         self._program: GuestProgram | None = None
         self._console_sink: Callable[[bytes], None] | None = None
         self._restoring = False
+        self._argument = 0
+        self._irg_seed = 0
 
     @classmethod
     def from_config(cls, kvm: Kvm, config: MachineConfig) -> MachineBuilder:
@@ -132,6 +136,14 @@ class MachineBuilder:
     def tag_access(self, way: str) -> Self:
         """How the VMM reaches guest tags (see tagvisor.vmm.tag_access.WAYS)."""
         self._tag_access = way
+        return self
+
+    def argument(self, value: int, *, irg_seed: int = 0) -> Self:
+        """The guest's program argument (e.g. churn rounds) and IRG seed, both passed in
+        the boot configuration block; 0 means the guest's default."""
+        if not 0 <= value < 2**64 or not 0 <= irg_seed <= 0xFFFF:
+            raise ValueError("the argument is a u64 and the IRG seed 16 bits")
+        self._argument, self._irg_seed = value, irg_seed
         return self
 
     def console(self, sink: Callable[[bytes], None]) -> Self:
@@ -203,9 +215,8 @@ class MachineBuilder:
         machine = Machine(kvm, vm, vcpus, memory, bus, console, calls, engine, tags, config)
         if self._restoring:
             return machine
-        memory.write(
-            self._ram_base + BOOT_CONFIG_OFFSET, boot_config(self._tcf, self._mte, self._ram_size)
-        )
+        block = boot_config(self._tcf, self._mte, self._ram_size, self._argument, self._irg_seed)
+        memory.write(self._ram_base + BOOT_CONFIG_OFFSET, block)
         if self._image is not None:
             vcpus[0].set_one_reg(CORE_REG_PC, load(self._image, memory))
         elif self._program is not None:
