@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tagvisor import __version__
-from tagvisor.cli import migrate, run, snapshot, tour
+from tagvisor.cli import migrate, run, snapshot, testbed, tour
 from tagvisor.errors import TagvisorError
 
 DESCRIPTION = """\
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(commands)
     snapshot.register(commands)
     migrate.register(commands)
+    testbed.register(commands)
     return parser
 
 

@@ -33,10 +33,15 @@ def handle_psci(vcpu: ModelVcpu) -> VcpuExit | None:
     """Carry out the PSCI call in x0..x3; return the exit it causes, or None to resume."""
     regs = vcpu.regs
     function = regs.core[0] & 0xFFFF_FFFF
+    # Real 6.1 reports ndata = 1, data[0] = 0 for both (seen in the testbed).
     if function == PSCI_SYSTEM_OFF:
-        return VcpuExit(ExitReason.SYSTEM_EVENT, system_event=SystemEvent.SHUTDOWN)
+        return VcpuExit(
+            ExitReason.SYSTEM_EVENT, system_event=SystemEvent.SHUTDOWN, system_event_data=(0,)
+        )
     if function == PSCI_SYSTEM_RESET:
-        return VcpuExit(ExitReason.SYSTEM_EVENT, system_event=SystemEvent.RESET)
+        return VcpuExit(
+            ExitReason.SYSTEM_EVENT, system_event=SystemEvent.RESET, system_event_data=(0,)
+        )
     if function == PSCI_VERSION:
         regs.core[0] = VERSION_1_1
     elif function == PSCI_FEATURES:

@@ -1,0 +1,89 @@
+"""tagvisor testbed: boot Debian's arm64 kernel under QEMU and run a suite on real KVM.
+
+``tagvisor testbed`` builds the image (cached under .cache/testbed), boots it with
+``-M virt,virtualization=on,mte=on`` and runs the conformance suite against the
+guest kernel's ``/dev/kvm``; ``--compare`` also runs the model's matching profile and
+lists every field that differs. ``--suite`` runs another suite: a module inside
+tagvisor, or a ``.py`` file with a ``run()`` returning JSON-able results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from tagvisor.testbed.boot import DEFAULT_TIMEOUT, run_suite
+from tagvisor.testbed.parts import KERNEL_SUITES
+
+CONFORMANCE = "tagvisor.conformance.suite"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    run = run_suite(args.suite, kernel_suite=args.kernel, timeout=args.timeout, say=_say)
+    _say(
+        f"testbed: kernel {run.kernel} ({run.kernel_package}); image built in "
+        f"{run.seconds_build:.1f} s, boot to power-off {run.seconds_boot:.1f} s, "
+        f"suite {run.seconds_suite:.1f} s; exit status {run.status}"
+    )
+    if run.error:
+        _say(run.error)
+    if args.console:
+        print(run.console, file=sys.stderr)
+    report: dict[str, Any] = {
+        "kernel": run.kernel,
+        "kernel_package": run.kernel_package,
+        "status": run.status,
+        "result": run.result,
+    }
+    status = run.status
+    if args.compare and args.suite == CONFORMANCE and run.status == 0:
+        from tagvisor.conformance.compare import PROFILE_FOR_SUITE, compare, model_results
+
+        profile = PROFILE_FOR_SUITE[args.kernel]
+        real = run.result["scenarios"]
+        model = model_results(profile)
+        differences = compare(model, real)
+        both = sorted(model.keys() & real.keys())
+        report["profile"] = profile
+        report["differences"] = [vars(d) for d in differences]
+        differing = {d.scenario for d in differences}
+        _say(
+            f"testbed: {len(both)} scenarios on both backends ({profile} vs {run.kernel}): "
+            f"{len(both) - len(differing)} agree, {len(differing)} differ"
+        )
+        for difference in differences:
+            _say(f"  {difference}")
+        status = status or (1 if differences else 0)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        print()
+    return status
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "testbed",
+        help="run a suite against a real arm64 KVM with MTE, under QEMU",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--suite", default=CONFORMANCE, help=f"module or .py file (default {CONFORMANCE})"
+    )
+    parser.add_argument(
+        "--kernel",
+        choices=KERNEL_SUITES,
+        default="release",
+        help="Debian suite of the kernel: release (bookworm, 6.1) or backports (6.12)",
+    )
+    parser.add_argument("--compare", action="store_true", help="compare with the model")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--console", action="store_true", help="print the serial console")
+    parser.set_defaults(run=_run)

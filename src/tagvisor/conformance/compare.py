@@ -1,0 +1,59 @@
+"""The model's side of the conformance suite, and the field-by-field comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tagvisor.conformance.scenarios import Result, run_all
+from tagvisor.kvm.model import ModelKvm
+
+#: The testbed's host, as the model's host parameters: QEMU's ``-cpu max`` has MTE3
+#: (ID_AA64PFR1_EL1.MTE = 3) and AArch32 at EL1 (KVM_CAP_ARM_EL1_32BIT = 1).
+TESTBED_MTE_LEVEL: Final = 3
+TESTBED_32BIT_EL1: Final = True
+
+#: The model profile that matches each testbed kernel suite.
+PROFILE_FOR_SUITE: Final = {"release": "linux-6.1", "backports": "linux-6.12"}
+
+
+def model_results(profile: str = "linux-6.1") -> dict[str, Result]:
+    """Every scenario the model can run, on a fresh ModelKvm of ``profile`` each."""
+    return run_all(
+        lambda: ModelKvm(
+            64 << 20,
+            profile,
+            host_mte=True,
+            host_mte_level=TESTBED_MTE_LEVEL,
+            host_32bit_el1=TESTBED_32BIT_EL1,
+        ),
+        "model",
+    )
+
+
+@dataclass(frozen=True)
+class Difference:
+    scenario: str
+    field: str
+    model: Any
+    real: Any
+
+    def __str__(self) -> str:
+        return f"{self.scenario}.{self.field}: model {self.model!r}, real {self.real!r}"
+
+
+MISSING = "<missing>"
+
+
+def compare(model: dict[str, Result], real: dict[str, Result]) -> list[Difference]:
+    """Fields that differ, for scenarios both backends ran (``_`` fields are host facts)."""
+    differences = []
+    for name in sorted(model.keys() & real.keys()):
+        left, right = model[name], real[name]
+        for field in sorted(left.keys() | right.keys()):
+            if field.startswith("_"):
+                continue
+            a, b = left.get(field, MISSING), right.get(field, MISSING)
+            if a != b:
+                differences.append(Difference(name, field, a, b))
+    return differences

@@ -1,0 +1,203 @@
+""":class:`~tagvisor.kvm.api.UserMemory` over this process's own address space.
+
+Mappings are made with libc's mmap (through :mod:`ctypes`), so their addresses can be
+handed to KVM as memslot ``userspace_addr`` or a COPY_TAGS buffer. ``read`` and
+``write`` only touch mappings made here: anything else would crash the interpreter
+rather than raise, so it is refused with EFAULT first, as a kernel copy would be.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tagvisor.errors import TagvisorError
+from tagvisor.kvm.linux import libc
+from tagvisor.kvm.linux.libc import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MFD_CLOEXEC,
+    MFD_HUGETLB,
+    PROT_MTE,
+    PROT_READ,
+    PROT_WRITE,
+)
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+HUGE_PAGE_SIZE = 2 << 20
+
+
+class UserMemoryError(TagvisorError, OSError):
+    """A mapping call failed, or an access fell outside this backend's mappings."""
+
+    def __init__(self, err: int, call: str, detail: str = "") -> None:
+        super().__init__(err, os.strerror(err))
+        self.call = call
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = f"{self.call}: {self.strerror} (errno {self.errno})"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+@dataclass
+class Mapping:
+    address: int
+    length: int
+    prot: int
+    kind: str  # anonymous, anonymous-shared, memfd, file, hugetlb
+    fd: int = -1
+
+    @property
+    def end(self) -> int:
+        return self.address + self.length
+
+
+def _round_up(value: int, granule: int) -> int:
+    return -(-value // granule) * granule
+
+
+class LinuxUserMemory:
+    """Mappings in the VMM process, made with the real mmap.
+
+    ``file_dir`` is where :meth:`map_file` creates its backing file (default: the
+    system's temporary directory). It must be a disk filesystem for the mapping to be
+    page cache; in the testbed, /tmp is tmpfs (shmem), which KVM treats like memfd.
+    """
+
+    def __init__(self, file_dir: str | Path | None = None) -> None:
+        self.file_dir = Path(file_dir) if file_dir else Path(tempfile.gettempdir())
+        self.mappings: dict[int, Mapping] = {}
+        self._mte: bool | None = None
+
+    # -- capability ------------------------------------------------------------------
+
+    @property
+    def mte_supported(self) -> bool:
+        """Whether PROT_MTE works here: an arm64 kernel on an MTE CPU.
+
+        Only arm64 knows the bit; other architectures' mmap ignores unknown PROT bits,
+        so the machine is checked first. An arm64 kernel without MTE refuses it
+        (EINVAL, arch_validate_flags).
+        """
+        if self._mte is None and os.uname().machine not in ("aarch64", "arm64"):
+            self._mte = False
+        if self._mte is None:
+            try:
+                address = libc.mmap(
+                    PAGE_SIZE, PROT_READ | PROT_WRITE | PROT_MTE, MAP_PRIVATE | MAP_ANONYMOUS
+                )
+            except OSError:
+                self._mte = False
+            else:
+                libc.munmap(address, PAGE_SIZE)
+                self._mte = True
+        return self._mte
+
+    def _prot(self, mte: bool) -> int:
+        if mte and not self.mte_supported:
+            raise UserMemoryError(
+                errno.EINVAL, "mmap", "PROT_MTE asked for, but this kernel or CPU has no MTE"
+            )
+        return PROT_READ | PROT_WRITE | (PROT_MTE if mte else 0)
+
+    def _map(self, length: int, prot: int, flags: int, kind: str, fd: int = -1) -> int:
+        if length <= 0:
+            raise UserMemoryError(errno.EINVAL, "mmap", "length must be positive")
+        try:
+            address = libc.mmap(length, prot, flags, fd)
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            detail = f"{kind}, {length} bytes"
+            raise UserMemoryError(exc.errno or errno.EIO, "mmap", detail) from None
+        self.mappings[address] = Mapping(address, length, prot, kind, fd)
+        return address
+
+    # -- UserMemory ------------------------------------------------------------------
+
+    def map_anonymous(self, length: int, *, shared: bool = False, mte: bool = False) -> int:
+        flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
+        kind = "anonymous-shared" if shared else "anonymous"
+        return self._map(length, self._prot(mte), flags, kind)
+
+    def map_memfd(self, length: int, *, mte: bool = False) -> int:
+        prot = self._prot(mte)
+        fd = libc.memfd_create("tagvisor", MFD_CLOEXEC)
+        os.ftruncate(fd, length)
+        return self._map(length, prot, MAP_SHARED, "memfd", fd)
+
+    def map_file(self, length: int) -> int:
+        """A regular file in ``file_dir``, mapped MAP_SHARED (the file is unlinked)."""
+        fd, name = tempfile.mkstemp(prefix="tagvisor-guest-ram-", dir=self.file_dir)
+        os.unlink(name)
+        os.ftruncate(fd, length)
+        return self._map(length, PROT_READ | PROT_WRITE, MAP_SHARED, "file", fd)
+
+    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
+        """A hugetlbfs file (memfd_create with MFD_HUGETLB: 2 MiB pages), MAP_SHARED.
+
+        Needs huge pages reserved (``/proc/sys/vm/nr_hugepages``); without them mmap
+        fails with ENOMEM.
+        """
+        prot = self._prot(mte)
+        size = _round_up(length, HUGE_PAGE_SIZE)
+        try:
+            fd = libc.memfd_create("tagvisor-huge", MFD_CLOEXEC | MFD_HUGETLB)
+        except OSError as exc:
+            raise UserMemoryError(
+                exc.errno or errno.EIO, "memfd_create", "MFD_HUGETLB: no hugetlbfs support"
+            ) from None
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            raise UserMemoryError(exc.errno or errno.EIO, "ftruncate", "hugetlb file") from None
+        return self._map(size, prot, MAP_SHARED, "hugetlb", fd)
+
+    def unmap(self, address: int, length: int) -> None:
+        mapping = self.mappings.get(address)
+        if mapping is None or _round_up(length, PAGE_SIZE) != _round_up(mapping.length, PAGE_SIZE):
+            raise UserMemoryError(errno.EINVAL, "munmap", "only whole mappings made here")
+        libc.munmap(address, mapping.length)
+        del self.mappings[address]
+        if mapping.fd >= 0:
+            os.close(mapping.fd)
+
+    def protect(self, address: int, length: int, *, writable: bool) -> None:
+        mapping = self._find(address, length, "mprotect")
+        prot = (PROT_READ | PROT_WRITE if writable else PROT_READ) | (mapping.prot & PROT_MTE)
+        try:
+            libc.mprotect(address, _round_up(length, PAGE_SIZE), prot)
+        except OSError as exc:
+            raise UserMemoryError(exc.errno or errno.EIO, "mprotect") from None
+        if address == mapping.address and length >= mapping.length:
+            mapping.prot = prot
+
+    def _find(self, address: int, length: int, call: str) -> Mapping:
+        for mapping in self.mappings.values():
+            if mapping.address <= address and address + length <= mapping.end:
+                return mapping
+        raise UserMemoryError(
+            errno.EFAULT, call, f"[{address:#x}, +{length:#x}) is not inside a mapping made here"
+        )
+
+    def read(self, address: int, length: int) -> bytes:
+        self._find(address, length, "read")
+        return ctypes.string_at(address, length)
+
+    def write(self, address: int, data: bytes | memoryview) -> None:
+        raw = bytes(data)
+        mapping = self._find(address, len(raw), "write")
+        if not mapping.prot & PROT_WRITE:
+            raise UserMemoryError(errno.EFAULT, "write", "the mapping is read-only")
+        ctypes.memmove(address, raw, len(raw))
+
+    def close(self) -> None:
+        for mapping in list(self.mappings.values()):
+            self.unmap(mapping.address, mapping.length)

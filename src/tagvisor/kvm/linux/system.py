@@ -1,0 +1,240 @@
+"""The real ``/dev/kvm``: one thin method per ioctl, with fcntl.ioctl and ctypes.
+
+Each method builds the ioctl's argument, makes the call and returns what it returned;
+a failure raises :class:`~tagvisor.kvm.errors.KvmError` with the kernel's errno and the
+ioctl's name (no ``detail``: the kernel does not say which check refused). ctypes
+objects passed to the kernel, and buffers they point at, are held in local variables
+until the call returns: a temporary freed early would make the kernel read garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tagvisor.kvm.api import VcpuExit
+from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.linux.memory import LinuxUserMemory
+from tagvisor.kvm.linux.run import decode_exit, fill_mmio_read
+from tagvisor.kvm.uapi import (
+    IOCTL_NAMES,
+    KVM_ARM_MTE_COPY_TAGS,
+    KVM_ARM_PREFERRED_TARGET,
+    KVM_ARM_VCPU_INIT,
+    KVM_CHECK_EXTENSION,
+    KVM_CLEAR_DIRTY_LOG,
+    KVM_CREATE_VCPU,
+    KVM_CREATE_VM,
+    KVM_ENABLE_CAP,
+    KVM_GET_API_VERSION,
+    KVM_GET_DIRTY_LOG,
+    KVM_GET_ONE_REG,
+    KVM_GET_REG_LIST,
+    KVM_GET_VCPU_MMAP_SIZE,
+    KVM_RUN,
+    KVM_SET_ONE_REG,
+    KVM_SET_USER_MEMORY_REGION,
+    ExitReason,
+    kvm_arm_copy_mte_tags,
+    kvm_clear_dirty_log,
+    kvm_dirty_log,
+    kvm_enable_cap,
+    kvm_one_reg,
+    kvm_userspace_memory_region,
+    kvm_vcpu_init,
+    reg_size,
+)
+
+DEFAULT_DEVICE = "/dev/kvm"
+
+
+def ioctl(fd: int, request: int, arg: Any = 0) -> int:
+    """fcntl.ioctl, with OSError turned into KvmError named after the ioctl.
+
+    ``arg`` is an int, or a ctypes object the kernel reads and (for _IOR / _IOWR)
+    writes back in place.
+    """
+    try:
+        if isinstance(arg, int):
+            result: int = fcntl.ioctl(fd, request, arg)
+        else:
+            result = fcntl.ioctl(fd, request, arg, True)
+    except OSError as exc:
+        name = IOCTL_NAMES.get(request, f"ioctl {request:#x}")
+        raise KvmError(exc.errno or errno.EIO, name) from None
+    return result
+
+
+class _Fd:
+    """An owned file descriptor, closed once."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        fd = getattr(self, "fd", -1)  # __init__ may have failed before setting it
+        if fd >= 0:
+            self.fd = -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+class LinuxVcpu(_Fd):
+    """A VCPU file descriptor and its mmapped kvm_run page."""
+
+    def __init__(self, fd: int, mmap_size: int) -> None:
+        super().__init__(fd)
+        self.kvm_run = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def close(self) -> None:
+        kvm_run = getattr(self, "kvm_run", None)
+        if kvm_run is not None and not kvm_run.closed:
+            kvm_run.close()
+        super().close()
+
+    def arm_vcpu_init(self, init: kvm_vcpu_init) -> None:
+        ioctl(self.fd, KVM_ARM_VCPU_INIT, init)
+
+    def get_one_reg(self, reg_id: int) -> int:
+        value = ctypes.create_string_buffer(reg_size(reg_id))
+        reg = kvm_one_reg(id=reg_id, addr=ctypes.addressof(value))
+        ioctl(self.fd, KVM_GET_ONE_REG, reg)
+        return int.from_bytes(value.raw, "little")
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        size = reg_size(reg_id)
+        if not 0 <= value < 1 << (8 * size):
+            detail = f"{value:#x} needs more than {size} bytes"
+            raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG", detail)
+        buffer = ctypes.create_string_buffer(value.to_bytes(size, "little"), size)
+        reg = kvm_one_reg(id=reg_id, addr=ctypes.addressof(buffer))
+        ioctl(self.fd, KVM_SET_ONE_REG, reg)
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: asks for the count first (E2BIG), then the ids."""
+        probe = (ctypes.c_uint64 * 1)(0)
+        try:
+            ioctl(self.fd, KVM_GET_REG_LIST, probe)
+        except KvmError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+        count = int(probe[0])
+        regs = (ctypes.c_uint64 * (1 + count))(count)
+        ioctl(self.fd, KVM_GET_REG_LIST, regs)
+        return [int(reg) for reg in regs[1 : 1 + int(regs[0])]]
+
+    def run(self) -> VcpuExit:
+        """KVM_RUN; a signal that interrupted it is KVM_EXIT_INTR."""
+        try:
+            ioctl(self.fd, KVM_RUN)
+        except KvmError as exc:
+            if exc.errno == errno.EINTR:
+                return VcpuExit(ExitReason.INTR)
+            raise
+        return decode_exit(memoryview(self.kvm_run))
+
+    def set_mmio_read_data(self, data: bytes) -> None:
+        view = memoryview(self.kvm_run)
+        try:
+            fill_mmio_read(view, data)
+        finally:
+            view.release()
+
+
+class LinuxVm(_Fd):
+    """A VM file descriptor."""
+
+    def __init__(self, fd: int, kvm: LinuxKvm) -> None:
+        super().__init__(fd)
+        self.kvm = kvm
+        #: memory_size of each slot set here (GET_DIRTY_LOG's bitmap is sized by it).
+        self.slot_sizes: dict[int, int] = {}
+
+    def check_extension(self, cap: int) -> int:
+        return ioctl(self.fd, KVM_CHECK_EXTENSION, cap)
+
+    def enable_cap(self, cap: int, flags: int = 0, args: Sequence[int] = ()) -> None:
+        request = kvm_enable_cap(cap=cap, flags=flags)
+        for i, value in enumerate(args):
+            request.args[i] = value
+        ioctl(self.fd, KVM_ENABLE_CAP, request)
+
+    def set_user_memory_region(self, region: kvm_userspace_memory_region) -> None:
+        ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, region)
+        if region.memory_size:
+            self.slot_sizes[region.slot] = region.memory_size
+        else:
+            self.slot_sizes.pop(region.slot, None)
+
+    def create_vcpu(self, vcpu_id: int) -> LinuxVcpu:
+        fd = ioctl(self.fd, KVM_CREATE_VCPU, vcpu_id)
+        try:
+            return LinuxVcpu(fd, self.kvm.get_vcpu_mmap_size())
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def arm_preferred_target(self) -> kvm_vcpu_init:
+        init = kvm_vcpu_init()
+        ioctl(self.fd, KVM_ARM_PREFERRED_TARGET, init)
+        return init
+
+    def _bitmap_bytes(self, slot: int) -> int:
+        pages = self.slot_sizes.get(slot, 0) // mmap.PAGESIZE
+        return max(8, -(-pages // 64) * 8)
+
+    def get_dirty_log(self, slot: int) -> bytes:
+        bitmap = ctypes.create_string_buffer(self._bitmap_bytes(slot))
+        log = kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
+        ioctl(self.fd, KVM_GET_DIRTY_LOG, log)
+        return bitmap.raw
+
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
+        buffer = ctypes.create_string_buffer(bytes(bitmap), max(8, len(bitmap)))
+        clear = kvm_clear_dirty_log(
+            slot=slot,
+            num_pages=num_pages,
+            first_page=first_page,
+            dirty_bitmap=ctypes.addressof(buffer),
+        )
+        ioctl(self.fd, KVM_CLEAR_DIRTY_LOG, clear)
+
+    def arm_mte_copy_tags(self, copy: kvm_arm_copy_mte_tags) -> int:
+        return ioctl(self.fd, KVM_ARM_MTE_COPY_TAGS, copy)
+
+
+class LinuxKvm(_Fd):
+    """``/dev/kvm`` and this process's memory (:class:`LinuxUserMemory`)."""
+
+    def __init__(self, device: str = DEFAULT_DEVICE, *, file_dir: str | None = None) -> None:
+        try:
+            fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KvmError(exc.errno or errno.ENODEV, f"open {device}") from None
+        super().__init__(fd)
+        self._user_memory = LinuxUserMemory(file_dir)
+
+    @property
+    def user_memory(self) -> LinuxUserMemory:
+        return self._user_memory
+
+    def get_api_version(self) -> int:
+        return ioctl(self.fd, KVM_GET_API_VERSION)
+
+    def check_extension(self, cap: int) -> int:
+        return ioctl(self.fd, KVM_CHECK_EXTENSION, cap)
+
+    def create_vm(self, machine_type: int = 0) -> LinuxVm:
+        return LinuxVm(ioctl(self.fd, KVM_CREATE_VM, machine_type), self)
+
+    def get_vcpu_mmap_size(self) -> int:
+        return ioctl(self.fd, KVM_GET_VCPU_MMAP_SIZE)

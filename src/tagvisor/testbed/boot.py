@@ -1,0 +1,229 @@
+"""Build the testbed image and boot it: the host side.
+
+:func:`run_suite` packs tagvisor's source and a suite into an initramfs over the
+cached userland, boots Debian's arm64 kernel under ``qemu-system-aarch64 -M
+virt,virtualization=on,mte=on`` (so the guest kernel runs at EL2 and has a real KVM
+with MTE), waits for the framed results on the serial console (hard timeout), and
+returns them with the suite's exit status.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import py_compile
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from tagvisor.testbed import guest
+from tagvisor.testbed.errors import TestbedError
+from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio, userland_archive
+from tagvisor.testbed.parts import Parts, cache_root, fetch
+
+PACKAGE_DIR: Final = Path(__file__).resolve().parents[1]  # src/tagvisor
+DEFAULT_TIMEOUT: Final = 120.0
+GUEST_SRC: Final = "opt/tagvisor/src"
+GUEST_SUITE: Final = "opt/suite"
+
+INIT: Final = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+/bin/busybox mount -t tmpfs tmp /tmp
+/bin/busybox mkdir -p /dev/hugepages
+/bin/busybox mount -t hugetlbfs none /dev/hugepages 2>/dev/null
+echo 1 > /proc/sys/kernel/printk
+echo 8 > /proc/sys/vm/nr_hugepages
+echo "=== TAGVISOR-TESTBED-INIT $(/bin/busybox uname -r)"
+export PYTHONPATH=/opt/tagvisor/src:/opt/suite:/opt/site PYTHONDONTWRITEBYTECODE=1 HOME=/root
+export PYTHONHASHSEED=0
+/usr/bin/python3.11 -m tagvisor.testbed.guest {module}
+echo "=== TAGVISOR-TESTBED-EXIT $?"
+echo o > /proc/sysrq-trigger
+/bin/busybox sleep 30
+"""
+
+QEMU_ARGS: Final = (
+    "-M", "virt,virtualization=on,mte=on,gic-version=3",
+    "-cpu", "max,pauth-impdef=on",
+    "-accel", "tcg,thread=multi",
+    "-smp", "2", "-m", "1024",
+    "-nographic", "-nic", "none", "-no-reboot",
+)  # fmt: skip
+APPEND: Final = "console=ttyAMA0 panic=-1"
+
+
+@dataclass
+class SuiteRun:
+    """A finished testbed run."""
+
+    status: int  # the suite's exit status (0: run() returned)
+    result: Any  # what run() returned
+    kernel: str  # uname -r inside the image
+    error: str | None
+    console: str  # the whole serial transcript
+    seconds_boot: float  # QEMU start to power-off
+    seconds_suite: float  # run() inside the image
+    seconds_build: float  # the initramfs (host side)
+    dmesg: list[str] = field(default_factory=list)
+    kernel_package: str = ""
+
+
+def unframe(console: str) -> dict[str, Any]:
+    """The payload :func:`tagvisor.testbed.guest.frame` printed, checked against its hash."""
+    begin = re.search(re.escape(guest.BEGIN) + r" (\d+) ([0-9a-f]{64})", console)
+    if begin is None:
+        raise TestbedError("no results on the console (the suite did not finish)")
+    count, digest = int(begin.group(1)), begin.group(2)
+    chunks: dict[int, str] = {}
+    for match in re.finditer(re.escape(guest.LINE) + r" (\d+) ([A-Za-z0-9+/=]+)", console):
+        chunks.setdefault(int(match.group(1)), match.group(2))
+    missing = [i for i in range(count) if i not in chunks]
+    if missing:
+        raise TestbedError(f"results garbled on the console: chunks {missing[:5]} missing")
+    data = "".join(chunks[i] for i in range(count))
+    if hashlib.sha256(data.encode()).hexdigest() != digest:
+        raise TestbedError("results garbled on the console: SHA-256 mismatch")
+    payload: dict[str, Any] = json.loads(base64.b64decode(data))
+    return payload
+
+
+def _source_archive(suite_module: str, suite_file: Path | None) -> bytes:
+    """tagvisor's package (with hash-checked bytecode), the suite, and /init."""
+    with tempfile.TemporaryDirectory(prefix="tagvisor-testbed-") as tmp:
+        staging = Path(tmp) / "tagvisor"
+        shutil.copytree(
+            PACKAGE_DIR,
+            staging,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        for source in staging.rglob("*.py"):
+            relative = source.relative_to(staging.parent).as_posix()
+            py_compile.compile(
+                str(source),
+                cfile=str(source.parent / "__pycache__" / f"{source.stem}.cpython-311.pyc"),
+                dfile=f"/{GUEST_SRC}/{relative}",
+                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                doraise=True,
+            )
+
+        def build(writer: CpioWriter) -> None:
+            writer.tree(staging, f"{GUEST_SRC}/tagvisor")
+            if suite_file is not None:
+                writer.file(f"{GUEST_SUITE}/{suite_file.name}", suite_file.read_bytes())
+            writer.file("init", INIT.format(module=suite_module).encode(), 0o755)
+
+        return gzip_cpio(build, level=1)
+
+
+def _suite_spec(suite: str) -> tuple[str, Path | None]:
+    """A dotted module inside tagvisor, or a ``.py`` file on the host."""
+    path = Path(suite)
+    if suite.endswith(".py"):
+        if not path.is_file():
+            raise TestbedError(f"suite file {suite} not found")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", path.stem):
+            raise TestbedError(f"suite file name {path.name} is not a Python module name")
+        return path.stem, path
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", suite):
+        raise TestbedError(f"suite {suite!r} is neither a module name nor a .py file")
+    return suite, None
+
+
+def build_initrd(parts: Parts, suite: str) -> Path:
+    """The initrd for ``suite``: cached userland archive + this run's source archive."""
+    root = cache_root()
+    key = hashlib.sha256(parts.userland_id.encode()).hexdigest()[:16]
+    base = root / f"userland-{key}.cpio.gz"
+    if not base.is_file():
+        tmp = base.with_suffix(".tmp")
+        tmp.write_bytes(userland_archive(parts.userland))
+        tmp.replace(base)
+        for old in root.glob("userland-*.cpio.gz"):  # archives of older package sets
+            if old != base:
+                old.unlink()
+    module, file = _suite_spec(suite)
+    initrd = root / "initrd.gz"
+    tmp = initrd.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        with base.open("rb") as source:
+            shutil.copyfileobj(source, out)
+        out.write(_source_archive(module, file))
+    tmp.replace(initrd)
+    return initrd
+
+
+def qemu_command(parts: Parts, initrd: Path) -> list[str]:
+    return [
+        str(parts.qemu),
+        *QEMU_ARGS,
+        "-kernel", str(parts.kernel),
+        "-initrd", str(initrd),
+        "-append", APPEND,
+    ]  # fmt: skip
+
+
+def run_suite(
+    suite: str = "tagvisor.conformance.suite",
+    *,
+    kernel_suite: str = "release",
+    timeout: float = DEFAULT_TIMEOUT,
+    say: Callable[[str], None] = print,
+) -> SuiteRun:
+    """Fetch what is missing, build the image, boot it, and return the suite's results."""
+    parts = fetch(kernel_suite, say=say)
+    if not parts.qemu.is_file():
+        raise TestbedError(f"{parts.qemu} not found: run scripts/fetch-qemu (QEMU >= 8)")
+    started = time.monotonic()
+    initrd = build_initrd(parts, suite)
+    built = time.monotonic()
+    command = qemu_command(parts, initrd)
+    log = cache_root() / "console.log"
+    try:
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
+        console = done.stdout.decode(errors="replace")
+        stderr = done.stderr.decode(errors="replace")
+    except subprocess.TimeoutExpired as exc:
+        console = (exc.stdout or b"").decode(errors="replace")
+        log.write_text(console)
+        tail = "\n".join(console.splitlines()[-20:])
+        raise TestbedError(
+            f"the testbed did not power off within {timeout:.0f} s (console in {log}):\n{tail}"
+        ) from None
+    except OSError as exc:
+        raise TestbedError(f"could not start {command[0]}: {exc}") from None
+    finished = time.monotonic()
+    log.write_text(console)
+    if "=== TAGVISOR-TESTBED-INIT" not in console:
+        tail = "\n".join((console + stderr).splitlines()[-20:])
+        raise TestbedError(
+            f"the kernel did not reach /init (QEMU exit {done.returncode}; console in {log}):\n"
+            f"{tail}"
+        )
+    try:
+        payload = unframe(console)
+    except TestbedError as exc:
+        tail = "\n".join(console.splitlines()[-25:])
+        raise TestbedError(f"{exc}; console in {log}:\n{tail}") from None
+    return SuiteRun(
+        status=int(payload["status"]),
+        result=payload["result"],
+        kernel=str(payload["kernel"]),
+        error=payload.get("error"),
+        console=console,
+        seconds_boot=round(finished - built, 2),
+        seconds_suite=float(payload["seconds"]),
+        seconds_build=round(built - started, 2),
+        dmesg=list(payload.get("dmesg", [])),
+        kernel_package=parts.kernel_package,
+    )

@@ -1,0 +1,95 @@
+"""The testbed's host-side pieces that need no QEMU: the cpio writer and the framing."""
+
+from __future__ import annotations
+
+import gzip
+import stat
+from pathlib import Path
+
+import pytest
+
+from tagvisor.testbed.boot import INIT, _suite_spec, unframe
+from tagvisor.testbed.errors import TestbedError
+from tagvisor.testbed.guest import frame
+from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio
+
+
+def parse_newc(raw: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
+    """name -> (mode, data, rdev) of a cpio newc archive (a reader for the test)."""
+    entries: dict[str, tuple[int, bytes, tuple[int, int]]] = {}
+    offset = 0
+    while True:
+        assert raw[offset : offset + 6] == b"070701"
+        fields = [int(raw[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, rdev = fields[1], fields[6], (fields[9], fields[10])
+        namesize = fields[11]
+        start = offset + 110
+        name = raw[start : start + namesize - 1].decode()
+        data_start = start + namesize + (-(110 + namesize) % 4)
+        data = raw[data_start : data_start + size]
+        offset = data_start + size + (-size % 4)
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (mode, data, rdev)
+
+
+def test_cpio_newc_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libc.so.6").write_bytes(b"\x7fELF" + b"x" * 5)
+    (tmp_path / "lib" / "ld.so").symlink_to("libc.so.6")
+
+    def build(writer: CpioWriter) -> None:
+        writer.char_device("dev/console", 5, 1)
+        writer.tree(tmp_path, "opt/root")
+        writer.file("init", b"#!/bin/sh\n", 0o755)
+
+    entries = parse_newc(gzip.decompress(gzip_cpio(build)))
+    assert stat.S_ISCHR(entries["dev/console"][0])
+    assert entries["dev/console"][2] == (5, 1)
+    for parent in ("dev", "opt", "opt/root", "opt/root/lib"):
+        assert stat.S_ISDIR(entries[parent][0]), parent
+    assert entries["opt/root/lib/libc.so.6"][1] == b"\x7fELFxxxxx"
+    assert stat.S_ISLNK(entries["opt/root/lib/ld.so"][0])
+    assert entries["opt/root/lib/ld.so"][1] == b"libc.so.6"
+    assert stat.S_IMODE(entries["init"][0]) == 0o755
+
+
+def test_results_survive_kernel_lines_on_the_console() -> None:
+    payload = {"status": 0, "result": {"a": [1, 2, 3], "text": "x" * 500}}
+    lines = frame(payload)
+    noisy = []
+    for i, line in enumerate(lines):
+        noisy.append(line)
+        if i % 3 == 0:
+            noisy.append("[    4.2] kvm [1]: something happened")
+    assert unframe("boot noise\n" + "\n".join(noisy) + "\n") == payload
+
+
+def test_garbled_results_are_reported() -> None:
+    lines = frame({"status": 0, "result": "y" * 400})
+    with pytest.raises(TestbedError, match="missing"):
+        unframe("\n".join(lines[:2] + lines[3:]))
+    corrupted = [lines[0], lines[1][:-2] + "AA", *lines[2:]]
+    with pytest.raises(TestbedError, match="SHA-256"):
+        unframe("\n".join(corrupted))
+    with pytest.raises(TestbedError, match="did not finish"):
+        unframe("Kernel panic - not syncing")
+
+
+def test_suite_spec(tmp_path: Path) -> None:
+    assert _suite_spec("tagvisor.conformance.suite") == ("tagvisor.conformance.suite", None)
+    suite = tmp_path / "my_suite.py"
+    suite.write_text("def run():\n    return 1\n")
+    assert _suite_spec(str(suite)) == ("my_suite", suite)
+    with pytest.raises(TestbedError, match="not found"):
+        _suite_spec(str(tmp_path / "missing.py"))
+    with pytest.raises(TestbedError):
+        _suite_spec("rm -rf /")
+
+
+def test_init_runs_the_suite_and_powers_off() -> None:
+    script = INIT.format(module="pkg.suite")
+    assert script.startswith("#!/bin/busybox sh\n")
+    assert "-m tagvisor.testbed.guest pkg.suite" in script
+    assert "mount -t devtmpfs" in script
+    assert "echo o > /proc/sysrq-trigger" in script
