@@ -67,6 +67,16 @@ static void bad_access(uint64_t id, uint64_t ptr, unsigned size, int store)
     }
 }
 
+/* With a program argument, spin that many iterations between the use-after-free and
+ * the overflow: the window in which `tagvisor tour` snapshots and live-migrates the
+ * guest, so the second bug is caught on the destination. 0 (the default) does not
+ * spin and changes nothing else. */
+static void spin_between_bugs(void)
+{
+    for (volatile uint64_t i = 0; i < tv_boot.arg; i++) {
+    }
+}
+
 int main(void)
 {
     if (!tv_boot.mte) {
@@ -100,6 +110,7 @@ int main(void)
 
     tv_print("heap: use-after-free, overflow, underflow");
     bad_access(REPORT_HEAP_UAF, a, 8, 0);
+    spin_between_bugs();
     bad_access(REPORT_HEAP_OVERFLOW, b + CHUNK - 4, 8, 1);
     bad_access(REPORT_HEAP_UNDERFLOW, b - 1, 1, 0);
 
