@@ -37,8 +37,8 @@ def parse_address(text: str) -> TcpAddress:
         host, _, port = rest[1:].partition("]:")
     else:
         host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: expected tcp:HOST:PORT with a port from 1 to 65535")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r}: expected tcp:HOST:PORT with a port from 0 to 65535")
     return TcpAddress(host, int(port))
 
 
