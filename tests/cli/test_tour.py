@@ -17,7 +17,7 @@ def test_tour_catches_overflow_and_use_after_free_in_every_checking_mode(
 
     In async mode the catch is the TFSRE0_EL1.TF0 flag, not a fault address.
     """
-    assert main(["tour", "--mode", mode, "--json"]) == 0
+    assert main(["tour", "--mode", mode, "--json", "--quick"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["overflow_caught"]
     assert report["use_after_free_caught"]
@@ -28,7 +28,7 @@ def test_tour_catches_overflow_and_use_after_free_in_every_checking_mode(
 
 def test_tour_without_checking_misses_both_bugs(capsys: pytest.CaptureFixture[str]) -> None:
     """Scenario: TCF = none: the tags are there but mismatches have no effect."""
-    main(["tour", "--mode", "none", "--json"])
+    main(["tour", "--mode", "none", "--json", "--quick"])
     report = json.loads(capsys.readouterr().out)
     assert not report["overflow_caught"]
     assert not report["use_after_free_caught"]
@@ -36,7 +36,7 @@ def test_tour_without_checking_misses_both_bugs(capsys: pytest.CaptureFixture[st
 
 def test_sync_fault_names_the_overflowing_address(capsys: pytest.CaptureFixture[str]) -> None:
     """Scenario: the overflow writes a[32..39]; FAR is a + 32 with a's tag."""
-    main(["tour", "--json"])
+    main(["tour", "--json", "--quick"])
     steps = json.loads(capsys.readouterr().out)["steps"]
     overflow = next(s for s in steps if s["action"].startswith("overflow"))
     assert overflow["fault_address"] == overflow["pointer"]
@@ -45,9 +45,24 @@ def test_sync_fault_names_the_overflowing_address(capsys: pytest.CaptureFixture[
 
 def test_human_output_says_what_was_caught(capsys: pytest.CaptureFixture[str]) -> None:
     """Scenario: plain `tagvisor tour` prints the steps and a verdict line."""
-    main(["tour"])
+    main(["tour", "--quick"])
     out = capsys.readouterr().out
     assert "overflow: caught; use after free: caught" in out
+
+
+def test_full_tour_catches_migrates_and_catches_again(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scenario: `tagvisor tour --json`: the A64 heap guest catches its use-after-free,
+    is snapshotted, live-migrates to a second tagvisor process while running, arrives
+    with equal memory and tags, and catches its overflow there; exit status 0."""
+    assert main(["tour", "--json"]) == 0
+    story = json.loads(capsys.readouterr().out)["guest"]
+    steps = {step["step"]: step for step in story["steps"]}
+    assert steps["use-after-free"]["caught"]
+    assert steps["use-after-free"]["esr"] == "0x96000011"
+    assert steps["migration"]["digests_equal"]
+    assert steps["overflow at destination"]["caught"]
+    assert steps["overflow at destination"]["esr"] == "0x96000051"
+    assert story["ok"]
 
 
 def test_installed_command_has_help_and_version() -> None:

@@ -27,8 +27,9 @@ from tagvisor.cli.common import (
     print_json,
     progress_bar,
 )
-from tagvisor.migration import incoming, migrate, parse_address
+from tagvisor.migration import Listener, incoming, migrate, parse_address
 from tagvisor.migration.destination import DEFAULT_MAX_MEMORY
+from tagvisor.snapshot.guestpages import memory_digest
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -60,7 +61,15 @@ def _migrate(args: argparse.Namespace) -> int:
 def _incoming(args: argparse.Namespace) -> int:
     address = parse_address(args.listen)
     kvm = model_host(args, args.max_mem)
-    machine, report = incoming(kvm, address, max_memory=args.max_mem, timeout=args.timeout)
+    listener = Listener(address)
+    # Announced on stderr (stdout stays clean for --json); port 0 picks a free one.
+    print(f"tagvisor incoming: listening on {listener.address}", file=sys.stderr, flush=True)
+    machine, report = incoming(kvm, listener, max_memory=args.max_mem, timeout=args.timeout)
+    arrived = memory_digest(machine) if report.postcopy is None else None
+    if not args.json and arrived is not None:
+        print(
+            f"tagvisor incoming: guest arrived, memory+tags digest {arrived[:16]}", file=sys.stderr
+        )
     machine.console.sink = console_sink(not args.json)
     result = machine.run()
     if report.postcopy is not None:
@@ -74,6 +83,7 @@ def _incoming(args: argparse.Namespace) -> int:
                 "error": result.error,
                 "pages_received": report.pages_received,
                 "iterations": report.iterations,
+                "digest_at_arrival": arrived,
             }
         )
     return status

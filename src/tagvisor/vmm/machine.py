@@ -117,7 +117,13 @@ class Machine:
             thread.start()
         self._loop(self.vcpus[0], max_exits)
         if self.state is RunState.RUNNING:
-            self.pause()
+            # Stop the other VCPUs; VCPU 0 has returned already, and kicking it would
+            # leave a pending kick that ends its next KVM_RUN before it starts.
+            self._pause.set()
+            for vcpu in self.vcpus[1:]:
+                kick = getattr(vcpu, "kick", None)
+                if kick is not None:
+                    kick()
         for thread in others:
             thread.join()
         if self.state is RunState.RUNNING:

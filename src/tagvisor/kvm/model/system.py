@@ -18,6 +18,7 @@ from tagvisor.host.mapping import (
 )
 from tagvisor.host.process import HostProcess
 from tagvisor.host.swap import SwapDevice
+from tagvisor.kvm.model.guest import GuestExecutor
 from tagvisor.kvm.model.profiles import DEFAULT_PROFILE, KernelProfile, profile_named
 from tagvisor.kvm.model.vm import ModelVm
 from tagvisor.kvm.uapi import KVM_API_VERSION, KVM_RUN_SIZE, Cap
@@ -122,6 +123,14 @@ class ModelKvm:
 
     def create_vm(self, machine_type: int = 0) -> ModelVm:
         return ModelVm(self)
+
+    def new_executor(self) -> GuestExecutor:
+        """What executes a VCPU's guest code: the A64 core (tagvisor.cpu)."""
+        from tagvisor.cpu import A64Core  # the cpu layer imports the model's stage 2
+
+        # 200k instructions a slice: a pause (for migration's last pass) waits ~20 ms, not ~100.
+        level = self.host_mte_level if self.host_mte_level in (2, 3) else 2
+        return A64Core(mte_level=level, max_instructions_per_run=200_000)
 
     def get_vcpu_mmap_size(self) -> int:
         return KVM_RUN_SIZE

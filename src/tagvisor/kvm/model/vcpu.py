@@ -194,8 +194,8 @@ class ModelVcpu:
         """KVM_RUN: run the attached executor until it needs the VMM.
 
         A powered-off VCPU waits for PSCI CPU_ON (or a kick). PSCI calls are handled
-        here, as KVM handles them in the kernel. Without an executor there is nothing
-        to run: the model reports FAIL_ENTRY rather than invent a guest.
+        here, as KVM handles them in the kernel. Unless something else was attached,
+        the host's A64 core runs whatever code is in guest RAM, as hardware would.
         """
         self._require_init("KVM_RUN")
         with self._wake:
@@ -204,8 +204,10 @@ class ModelVcpu:
                 self._kicked = False
                 return VcpuExit(ExitReason.INTR)
         if self.executor is None:
-            return VcpuExit(ExitReason.FAIL_ENTRY)
+            self.executor = self.vm.kvm.new_executor()
         while True:
+            # Executors hold stage2.lock per block (the A64 core) or per access (Python
+            # guests), so a dirty-log harvest never lands between a fault and its write.
             exit_ = self.executor.run(self.context())
             if exit_.reason != ExitReason.HYPERCALL:
                 return exit_
