@@ -123,11 +123,17 @@ def python_mips(iterations: int) -> float:
     return 8 * iterations / elapsed / 1e6
 
 
+QEMU_TARGET_RATIO = {"bench-int": 0.001, "bench-checked": 0.01}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--large-int", type=int, default=1_500_000, help="large N, bench-int")
     parser.add_argument("--large-checked", type=int, default=300_000, help="large N, bench-checked")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--no-qemu", action="store_true", help="skip measuring QEMU TCG on the same guests"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     baseline = max(python_mips(args.large_int) for _ in range(args.repeat))
@@ -139,6 +145,15 @@ def main() -> int:
         result["ratio_to_python"] = result["mips"] / baseline
         result["target_mips"] = TARGETS[name]
         result["met"] = result["mips"] >= TARGETS[name]
+        if not args.no_qemu:
+            # Same binaries under QEMU TCG in the same run (bench_cpu_qemu.py): the issue's
+            # targets are 0.1 % of QEMU's MIPS on bench-int and 1 % on bench-checked.
+            from bench_cpu_qemu import qemu_mips
+
+            result["qemu_mips"] = qemu_mips(name)
+            result["ratio_to_qemu"] = result["mips"] / result["qemu_mips"]
+            result["qemu_target_ratio"] = QEMU_TARGET_RATIO[name]
+            result["met"] = result["met"] and result["ratio_to_qemu"] >= QEMU_TARGET_RATIO[name]
     if args.json:
         print(json.dumps({"python_loop_mips": baseline, **results}, indent=2))
     else:
@@ -149,7 +164,13 @@ def main() -> int:
                 f"tagvisor {name:<13} {result['mips']:8.2f} MIPS  "
                 f"ratio to Python {result['ratio_to_python']:.3f}  "
                 f"target {TARGETS[name]} MIPS: {verdict}  "
-                f"(N {SMALL_N:,} vs {result['large_n']:,}: {result['small_seconds']:.2f} s vs "
+                + (
+                    f"QEMU {result['qemu_mips']:.0f} MIPS, ratio {result['ratio_to_qemu']:.4f} "
+                    f"(target {result['qemu_target_ratio']})  "
+                    if "qemu_mips" in result
+                    else ""
+                )
+                + f"(N {SMALL_N:,} vs {result['large_n']:,}: {result['small_seconds']:.2f} s vs "
                 f"{result['large_seconds']:.2f} s, best of {args.repeat})"
             )
     return 0 if all(result["met"] for result in results.values()) else 1
