@@ -1,5 +1,7 @@
 """Pre-copy live migration with tags, between two hosts on loopback."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from tagvisor.kvm.model.guest import GeneratorGuest
 from tagvisor.migration import IncomingError, MigrationRefused, migrate
 from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.vmm import RunState
+from tagvisor.vmm.builder import RAM_BASE
 from tests.migration.churner import CHECK, churner
 from tests.migration.conftest import Destination, source_machine
 
@@ -118,3 +121,60 @@ def test_the_guest_program_is_not_migrated_only_its_state() -> None:
     """Scenario: the Python guest on the destination is a fresh program object reading
     its round from X19, like real guest code reads its PC (a reminder of the contract)."""
     assert isinstance(GeneratorGuest(churner(1)), GeneratorGuest)
+
+
+def test_untouched_ram_is_not_read_at_the_source_nor_given_memory_at_the_destination(
+    destination: Destination,
+) -> None:
+    """Scenario: a 32 MiB guest that touched only its 4 MiB heap and a few pages.
+
+    The first pass looks only at pages with memory behind them (pagemap): the rest of
+    the source's RAM is not even faulted in to be read, and the destination gives
+    memory only to pages that carry something. Memory and tags still arrive whole."""
+    source = source_machine()
+    npages = source.memory.size // 4096
+    touched = source.memory.populated(RAM_BASE, npages)
+    assert 0 < touched.sum() < npages // 4
+    destination.start()
+    report = migrate(source, destination.address, run_guest=False)
+    destination.join()
+    assert destination.machine is not None
+    dest = destination.machine
+    assert (source.memory.populated(RAM_BASE, npages) == touched).all()
+    assert report.dirty_per_iteration[0] == touched.sum()
+    received = dest.memory.populated(RAM_BASE, npages)
+    assert not (received & ~touched).any()
+    assert memory_digest(source) == memory_digest(dest)
+
+
+@pytest.mark.parametrize("auto_converge", [True, False])
+def test_a_guest_that_outruns_precopy_is_throttled_until_the_passes_shrink(
+    destination: Destination, auto_converge: bool
+) -> None:
+    """Scenario: a slow link (every section waits 20 ms) and a guest that rewrites its
+    whole heap meanwhile, so pre-copy never catches up by itself.
+
+    With auto-converge the guest is throttled (it keeps running, more slowly), the
+    passes shrink and the pause has little left to send; without it, every pass finds
+    the whole heap dirty again. Either way memory and tags arrive whole."""
+    source = source_machine()
+    destination.start()
+    report = migrate(
+        source,
+        destination.address,
+        max_iterations=6,
+        stop_pages=8,
+        auto_converge=auto_converge,
+        progress=lambda *_: time.sleep(0.02),
+    )
+    destination.join()
+    assert destination.machine is not None
+    assert memory_digest(source) == memory_digest(destination.machine)
+    assert report.guest_exits_during > 0
+    passes = report.dirty_per_iteration
+    if auto_converge:
+        assert report.guest_share < 0.5
+        assert passes[-1] < passes[1] / 2
+    else:
+        assert report.guest_share == 1.0
+        assert min(passes[1:-1]) > passes[1] / 2

@@ -1,6 +1,7 @@
 """Post-copy migration, and why placing a page with its tags must be atomic."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +96,9 @@ def postcopy_in_background(
                 destination.address,
                 max_iterations=1,
                 postcopy=True,
+                # The pass is quick: let the guest churn a while meanwhile, so that
+                # many pages are still missing when it resumes at the destination.
+                progress=lambda *_: time.sleep(0.05),
             )
         ),
         daemon=True,

@@ -27,8 +27,11 @@ def run_of(kinds: list[int], seed: int = 0) -> PageRun:
     return PageRun(0x4000_0000, data, tags)
 
 
+STORED = [kind for kind in Kind if kind is not Kind.SKIP]
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(list(Kind)), min_size=1, max_size=40), st.booleans())
+@given(st.lists(st.sampled_from(STORED), min_size=1, max_size=40), st.booleans())
 def test_any_mix_of_pages_round_trips_exactly(kinds: list[int], compress: bool) -> None:
     """Scenario: random runs of all five kinds, compressed or not."""
     run = run_of(kinds)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from tagvisor.arch.constants import PACKED_TAGS_PER_PAGE, PAGE_SIZE, TAG_GRANULE
 from tagvisor.arch.memory import NO_TAG
@@ -252,11 +253,16 @@ class HostProcess:
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     def _fault_vma(self, vma: Vma, start: int, stop: int, *, write: bool) -> Pfns:
+        index = np.arange(vma.page_index(start), vma.page_index(stop - 1) + 1)
+        return self._fault_index(vma, index, start, write=write)
+
+    def _fault_index(self, vma: Vma, index: np.ndarray, address: int, *, write: bool) -> Pfns:
+        """Fault in the backing pages ``index`` of ``vma`` (``address`` is the first one,
+        for the error); return their frames."""
         need = PROT_WRITE if write else PROT_READ
         if not vma.prot & need:
-            raise SegmentationFault(start, SEGV_ACCERR, f"{vma.describe()} is not writable")
+            raise SegmentationFault(address, SEGV_ACCERR, f"{vma.describe()} is not writable")
         backing = vma.backing
-        index = np.arange(vma.page_index(start), vma.page_index(stop - 1) + 1)
         missing = index[backing.pfns[index] == NO_FRAME]
         if missing.size and self.userfaults:
             self._userfault(vma, missing)
@@ -265,7 +271,7 @@ class HostProcess:
             self._populate(backing, missing)
         if write and not vma.shared:
             self._break_cow(backing, index)
-        pfns = backing.pfns[index]
+        pfns: Pfns = backing.pfns[index]
         if vma.mte:
             self.frames.sanitise(pfns)
         return pfns
@@ -339,6 +345,74 @@ class HostProcess:
         first = int(pfns[0])
         flat = self.frames.data[first : first + pfns.size].reshape(-1)
         return flat[offset : offset + length]
+
+    # -- residency and whole-page bulk I/O (a VMM's snapshot and migration paths) --------
+
+    def populated(self, address: int, npages: int) -> NDArray[np.bool_]:
+        """Which of the ``npages`` pages from page-aligned ``address`` have memory behind
+        them, in RAM or in swap: the present and swapped bits of /proc/self/pagemap.
+
+        A page with neither was never touched (or was discarded): it reads as zeros and
+        holds no tags, so a migration need not look at it. Pages of a disk file count as
+        populated (their data may be on disk); pages outside any mapping do not.
+        """
+        result = np.zeros(npages, dtype=bool)
+        end = address + npages * PAGE_SIZE
+        for vma in self.vmas_between(address, end):
+            lo, hi = max(address, vma.start), min(end, vma.end)
+            first, count = (lo - address) // PAGE_SIZE, (hi - lo) // PAGE_SIZE
+            if vma.backing.kind is BackingKind.FILE:
+                result[first : first + count] = True
+                continue
+            index = vma.page_index(lo)
+            pfns = vma.backing.pfns[index : index + count]
+            slots = vma.backing.swap_slots[index : index + count]
+            result[first : first + count] = (pfns != NO_FRAME) | (slots != NO_SLOT)
+        return result
+
+    def gather_pages(self, address: int, pages: NDArray[np.intp], out: U8) -> None:
+        """Copy the whole pages ``address + pages[i] * PAGE_SIZE`` into ``out[i]`` (rows of
+        PAGE_SIZE bytes), faulting them in for reading as a read would. One vectorised
+        copy however the pages are scattered; ``pages`` ascend."""
+        for part, pfns in self._page_frames(address, pages, write=False):
+            rows = out[part]
+            if consecutive(pfns):
+                first = int(pfns[0])
+                np.copyto(rows, self.frames.data[first : first + pfns.size])
+            else:
+                np.take(self.frames.data, pfns, axis=0, out=rows)
+
+    def scatter_pages(self, address: int, pages: NDArray[np.intp], rows: U8 | None) -> None:
+        """Write ``rows[i]`` (PAGE_SIZE bytes) to the whole page ``address + pages[i] *
+        PAGE_SIZE``, or zeros when ``rows`` is None, faulting the pages in for writing
+        (copy-on-write broken) as a write would; ``pages`` ascend."""
+        for part, pfns in self._page_frames(address, pages, write=True):
+            if consecutive(pfns):
+                first = int(pfns[0])
+                target = self.frames.data[first : first + pfns.size]
+                if rows is None:
+                    target.fill(0)
+                else:
+                    np.copyto(target, rows[part])
+            else:
+                self.frames.data[pfns] = 0 if rows is None else rows[part]
+
+    def _page_frames(
+        self, address: int, pages: NDArray[np.intp], *, write: bool
+    ) -> Iterator[tuple[slice, Pfns]]:
+        """(slice of ``pages``, their frames) for the pages in each VMA they fall in."""
+        done = 0
+        while done < pages.size:
+            cursor = address + int(pages[done]) * PAGE_SIZE
+            vma = self.find_vma(cursor)
+            if vma is None:
+                raise SegmentationFault(cursor, SEGV_MAPERR, "no mapping")
+            stop = done + int(
+                np.searchsorted(pages[done:], (vma.end - address) // PAGE_SIZE, side="left")
+            )
+            index = vma.page_index(address) + pages[done:stop]
+            yield slice(done, stop), self._fault_index(vma, index, cursor, write=write)
+            done = stop
 
     # -- tags through a PROT_MTE mapping (LDG/STG by the process, ptrace) ----------------
 

@@ -9,13 +9,24 @@ stream version this side does not know.
 
 The machine is built paused and returned only after END! was received and every page,
 register and device applied; on any error it is discarded, never resumed.
+
+Sections are received on a thread of their own (tagvisor.migration.pipeline) while the
+previous one is applied. During pre-copy the data of a section whose pages all carry
+data is received straight into the paused guest's memory, its address checked first
+and its checksum right after: a damaged section fails the migration like any other,
+and the guest it was written into is discarded. Each ITER is echoed once every page
+before it is applied, so the source pauses the guest only when this side has caught up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
@@ -23,14 +34,22 @@ from tagvisor.host.process import HostProcess
 from tagvisor.kvm.api import Kvm
 from tagvisor.kvm.uapi import Cap
 from tagvisor.migration import protocol
+from tagvisor.migration.pipeline import Placer, SectionReader
 from tagvisor.migration.postcopy import PostcopyReceiver, decode_pending
 from tagvisor.migration.transport import Connection, Listener, TcpAddress
 from tagvisor.snapshot import pages
-from tagvisor.snapshot.container import END_TAG, FormatError, Section, iter_sections, read_header
-from tagvisor.snapshot.guestpages import write_run
+from tagvisor.snapshot.container import (
+    END_TAG,
+    FormatError,
+    Payload,
+    Section,
+    iter_sections,
+    read_header,
+)
+from tagvisor.snapshot.guestpages import PageBuffers, apply_section
 from tagvisor.snapshot.state import DeviceState, MachineState, VcpuState, apply_devices, apply_vcpu
 from tagvisor.vmm.builder import MachineBuilder
-from tagvisor.vmm.machine import Machine
+from tagvisor.vmm.machine import Machine, MachineConfig
 
 DEFAULT_MAX_MEMORY: Final = 16 << 30
 
@@ -93,9 +112,8 @@ def receive(
     except FormatError as error:
         protocol.send_json(conn, b"RFSE", {"reason": str(error)})
         raise IncomingError(f"refused the source: {error}") from error
-    sections = iter_sections(conn, protocol.LIMITS)
     try:
-        first = next(sections)
+        first = next(iter_sections(conn, protocol.LIMITS))
         if first.tag != b"HELO":
             raise FormatError(f"the stream starts with {first.tag!r}, not HELO")
         hello = protocol.Hello.decode(first.payload)
@@ -113,21 +131,25 @@ def receive(
     vcpus: list[VcpuState] = []
     devices: DeviceState | None = None
     post: Section | None = None
+    # From here sections are received and verified on a thread of their own while
+    # the previous one is applied: PAGE payloads land in reused buffers, or their page
+    # data straight in the paused guest's memory (see _placer).
+    reader = SectionReader(conn, protocol.LIMITS, placer=_placer(machine))
+    sections = iter(reader)
+    buffers = PageBuffers(pages.MAX_PAGES, data=False)
     try:
         for section in sections:
             if section.tag == b"PAGE":
-                run = pages.decode(section.payload)
-                if (
-                    run.gpa < config.ram_base
-                    or run.gpa + run.npages * PAGE_SIZE > config.ram_base + config.ram_size
-                ):
-                    raise FormatError(f"the source sent pages at {run.gpa:#x}, outside guest RAM")
-                if run.tags.any() and not config.mte:
+                _check_in_ram(section.payload, config)
+                run = pages.decode_section(section.payload, section.placed)
+                if not config.mte and not run.tags_are_zero():
                     raise FormatError("the source sent tags for a guest without MTE")
-                write_run(machine, run)
-                report.pages_received += run.npages
+                report.pages_received += apply_section(machine, run, buffers=buffers)
             elif section.tag == b"ITER":
                 report.iterations += 1
+                # Every page before it is applied: tell the source, which pauses the
+                # guest only once the destination has caught up.
+                protocol.send_json(conn, b"ITER", {"iteration": _iteration(section.payload)})
             elif section.tag == b"VCPU":
                 state = VcpuState.decode(section.payload)
                 if not 0 <= state.vcpu_id < config.vcpus:
@@ -159,13 +181,57 @@ def receive(
             report.vcpus = len(vcpus)
             return machine, report
     except TagvisorError as error:
+        reader.close()
         with contextlib.suppress(TagvisorError):  # the source may be gone; nothing to tell
             protocol.send_json(conn, b"FAIL", {"reason": str(error)})
         raise IncomingError(f"incoming migration failed, no guest was resumed: {error}") from error
+    except BaseException:
+        reader.close()
+        raise
     protocol.send_json(conn, b"DONE", {"pages": report.pages_received})
     report.bytes_received = conn.received
     report.vcpus = len(vcpus)
     return machine, report
+
+
+def _iteration(payload: Payload) -> int:
+    try:
+        iteration = json.loads(bytes(payload))["iteration"]
+    except (ValueError, KeyError, TypeError):
+        raise FormatError("an ITER section is malformed") from None
+    if not isinstance(iteration, int):
+        raise FormatError("an ITER section is malformed")
+    return iteration
+
+
+def _check_in_ram(payload: Payload, config: MachineConfig) -> None:
+    if len(payload) >= pages.HEAD.size:  # else decode_section says what is wrong
+        gpa, npages, _ = pages.HEAD.unpack_from(payload)
+        _check_range(gpa, npages, config)
+
+
+def _check_range(gpa: int, npages: int, config: MachineConfig) -> None:
+    if gpa < config.ram_base or gpa + npages * PAGE_SIZE > config.ram_base + config.ram_size:
+        raise FormatError(f"the source sent pages at {gpa:#x}, outside guest RAM")
+
+
+def _placer(machine: Machine) -> Placer:
+    """Where pre-copy page data may be received straight into: the guest's own memory,
+    for a section whose pages all have data and are one run inside guest RAM (so no
+    other page data of it is left for apply_section to write).
+
+    The guest is paused and is resumed only after END! and every check, so a section
+    that then fails its checksum fails the migration and the guest is discarded; after
+    POST (the guest runs) pages are verified before they are placed.
+    """
+
+    def place(gpa: int, kinds: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
+        _check_range(gpa, kinds.size, machine.config)
+        if not pages.has_data(kinds).all():
+            return None
+        return machine.memory.writable_view(gpa, kinds.size * PAGE_SIZE)
+
+    return place
 
 
 def incoming(

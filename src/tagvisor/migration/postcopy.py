@@ -199,6 +199,8 @@ class PostcopyReceiver:
             self.conn.close()
 
     def _apply(self, run: PageRun) -> None:
+        if run.pages is not None:
+            raise FormatError("post-copy pages come in whole runs, without SKIP")
         for index, region in enumerate(self.machine.memory.regions):
             if region.contains(run.gpa, run.npages * PAGE_SIZE):
                 first = (run.gpa - region.gpa) // PAGE_SIZE

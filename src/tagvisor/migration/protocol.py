@@ -3,7 +3,7 @@
     source -> destination: HEADER("TAGVMIGR", 1.0) HELO
     destination -> source: ACPT | RFSE(reason)           (before any page is sent)
     source -> destination: (PAGE* ITER)* VCPU* DEVS END!
-    destination -> source: DONE | FAIL(reason)
+    destination -> source: ITER* (DONE | FAIL(reason))
 
 or, post-copy, after the VCPUs and devices:
 
@@ -11,8 +11,12 @@ or, post-copy, after the VCPUs and devices:
     destination -> source: REQ(gpa)* DONE
 
 HELO carries the machine's shape (the snapshot's MachineState) and the stream options;
-ITER marks the end of a pre-copy iteration; END! carries page counts. PAGE sections are
-the snapshot's: each page travels with its tags.
+ITER marks the end of a pre-copy iteration ({"iteration": n, "pages": dirty pages});
+the destination echoes it ({"iteration": n}) once it has applied every page before it,
+and the source pauses the guest only after the echo of its last iteration, so that the
+pause does not wait for a backlog. END! carries page counts. PAGE sections are the
+snapshot's: each page travels with its tags, and a section may carry a scattered set
+of pages (SKIP kinds).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class Hello:
     @classmethod
     def decode(cls, payload: Payload) -> Hello:
         try:
-            raw = json.loads(payload)
+            raw = json.loads(bytes(payload))
             machine = MachineState.decode(json.dumps(raw["machine"]).encode())
             compress = raw["compress"]
         except (ValueError, KeyError, TypeError) as error:
@@ -81,7 +85,7 @@ def read_reply(source: ByteSource, expected: tuple[bytes, ...]) -> tuple[bytes, 
     if section.tag not in expected:
         raise FormatError(f"expected one of {expected}, the peer sent {section.tag!r}")
     try:
-        value = json.loads(section.payload)
+        value = json.loads(bytes(section.payload))
     except ValueError:
         raise FormatError(f"the peer's {section.tag!r} reply is not JSON") from None
     if not isinstance(value, dict):

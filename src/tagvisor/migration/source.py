@@ -1,12 +1,19 @@
 """The sending side of live migration: pre-copy on the dirty log, tags with every page.
 
 1. Connect, send HELO; the destination accepts or refuses before any page moves.
-2. Turn on dirty logging and send every non-zero page (the destination starts zeroed).
+2. Turn on dirty logging and send every non-zero page (the destination starts zeroed);
+   pages that never had memory behind them are not even read.
 3. While the guest runs, send what the dirty log (KVM's, OR the VMM's own writes) says
    changed, until little is left or the iterations run out. A tag store dirties its
-   page like a data store, so retagged pages are resent with their new tags.
-4. Pause the guest, send the last dirty pages, the VCPUs and the devices, END!, and
+   page like a data store, so retagged pages are resent with their new tags. A guest
+   that dirties pages faster than they go is throttled (auto-converge).
+4. Wait until the destination has applied everything sent so far (its ITER echo),
+   pause the guest, send the last dirty pages, the VCPUs and the devices, END!, and
    wait for DONE. Downtime runs from the pause to DONE.
+
+Pages are read and encoded on the calling thread while a sender thread writes the
+previous sections (see tagvisor.migration.pipeline); scattered dirty pages travel
+several to a section (SKIP kinds, tagvisor.snapshot.pages).
 
 On any failure (refusal, a cut connection, a FAIL from the destination) the guest is
 left as it was before the final pause, dirty logging off, and migrate() raises: the
@@ -16,6 +23,8 @@ lives on the destination.
 
 from __future__ import annotations
 
+import json
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +37,12 @@ from numpy.typing import NDArray
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
 from tagvisor.migration import protocol
+from tagvisor.migration.pipeline import SectionSender
 from tagvisor.migration.postcopy import encode_pending, final_reply, serve
 from tagvisor.migration.transport import Connection, TcpAddress, connect
-from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import END_TAG, write_header, write_section
-from tagvisor.snapshot.guestpages import iter_runs, runs_of
-from tagvisor.snapshot.pages import EncodeStats, Kind, PageRun
+from tagvisor.snapshot.guestpages import PageBuffers, read_window, windows_of
+from tagvisor.snapshot.pages import MAX_PAGES, EncodeStats, encode_parts
 from tagvisor.snapshot.state import capture_devices, capture_machine, capture_vcpu
 from tagvisor.vmm.machine import Machine, RunResult, RunState
 
@@ -67,6 +76,8 @@ class MigrationReport:
     total_seconds: float = 0.0
     downtime_seconds: float = 0.0
     guest_exits_during: int = 0
+    #: The share of time the guest ran at the end of pre-copy (below 1: throttled).
+    guest_share: float = 1.0
 
     @property
     def throughput(self) -> float:
@@ -93,22 +104,85 @@ class MigrationReport:
 
 
 class _GuestRunner:
-    """Runs the guest on a background thread while pre-copy goes on."""
+    """Runs the guest on a background thread while pre-copy goes on.
+
+    Throttled (``share`` below 1), it runs the guest in short bursts of exits and
+    keeps it paused in between, so that it runs ``share`` of the time, as QEMU's
+    auto-converge throttles VCPUs: the guest slows down, nothing else about it changes.
+    """
+
+    #: About how long a burst plus its pause lasts (seconds).
+    THROTTLE_PERIOD = 0.005
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.result: RunResult | None = None
+        self.share = 1.0
+        self._stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="guest", daemon=True)
 
     def _run(self) -> None:
-        self.result = self.machine.run()
+        burst = 1  # exits per burst, adapted to the burst's share of the period
+        while not self._stopping.is_set():
+            share = self.share
+            if share >= 1.0:
+                self.result = self.machine.run()
+            else:
+                started = time.perf_counter()
+                self.result = self.machine.run(max_exits=burst)
+                ran = max(time.perf_counter() - started, 1e-6)
+                target = self.THROTTLE_PERIOD * share
+                burst = max(1, min(2 * burst, round(burst * target / ran)))
+                self._stopping.wait(ran * (1.0 - share) / share)
+            if self.result.state is RunState.STOPPED:
+                return
 
     def start(self) -> None:
         self.thread.start()
 
+    def throttle(self, share: float) -> None:
+        """Let the guest run only ``share`` (0 to 1) of the time from now on."""
+        self.share = share
+        self.machine.pause()  # leave the current run; the next one is paced
+
     def stop(self) -> None:
-        self.machine.pause()
-        self.thread.join()
+        self._stopping.set()
+        while self.thread.is_alive():  # a pause can race with a run() starting
+            self.machine.pause()
+            self.thread.join(0.05)
+
+
+#: Pages per PAGE section at most: few enough that reading, sending, receiving and
+#: placing overlap well (and that staging buffers stay small), enough to amortise the
+#: work done per section.
+SECTION_PAGES = 4096
+#: Clean pages in a row that end a section. Scattered dirty pages share a section
+#: (a window of up to MAX_PAGES pages) for a byte per page left out (SKIP), which costs
+#: far less than a section of their own.
+MAX_GAP = MAX_PAGES
+#: Sections queued for sending at most, beyond the one being sent.
+SEND_DEPTH = 3
+#: Auto-converge: a pass should find at most this share of the previous pass's pages
+#: dirty again; when the guest dirties more, its running share is cut in proportion.
+CONVERGE_RATIO = 0.25
+#: The least share of the time a throttled guest still runs.
+MIN_SHARE = 0.05
+
+
+class _Staging:
+    """Page buffers for sections in flight: a queued section's copies stay untouched
+    until the sender thread has sent it, then are reused (no per-section allocation)."""
+
+    def __init__(self, count: int, npages: int) -> None:
+        self._free: queue.Queue[PageBuffers] = queue.Queue()
+        for _ in range(count):
+            self._free.put(PageBuffers(npages))
+
+    def take(self) -> PageBuffers:
+        return self._free.get()
+
+    def give(self, buffers: PageBuffers) -> None:
+        self._free.put(buffers)
 
 
 def migrate(
@@ -120,13 +194,16 @@ def migrate(
     stop_pages: int = 64,
     compress: bool = False,
     postcopy: bool = False,
+    auto_converge: bool = True,
     progress: Progress | None = None,
 ) -> MigrationReport:
     """Live-migrate ``machine`` to an ``incoming`` destination at ``address``.
 
     With ``postcopy`` the guest moves after ``max_iterations`` pre-copy passes and the
     destination fetches what is still missing on demand (see tagvisor.migration.
-    postcopy); downtime is then the pause until the destination can resume.
+    postcopy); downtime is then the pause until the destination can resume. With
+    ``auto_converge`` a running guest that dirties pages faster than pre-copy sends
+    them is throttled (``report.guest_share`` is the share of time it kept).
     """
     if machine.state is RunState.STOPPED:
         raise MigrationError("the guest has stopped; there is nothing to migrate")
@@ -134,6 +211,7 @@ def migrate(
     started = time.perf_counter()
     conn = connect(address)
     runner: _GuestRunner | None = None
+    sender: SectionSender | None = None
     try:
         write_header(conn, protocol.MAGIC, protocol.VERSION)
         hello = protocol.Hello(capture_machine(machine), compress)
@@ -141,6 +219,8 @@ def migrate(
         tag, reply = protocol.read_reply(conn, (b"ACPT", b"RFSE"))
         if tag == b"RFSE":
             raise MigrationRefused(f"the destination refused: {reply.get('reason')}")
+        sender = SectionSender(conn, SEND_DEPTH)
+        pass_ = _Pass(sender, machine, report, compress, progress)
         memory = machine.memory
         memory.start_dirty_log()
         if run_guest:
@@ -148,21 +228,24 @@ def migrate(
             runner.start()
         exits_before = machine.exits
         for iteration in range(max_iterations):
-            sent = _send_dirty(
-                conn,
-                machine,
-                report,
-                iteration,
-                sparse=iteration == 0,
-                compress=compress,
-                progress=progress,
-                live=runner is not None,
-            )
+            dirty = pass_.collect(first=iteration == 0)
+            sent = sum(int(mask.sum()) for mask in dirty)
+            if auto_converge and runner is not None and report.dirty_per_iteration:
+                ratio = sent / max(1, report.dirty_per_iteration[-1])
+                if sent > stop_pages and ratio > CONVERGE_RATIO:
+                    runner.throttle(max(MIN_SHARE, runner.share * CONVERGE_RATIO / ratio))
+            pass_.send(dirty, iteration, first=iteration == 0, live=runner is not None)
             report.dirty_per_iteration.append(sent)
             report.iterations += 1
-            protocol.send_json(conn, b"ITER", {"iteration": iteration, "pages": sent})
+            sender.send(b"ITER", _json({"iteration": iteration, "pages": sent}))
             if iteration and sent <= stop_pages:
                 break
+        if runner is not None:
+            report.guest_share = runner.share
+        if report.iterations:  # once the destination has caught up, the pause is short
+            if runner is not None and runner.share < 1.0:
+                runner.throttle(MIN_SHARE)  # what it dirties meanwhile is paid in the pause
+            _await_echo(conn, report.iterations - 1)
         paused = time.perf_counter()
         if runner is not None:
             runner.stop()
@@ -172,29 +255,24 @@ def migrate(
         if postcopy:
             pending = [memory.take_dirty(region) for region in memory.regions]
         else:
-            final = _send_dirty(
-                conn,
-                machine,
-                report,
-                report.iterations,
-                sparse=False,
-                compress=compress,
-                progress=progress,
-            )
-            report.dirty_per_iteration.append(final)
+            dirty = pass_.collect(first=False)
+            pass_.send(dirty, report.iterations, first=False, live=False)
+            report.dirty_per_iteration.append(sum(int(mask.sum()) for mask in dirty))
         for index, vcpu in enumerate(machine.vcpus):
-            write_section(conn, b"VCPU", capture_vcpu(index, vcpu).encode())
-        write_section(conn, b"DEVS", capture_devices(machine).encode())
+            sender.send(b"VCPU", capture_vcpu(index, vcpu).encode())
+        sender.send(b"DEVS", capture_devices(machine).encode())
         if postcopy:
-            write_section(conn, b"POST", encode_pending(pending))
+            sender.send(b"POST", encode_pending(pending))
+            sender.flush()
             report.downtime_seconds = time.perf_counter() - paused
             report.postcopy = True
             report.postcopy_pages = sum(int(mask.sum()) for mask in pending)
             report.add(serve(conn, machine, pending, compress=compress))
             tag, payload = final_reply(conn)
-            reply = {"reason": payload.decode(errors="replace")}
+            reply = {"reason": bytes(payload).decode(errors="replace")}
         else:
-            protocol.send_json(conn, END_TAG, {"pages_sent": report.pages_sent})
+            sender.send(END_TAG, _json({"pages_sent": report.pages_sent}))
+            sender.flush()
             tag, reply = protocol.read_reply(conn, (b"DONE", b"FAIL"))
         if tag == b"FAIL":
             raise MigrationError(f"the destination failed: {reply.get('reason')}")
@@ -210,6 +288,23 @@ def migrate(
         raise MigrationError(f"migration failed, the guest is intact here: {error}") from error
     finally:
         conn.close()
+        if sender is not None:
+            sender.close()
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def _await_echo(conn: Connection, iteration: int) -> None:
+    """Wait for the destination's echo of ITER ``iteration``: it has applied every
+    page sent before it."""
+    while True:
+        tag, reply = protocol.read_reply(conn, (b"ITER", b"FAIL"))
+        if tag == b"FAIL":
+            raise MigrationError(f"the destination failed: {reply.get('reason')}")
+        if reply.get("iteration") == iteration:
+            return
 
 
 def _back_out(machine: Machine, runner: _GuestRunner | None) -> None:
@@ -218,48 +313,69 @@ def _back_out(machine: Machine, runner: _GuestRunner | None) -> None:
     machine.memory.stop_dirty_log()
 
 
-def _send_dirty(
-    conn: Connection,
-    machine: Machine,
-    report: MigrationReport,
-    iteration: int,
-    *,
-    sparse: bool,
-    compress: bool,
-    progress: Progress | None,
-    live: bool = False,
-) -> int:
-    """Send every page the dirty log reports (all non-zero ones when ``sparse``)."""
-    sent = 0
-    for region in machine.memory.regions:
-        dirty = machine.memory.take_dirty(region)
-        remaining = int(dirty.sum())
-        for run in iter_runs(machine, region, dirty, live=live):
-            selected = _selection(run, sparse)
-            for first, count in runs_of(selected, pages.MAX_PAGES):
-                part = PageRun(
-                    run.gpa + first * PAGE_SIZE,
-                    run.data[first : first + count],
-                    run.tags[first : first + count],
-                )
-                payload, stats = pages.encode_parts(part, compress=compress)
-                write_section(conn, b"PAGE", payload)
-                report.add(stats)
-            sent += run.npages
-            remaining -= run.npages
-            if progress is not None:
-                progress(iteration, report.pages_sent, remaining)
-    return sent
+class _Pass:
+    """Sends what the dirty log reports, section by section, through the sender."""
+
+    def __init__(
+        self,
+        sender: SectionSender,
+        machine: Machine,
+        report: MigrationReport,
+        compress: bool,
+        progress: Progress | None,
+    ) -> None:
+        self.sender = sender
+        self.machine = machine
+        self.report = report
+        self.compress = compress
+        self.progress = progress
+        self.staging = _Staging(SEND_DEPTH + 2, SECTION_PAGES)
+
+    def collect(self, *, first: bool) -> list[NDArray[np.bool_]]:
+        """Each region's dirty pages (on the ``first`` pass only those with memory
+        behind them: the others are zero, and the destination starts zeroed)."""
+        memory = self.machine.memory
+        masks = []
+        for region in memory.regions:
+            dirty = memory.take_dirty(region)
+            if first:
+                dirty &= memory.populated(region.gpa, region.npages)
+            masks.append(dirty)
+        return masks
+
+    def send(
+        self, dirty: list[NDArray[np.bool_]], iteration: int, *, first: bool, live: bool
+    ) -> None:
+        """Send the pages set in ``dirty`` (per region), a section per window of them;
+        on the ``first`` pass zero pages are left out."""
+        for region, mask in zip(self.machine.memory.regions, dirty, strict=True):
+            remaining = int(mask.sum())
+            for start, count in windows_of(mask, MAX_PAGES, MAX_GAP, SECTION_PAGES):
+                window = mask[start : start + count]
+                pages = None if window.all() else np.flatnonzero(window)
+                self._send(region.gpa + start * PAGE_SIZE, count, pages, first, live)
+                remaining -= count if pages is None else int(pages.size)
+                if self.progress is not None:
+                    self.progress(iteration, self.report.pages_sent, remaining)
+
+    def _send(
+        self, gpa: int, count: int, pages: NDArray[np.intp] | None, first: bool, live: bool
+    ) -> None:
+        buffers = self.staging.take()
+        try:
+            run = read_window(self.machine, gpa, count, pages, live=live, buffers=buffers)
+            parts, stats = encode_parts(run, compress=self.compress, skip_zero=first)
+        except BaseException:
+            self.staging.give(buffers)
+            raise
+        self.report.add(stats)
+        if not parts:
+            self.staging.give(buffers)
+            return
+        self.sender.send(b"PAGE", parts, on_sent=lambda: self.staging.give(buffers))
 
 
 def _stopped(machine: Machine) -> bool:
     # The guest thread changes the state behind the type checker's back.
     state: RunState = machine.state
     return state is RunState.STOPPED
-
-
-def _selection(run: PageRun, sparse: bool) -> NDArray[np.bool_]:
-    if not sparse:
-        return np.ones(run.npages, bool)
-    selected: NDArray[np.bool_] = pages.classify(run.data, run.tags) != Kind.ZERO
-    return selected

@@ -36,8 +36,8 @@ OPTIONAL: Final = 1 << 0
 END_TAG: Final = b"END!"
 
 
-#: What a reader hands on: bytes, or the bytearray it filled in place (no copy).
-Payload = bytes | bytearray
+#: What a reader hands on: bytes, or the buffer it filled in place (no copy).
+Payload = bytes | bytearray | memoryview
 
 
 class FormatError(TagvisorError):
@@ -77,6 +77,21 @@ def write_header(sink: ByteSink, magic: bytes, version: Version) -> None:
     sink.write(head + CRC.pack(crc32c(head)))
 
 
+def section_frame(
+    tag: bytes, parts: Sequence[bytes | memoryview], *, optional: bool = False
+) -> tuple[bytes, bytes]:
+    """The header and the trailing checksum of a section whose payload is ``parts`` in
+    a row: what goes before and after them on the wire."""
+    if len(tag) != 4:
+        raise ValueError(f"section tags are 4 bytes, not {tag!r}")
+    length = sum(memoryview(part).nbytes for part in parts)
+    head = SECTION_HEAD.pack(tag, OPTIONAL if optional else 0, length)
+    crc = crc32c(head)
+    for part in parts:
+        crc = crc32c(part, crc)
+    return head, CRC.pack(crc)
+
+
 def write_section(
     sink: ByteSink,
     tag: bytes,
@@ -85,19 +100,18 @@ def write_section(
     optional: bool = False,
 ) -> int:
     """Write one section whose payload is one buffer or several in a row (written as
-    they are, never joined); returns the bytes written."""
-    if len(tag) != 4:
-        raise ValueError(f"section tags are 4 bytes, not {tag!r}")
+    they are, never joined); returns the bytes written. A sink that can ``writev``
+    (a connection) gets the whole section in one call."""
     parts = [payload] if isinstance(payload, bytes) else list(payload)
-    length = sum(len(part) for part in parts)
-    head = SECTION_HEAD.pack(tag, OPTIONAL if optional else 0, length)
-    crc = crc32c(head)
+    head, crc = section_frame(tag, parts, optional=optional)
+    writev = getattr(sink, "writev", None)
+    if writev is not None:
+        return int(writev([head, *parts, crc]))
     sink.write(head)
     for part in parts:
-        crc = crc32c(part, crc)
         sink.write(part)
-    sink.write(CRC.pack(crc))
-    return len(head) + length + CRC.size
+    sink.write(crc)
+    return len(head) + sum(memoryview(part).nbytes for part in parts) + len(crc)
 
 
 def read_exactly(source: ByteSource, size: int, what: str) -> Payload:

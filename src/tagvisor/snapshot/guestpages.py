@@ -2,7 +2,9 @@
 
 Data goes through the VMM's mapping of guest RAM; tags through the machine's configured
 tag access (KVM_ARM_MTE_COPY_TAGS by default), in bulk over contiguous runs. A machine
-without MTE has no tags: they read as zero and are never written.
+without MTE has no tags: they read as zero and are never written. Windows of scattered
+pages (a dirty log's) are read and placed with vectorised gathers and scatters and a
+tag call per run, never a Python step per page.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PAGE_SIZE
-from tagvisor.snapshot.pages import MAX_PAGES, PageRun
+from tagvisor.snapshot.pages import MAX_PAGES, Kind, PageRun, PageSection
 from tagvisor.vmm.machine import Machine
 from tagvisor.vmm.memory import GuestRegion
 
@@ -35,15 +37,219 @@ def read_run(machine: Machine, gpa: int, npages: int, *, live: bool = False) -> 
     return PageRun(gpa, data.reshape(npages, PAGE_SIZE), tags.reshape(npages, GRANULES_PER_PAGE))
 
 
+#: A window whose pages come in fewer runs than one per this many pages has its tags
+#: read or written run by run (a bulk call per run); a denser one, in one call over the
+#: whole window if every page of it has memory already (so none is faulted in just
+#: for its tags), or if its runs are shorter than SHORT_RUN pages on average (gaps
+#: included): the work is per run of some length or per window, never per page.
+PAGES_PER_TAG_CALL = 256
+SHORT_RUN = 16
+
+
+def _one_tag_call(machine: Machine, gpa: int, span: int, runs: int) -> bool:
+    """Whether to move the tags of ``runs`` runs of pages within ``span`` pages from
+    ``gpa`` in one call over the whole span rather than one call per run."""
+    if runs * PAGES_PER_TAG_CALL <= span:
+        return False
+    return runs * SHORT_RUN > span or bool(machine.memory.populated(gpa, span).all())
+
+
+class PageBuffers:
+    """Reusable buffers for up to ``npages`` pages of data (if ``data``) and tags, in
+    windows of up to ``window`` pages, so that reading or placing section after section
+    allocates nothing and faults in no fresh memory (the arrays are reserved, not
+    touched, until used)."""
+
+    def __init__(self, npages: int, window: int = MAX_PAGES, *, data: bool = True) -> None:
+        self.npages = npages
+        self.data = np.empty((npages if data else 0, PAGE_SIZE), np.uint8)
+        self.tags = np.empty((npages, GRANULES_PER_PAGE), np.uint8)
+        self.window_tags = np.empty(max(npages, window) * GRANULES_PER_PAGE, np.uint8)
+
+
+def read_window(
+    machine: Machine,
+    gpa: int,
+    npages: int,
+    pages: NDArray[np.intp] | None = None,
+    *,
+    live: bool = False,
+    buffers: PageBuffers | None = None,
+) -> PageRun:
+    """The pages of the window of ``npages`` pages from ``gpa`` (all, or those at the
+    ascending indices ``pages``) with their tags, read in bulk: the data in one
+    gather, the tags in one call per run of pages or one over the whole window.
+
+    While the guest runs (``live``) the data is copied, so what is checksummed is what
+    is sent; a paused guest's memory is read in place when the window is whole. With
+    ``buffers`` (of at least ``npages`` pages) the copies go there and the run is valid
+    until the buffers are used again.
+    """
+    count = npages if pages is None else int(pages.size)
+    buffers = buffers if buffers is not None else PageBuffers(npages)
+    view = (
+        None if pages is not None or live else machine.memory.mapped_view(gpa, npages * PAGE_SIZE)
+    )
+    if view is not None:
+        data = view.reshape(npages, PAGE_SIZE)
+    else:
+        data = buffers.data[:count]
+        machine.memory.read_pages(gpa, np.arange(npages) if pages is None else pages, data)
+    tags = buffers.tags[:count]
+    if not machine.config.mte:
+        tags.fill(0)
+    elif pages is None:
+        machine.tags.read_tags(gpa, npages * GRANULES_PER_PAGE, out=tags.reshape(-1))
+    else:
+        runs = _runs(pages)
+        if _one_tag_call(machine, gpa, npages, len(runs)):
+            window = buffers.window_tags[: npages * GRANULES_PER_PAGE]
+            machine.tags.read_tags(gpa, window.size, out=window)
+            np.take(window.reshape(npages, GRANULES_PER_PAGE), pages, axis=0, out=tags)
+        else:
+            for index, first, length in runs:
+                machine.tags.read_tags(
+                    gpa + first * PAGE_SIZE,
+                    length * GRANULES_PER_PAGE,
+                    out=tags[index : index + length].reshape(-1),
+                )
+    return PageRun(gpa, data, tags, pages, npages if pages is not None else 0)
+
+
+def _runs(pages: NDArray[np.intp]) -> list[tuple[int, int, int]]:
+    """(index into ``pages``, first page, count) of each run of consecutive pages."""
+    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = [0, *breaks.tolist()]
+    stops = [*breaks.tolist(), int(pages.size)]
+    firsts = pages[starts].tolist()
+    return [
+        (start, first, stop - start)
+        for start, first, stop in zip(starts, firsts, stops, strict=True)
+    ]
+
+
 def write_run(machine: Machine, run: PageRun, *, with_tags: bool = True) -> None:
     """Place a run: data first, then (if the VM has MTE) every page's tags.
 
     Tags are written for all pages of the run, zeros included, so the pages are marked
     tagged and a later first touch cannot clear what was restored.
     """
-    machine.memory.write(run.gpa, np.ascontiguousarray(run.data).reshape(-1).data)
+    if run.pages is None:
+        machine.memory.write(run.gpa, np.ascontiguousarray(run.data).reshape(-1).data)
+    else:
+        machine.memory.write_pages(run.gpa, run.pages, run.data)
     if with_tags and machine.config.mte:
-        machine.tags.write_tags(run.gpa, run.tags.reshape(-1))
+        write_page_tags(machine, run.gpa, run.indices(), run.tags)
+
+
+def apply_section(
+    machine: Machine, section: PageSection, *, buffers: PageBuffers | None = None
+) -> int:
+    """Place a decoded PAGE section; return how many pages it carried.
+
+    Pages with data get it (unless the reader received it in place); carried zero
+    pages are zeroed, except ZERO pages that never had memory behind them here (they
+    are zero with zero tags already: a destination starts zeroed, so they cost
+    nothing); then the tags of every placed page, as :func:`write_run` does. SKIP
+    pages are left as they are. With ``buffers`` (of MAX_PAGES pages) nothing is
+    allocated per section.
+    """
+    memory = machine.memory
+    gpa, npages = section.gpa, section.npages
+    held = section.held()
+    with_data = section.with_data()
+    zero_data = held & ~with_data
+    placed = held
+    if zero_data.any():
+        populated = memory.populated(gpa, npages)
+        placed = held & ~((section.kinds == Kind.ZERO) & ~populated)
+        memory.write_pages(gpa, np.flatnonzero(zero_data & populated), None)
+    if section.placed:
+        pass  # the reader received the data into guest memory already
+    elif with_data.all():
+        memory.write(gpa, section.data.reshape(-1).data)
+    elif section.data.size:
+        memory.write_pages(gpa, np.flatnonzero(with_data), section.data)
+    if machine.config.mte and placed.any():
+        out = buffers.tags[: int(held.sum())] if buffers is not None else None
+        tags = section.tags(out)
+        if placed is not held:
+            tags = tags[placed[held]]
+        window = buffers.window_tags if buffers is not None else None
+        write_page_tags(machine, gpa, np.flatnonzero(placed), tags, window=window)
+    return int(held.sum())
+
+
+def write_page_tags(
+    machine: Machine,
+    gpa: int,
+    pages: NDArray[np.intp],
+    tags: NDArray[np.uint8],
+    *,
+    window: NDArray[np.uint8] | None = None,
+) -> None:
+    """Write rows of 256 tags to the pages at the ascending indices ``pages`` from
+    ``gpa``, in bulk (never page by page): run by run when the runs are few, else by
+    reading, updating and writing back the tags of the whole span (in ``window``, if
+    given and big enough), see PAGES_PER_TAG_CALL."""
+    if not pages.size:
+        return
+    first, last = int(pages[0]), int(pages[-1])
+    base = gpa + first * PAGE_SIZE
+    if pages.size == last - first + 1:
+        machine.tags.write_tags(base, np.ascontiguousarray(tags).reshape(-1))
+        return
+    span = last - first + 1
+    runs = _runs(pages)
+    if not _one_tag_call(machine, base, span, len(runs)):
+        for index, start, length in runs:
+            machine.tags.write_tags(
+                gpa + start * PAGE_SIZE,
+                np.ascontiguousarray(tags[index : index + length]).reshape(-1),
+            )
+        return
+    granules = span * GRANULES_PER_PAGE
+    out = window[:granules] if window is not None and window.size >= granules else None
+    current = machine.tags.read_tags(base, granules, out=out)
+    current.reshape(span, GRANULES_PER_PAGE)[pages - first] = tags
+    machine.tags.write_tags(base, current)
+
+
+def windows_of(
+    mask: NDArray[np.bool_], limit: int = MAX_PAGES, max_gap: int = 0, held: int = 0
+) -> Iterator[tuple[int, int]]:
+    """(first page, count) of windows covering the set bits, each starting and ending
+    on one, at most ``limit`` pages long, holding at most ``held`` set bits (if not 0),
+    and never spanning ``max_gap`` or more clear bits in a row (with 0, windows are the
+    runs of set bits, as :func:`runs_of`)."""
+    for start, stop in _spans(mask, max_gap):
+        first = start
+        while first < stop:
+            end = min(first + limit, stop)
+            set_bits = np.flatnonzero(mask[first:end])
+            if held and set_bits.size > held:
+                set_bits = set_bits[:held]
+            last = first + int(set_bits[-1])
+            yield first, last - first + 1
+            following = np.flatnonzero(mask[last + 1 : stop])
+            if not following.size:
+                break
+            first = last + 1 + int(following[0])
+
+
+def _spans(mask: NDArray[np.bool_], max_gap: int) -> list[tuple[int, int]]:
+    """[start, stop) of the runs of set bits, merged across gaps shorter than
+    ``max_gap``."""
+    if not mask.any():
+        return []
+    padded = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    starts, stops = edges[0::2], edges[1::2]
+    if max_gap > 0 and starts.size > 1:
+        keep = np.concatenate(([True], starts[1:] - stops[:-1] >= max_gap))
+        starts = starts[keep]
+        stops = np.concatenate((stops[:-1][keep[1:]], stops[-1:]))
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
 def runs_of(mask: NDArray[np.bool_], limit: int = MAX_PAGES) -> Iterator[tuple[int, int]]:

@@ -1,21 +1,26 @@
-"""Encoding a run of guest pages with their tags (the PAGE section of both formats).
+"""Encoding guest pages with their tags (the PAGE section of both formats).
 
     PAGE := gpa:u64 npages:u32 flags:u32 body
     body := kinds[npages] uniform_tags[#uniform] packed_tags[#full][128] data[#data][4096]
             (zlib-compressed when flags bit 0 is set)
 
-Each page has a kind:
+A section covers the window of ``npages`` pages from ``gpa``. Each page has a kind:
 
     0 ZERO          data all zero and every tag 0: nothing else is stored
     1 DATA_UNIFORM  data, and one tag byte for all 256 granules
     2 DATA_TAGS     data, and its 256 tags packed in 128 bytes
     3 ZERO_UNIFORM  zero data, one non-zero tag for all granules
     4 ZERO_TAGS     zero data, 128 bytes of packed tags
+    5 SKIP          not carried by this section: the reader leaves the page as it is
 
 A zero page with non-zero tags is not a zero page: the guest stored information in
 those tags (the 2021 QEMU review's point), so kinds 3 and 4 keep them. Tags never cost
 more than 1/32 of the page bytes, and a page whose granules share one tag costs one
-byte. Encoding and decoding are vectorised over the whole run.
+byte. SKIP lets one section carry a scattered set of pages (what a dirty log reports)
+for one byte per page left out, rather than a section per run of pages; a section
+carries at least one page. Encoding and
+decoding are vectorised over the whole window; a decoded section's data rows are views
+of the payload, not copies.
 """
 
 from __future__ import annotations
@@ -46,19 +51,46 @@ class Kind(enum.IntEnum):
     DATA_TAGS = 2
     ZERO_UNIFORM = 3
     ZERO_TAGS = 4
+    SKIP = 5
+
+
+_UNIFORM: Final = np.zeros(256, bool)
+_UNIFORM[[Kind.DATA_UNIFORM, Kind.ZERO_UNIFORM]] = True
+_FULL: Final = np.zeros(256, bool)
+_FULL[[Kind.DATA_TAGS, Kind.ZERO_TAGS]] = True
+_DATA: Final = np.zeros(256, bool)
+_DATA[[Kind.DATA_UNIFORM, Kind.DATA_TAGS]] = True
 
 
 @dataclass
 class PageRun:
-    """``npages`` consecutive pages from ``gpa``: data (n, 4096) and tags (n, 256)."""
+    """Pages of guest memory with their tags, one row each in ``data`` (n, 4096) and
+    ``tags`` (n, 256).
+
+    The rows are the consecutive pages from ``gpa``; or, when ``pages`` is given, the
+    pages at those (ascending) indices of a window of ``window`` pages from ``gpa``,
+    the window's other pages not being part of the run.
+    """
 
     gpa: int
     data: NDArray[np.uint8]
     tags: NDArray[np.uint8]
+    pages: NDArray[np.intp] | None = None
+    window: int = 0
 
     @property
     def npages(self) -> int:
+        """The pages the run spans from ``gpa``, those left out included."""
+        return self.window if self.pages is not None else self.count
+
+    @property
+    def count(self) -> int:
+        """The pages the run holds."""
         return int(self.data.shape[0])
+
+    def indices(self) -> NDArray[np.intp]:
+        """The held pages as indices from ``gpa``."""
+        return self.pages if self.pages is not None else np.arange(self.count)
 
 
 @dataclass
@@ -76,18 +108,33 @@ class EncodeStats:
 
 
 def classify(data: NDArray[np.uint8], tags: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """The kind of each page (vectorised over 64-bit lanes)."""
-    has_data = _lanes(data).any(axis=1)
+    """The kind of each page (vectorised over 64-bit lanes).
+
+    A page whose first eight bytes are not zero has data; only the others are read in
+    full, so classifying pages of real data costs a cache line per page, not the page.
+    """
+    lanes = _lanes(data)
+    has_data = lanes[:, 0] != 0
+    maybe_zero = np.flatnonzero(~has_data)
+    if maybe_zero.size:
+        has_data[maybe_zero] = lanes[maybe_zero].any(axis=1)
     tag_lanes = _lanes(tags)
     first = tags[:, 0].astype(np.uint64) * np.uint64(0x0101_0101_0101_0101)
     uniform = (tag_lanes == first[:, None]).all(axis=1)
-    tagged = tag_lanes.any(axis=1)
-    kinds = np.full(data.shape[0], Kind.ZERO, np.uint8)
-    kinds[has_data & uniform] = Kind.DATA_UNIFORM
-    kinds[has_data & ~uniform] = Kind.DATA_TAGS
-    kinds[~has_data & tagged & uniform] = Kind.ZERO_UNIFORM
-    kinds[~has_data & ~uniform] = Kind.ZERO_TAGS
+    tagged = first != 0
+    index = has_data.astype(np.uint8) << 2 | uniform.astype(np.uint8) << 1 | tagged
+    kinds: NDArray[np.uint8] = _KIND_OF[index]
     return kinds
+
+
+#: Kind by (has data, uniform tags, first tag non-zero) as bits 2, 1, 0.
+_KIND_OF: Final = np.array(
+    [
+        *(Kind.ZERO_TAGS, Kind.ZERO_TAGS, Kind.ZERO, Kind.ZERO_UNIFORM),
+        *(Kind.DATA_TAGS, Kind.DATA_TAGS, Kind.DATA_UNIFORM, Kind.DATA_UNIFORM),
+    ],
+    np.uint8,
+)
 
 
 def _lanes(rows: NDArray[np.uint8]) -> NDArray[np.uint64]:
@@ -101,44 +148,143 @@ def encode(run: PageRun, *, compress: bool = False) -> tuple[bytes, EncodeStats]
 
 
 def encode_parts(
-    run: PageRun, *, compress: bool = False
+    run: PageRun, *, compress: bool = False, skip_zero: bool = False
 ) -> tuple[list[bytes | memoryview], EncodeStats]:
     """The PAGE payload as a list of buffers to send one after another (no join, and
-    the page data is not copied when every page of the run carries data)."""
+    the page data is not copied when every page of the run carries data).
+
+    With ``skip_zero`` the run's ZERO pages are left out too (SKIP), for a reader whose
+    memory starts zeroed; if nothing is left the payload is empty (no parts).
+    """
     if not 0 < run.npages <= MAX_PAGES:
         raise ValueError(f"a PAGE section holds 1 to {MAX_PAGES} pages")
     kinds = classify(run.data, run.tags)
-    uniform = (kinds == Kind.DATA_UNIFORM) | (kinds == Kind.ZERO_UNIFORM)
-    full = (kinds == Kind.DATA_TAGS) | (kinds == Kind.ZERO_TAGS)
-    with_data = (kinds == Kind.DATA_UNIFORM) | (kinds == Kind.DATA_TAGS)
-    full_tags = np.ascontiguousarray(run.tags[full]).reshape(-1)
+    keep = kinds != Kind.ZERO if skip_zero else None
+    if keep is not None and keep.all():
+        keep = None
+    held = kinds if keep is None else kinds[keep]
+    if not held.size:
+        return [], EncodeStats()
+    uniform, full, with_data = _UNIFORM[held], _FULL[held], _DATA[held]
+    gpa, window = run.gpa, kinds
+    if run.pages is not None or keep is not None:
+        positions = run.indices() if keep is None else run.indices()[keep]
+        first, last = int(positions[0]), int(positions[-1])
+        window = np.full(last - first + 1, Kind.SKIP, np.uint8)
+        window[positions - first] = held
+        gpa += first * PAGE_SIZE
+    tags = run.tags if keep is None else run.tags[keep]
+    if full.all():
+        full_tags = np.ascontiguousarray(tags).reshape(-1)
+    else:
+        full_tags = np.ascontiguousarray(tags[full]).reshape(-1)
     packed = np.empty(full_tags.size // 2, np.uint8)
     if full_tags.size:
         pack_tags(full_tags, packed)
-    data = run.data if with_data.all() else run.data[with_data]
+    data = run.data if keep is None else run.data[keep]
+    if not with_data.all():
+        data = data[with_data]
     body: list[bytes | memoryview] = [
-        kinds.tobytes(),
-        run.tags[uniform, 0].tobytes(),
-        packed.tobytes(),
+        window.tobytes(),
+        tags[uniform, 0].tobytes(),
+        packed.data,
         np.ascontiguousarray(data).reshape(-1).data,
     ]
     flags = 0
     if compress:
         body, flags = [zlib.compress(b"".join(body), 1)], COMPRESSED
-    parts: list[bytes | memoryview] = [HEAD.pack(run.gpa, run.npages, flags), *body]
+    parts: list[bytes | memoryview] = [HEAD.pack(gpa, window.size, flags), *body]
+    n_uniform, n_full = int(uniform.sum()), int(full.sum())
     stats = EncodeStats(
-        pages=run.npages,
-        zero_pages=int((kinds == Kind.ZERO).sum()),
+        pages=int(held.size),
+        zero_pages=int((held == Kind.ZERO).sum()),
         data_bytes=int(with_data.sum()) * PAGE_SIZE,
-        tag_bytes=int(uniform.sum()) + int(full.sum()) * PACKED_TAGS_PER_PAGE,
-        uniform_tag_pages=int(uniform.sum()),
+        tag_bytes=n_uniform + n_full * PACKED_TAGS_PER_PAGE,
+        uniform_tag_pages=n_uniform,
         wire_bytes=sum(len(part) for part in parts),
     )
     return parts, stats
 
 
+def has_data(kinds: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Which pages of these kinds come with data."""
+    with_data: NDArray[np.bool_] = _DATA[kinds]
+    return with_data
+
+
+@dataclass
+class PageSection:
+    """A decoded PAGE payload: the kinds of the window's pages, and the rows of data
+    of the pages with data (in page order, views of the payload; or, if ``placed``, of
+    the memory the reader received them into directly)."""
+
+    gpa: int
+    kinds: NDArray[np.uint8]
+    data: NDArray[np.uint8]
+    uniform_tags: NDArray[np.uint8]
+    packed_tags: NDArray[np.uint8]
+    placed: bool = False
+
+    @property
+    def npages(self) -> int:
+        """The pages the section spans, SKIP included."""
+        return int(self.kinds.size)
+
+    def held(self) -> NDArray[np.bool_]:
+        """Which pages of the window the section carries (not SKIP)."""
+        held: NDArray[np.bool_] = self.kinds != Kind.SKIP
+        return held
+
+    def with_data(self) -> NDArray[np.bool_]:
+        """Which pages of the window come with data (the rows of ``data``)."""
+        with_data: NDArray[np.bool_] = _DATA[self.kinds]
+        return with_data
+
+    def tags_are_zero(self) -> bool:
+        """Whether every carried page's tags are all 0."""
+        return not self.packed_tags.size and not self.uniform_tags.any()
+
+    def tags(self, out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+        """Tags of the carried pages, one row of 256 per page (into ``out`` if given)."""
+        held = self.kinds[self.kinds != Kind.SKIP]
+        if out is None:
+            out = np.empty((held.size, GRANULES_PER_PAGE), np.uint8)
+        full, uniform = _FULL[held], _UNIFORM[held]
+        if full.all():
+            unpack_tags(self.packed_tags, out.reshape(-1))
+            return out
+        out[~full] = 0
+        out[uniform] = self.uniform_tags[:, None]
+        if self.packed_tags.size:
+            unpacked = np.empty(self.packed_tags.size * 2, np.uint8)
+            unpack_tags(self.packed_tags, unpacked)
+            out[full] = unpacked.reshape(-1, GRANULES_PER_PAGE)
+        return out
+
+    def run(self) -> PageRun:
+        """The carried pages as a run (zero pages' rows materialised)."""
+        held = self.held()
+        with_data = self.with_data()[held]
+        if with_data.all():
+            data = self.data
+        else:
+            data = np.zeros((with_data.size, PAGE_SIZE), np.uint8)
+            data[with_data] = self.data
+        pages = None if held.all() else np.flatnonzero(held)
+        return PageRun(self.gpa, data, self.tags(), pages, self.npages)
+
+
 def decode(payload: Payload) -> PageRun:
     """Parse a PAGE payload, checking every size against what the kinds promise."""
+    return decode_section(payload).run()
+
+
+def decode_section(payload: Payload, placed: NDArray[np.uint8] | None = None) -> PageSection:
+    """Parse and check a PAGE payload without copying its page data.
+
+    ``placed``: the reader received the data rows straight into that memory (see
+    :func:`data_layout`), and ``payload`` holds everything before them.
+    """
     if len(payload) < HEAD.size:
         raise FormatError("a PAGE section is shorter than its header")
     gpa, npages, flags = HEAD.unpack_from(payload)
@@ -146,7 +292,7 @@ def decode(payload: Payload) -> PageRun:
         raise FormatError(f"a PAGE section claims {npages} pages at {gpa:#x}")
     if flags & ~COMPRESSED:
         raise FormatError(f"a PAGE section has unknown flags {flags:#x}")
-    body = payload[HEAD.size :]
+    body: Payload = memoryview(payload)[HEAD.size :]
     if flags & COMPRESSED:
         inflater = zlib.decompressobj()
         try:
@@ -158,13 +304,19 @@ def decode(payload: Payload) -> PageRun:
     if len(body) < npages:
         raise FormatError("a PAGE section is shorter than its kinds")
     kinds = np.frombuffer(body, np.uint8, npages)
-    if kinds.max(initial=0) > Kind.ZERO_TAGS:
+    if kinds.max(initial=0) > Kind.SKIP:
         raise FormatError(f"a PAGE section has an unknown page kind {int(kinds.max())}")
-    uniform = (kinds == Kind.DATA_UNIFORM) | (kinds == Kind.ZERO_UNIFORM)
-    full = (kinds == Kind.DATA_TAGS) | (kinds == Kind.ZERO_TAGS)
-    with_data = (kinds == Kind.DATA_UNIFORM) | (kinds == Kind.DATA_TAGS)
-    n_uniform, n_full, n_data = int(uniform.sum()), int(full.sum()), int(with_data.sum())
+    counts = np.bincount(kinds, minlength=len(Kind))
+    n_uniform = int(counts[Kind.DATA_UNIFORM] + counts[Kind.ZERO_UNIFORM])
+    n_full = int(counts[Kind.DATA_TAGS] + counts[Kind.ZERO_TAGS])
+    n_data = int(counts[Kind.DATA_UNIFORM] + counts[Kind.DATA_TAGS])
+    if counts[Kind.SKIP] == npages:
+        raise FormatError("a PAGE section carries no page")
     expected = npages + n_uniform + n_full * PACKED_TAGS_PER_PAGE + n_data * PAGE_SIZE
+    if placed is not None:
+        if flags & COMPRESSED or placed.size != n_data * PAGE_SIZE:
+            raise FormatError("a PAGE section's placed data does not match its kinds")
+        expected -= placed.size
     if len(body) != expected:
         raise FormatError(f"a PAGE section holds {len(body)} bytes where its kinds need {expected}")
     offset = npages
@@ -172,18 +324,33 @@ def decode(payload: Payload) -> PageRun:
     offset += n_uniform
     packed = np.frombuffer(body, np.uint8, n_full * PACKED_TAGS_PER_PAGE, offset)
     offset += packed.size
-    data_rows = np.frombuffer(body, np.uint8, n_data * PAGE_SIZE, offset)
+    data = np.frombuffer(body, np.uint8, n_data * PAGE_SIZE, offset) if placed is None else placed
     if uniform_tags.max(initial=0) > 0xF:
         raise FormatError("a PAGE section has a uniform tag above 15")
-    if n_data == npages:  # every page has data: use the payload's bytes as they are
-        data = data_rows.reshape(npages, PAGE_SIZE)
-    else:
-        data = np.zeros((npages, PAGE_SIZE), np.uint8)
-        data[with_data] = data_rows.reshape(-1, PAGE_SIZE)
-    tags = np.zeros((npages, GRANULES_PER_PAGE), np.uint8)
-    tags[uniform] = uniform_tags[:, None]
-    if n_full:
-        unpacked = np.empty(packed.size * 2, np.uint8)
-        unpack_tags(packed, unpacked)
-        tags[full] = unpacked.reshape(-1, GRANULES_PER_PAGE)
-    return PageRun(gpa, data, tags)
+    return PageSection(
+        gpa, kinds, data.reshape(n_data, PAGE_SIZE), uniform_tags, packed, placed is not None
+    )
+
+
+def data_layout(head: Payload, length: int) -> tuple[int, NDArray[np.uint8], int] | None:
+    """For a reader that places page data as it arrives: given the first bytes of a
+    PAGE payload of ``length`` bytes (header and kinds, at least ``HEAD.size`` bytes),
+    (gpa, kinds, bytes before the data) if the payload is uncompressed and its sizes
+    agree with its kinds; None if it needs more of the head (then ``HEAD.size +
+    npages`` bytes) or cannot be placed (decode_section will then say what is wrong).
+    """
+    gpa, npages, flags = HEAD.unpack_from(head)
+    if flags or not 0 < npages <= MAX_PAGES or gpa % PAGE_SIZE:
+        return None
+    if len(head) < HEAD.size + npages:
+        return None
+    kinds = np.frombuffer(head, np.uint8, npages, HEAD.size)
+    if kinds.max(initial=0) > Kind.SKIP:
+        return None
+    counts = np.bincount(kinds, minlength=len(Kind))
+    n_data = int(counts[Kind.DATA_UNIFORM] + counts[Kind.DATA_TAGS])
+    before = HEAD.size + npages + int(counts[Kind.DATA_UNIFORM] + counts[Kind.ZERO_UNIFORM])
+    before += int(counts[Kind.DATA_TAGS] + counts[Kind.ZERO_TAGS]) * PACKED_TAGS_PER_PAGE
+    if before + n_data * PAGE_SIZE != length or not n_data:
+        return None
+    return gpa, kinds, before

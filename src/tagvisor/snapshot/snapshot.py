@@ -166,10 +166,10 @@ def read_snapshot(path: Path) -> Snapshot:
                     raise FormatError("a PAGE section comes before the machine's configuration")
                 run = pages.decode(section.payload)
                 _check_in_ram(run, machine)
-                stored += run.npages
+                stored += run.count
             else:
                 try:
-                    summary = json.loads(section.payload)
+                    summary = json.loads(bytes(section.payload))
                 except ValueError:
                     raise FormatError("the END! section is not valid JSON") from None
     if machine is None or devices is None or not isinstance(summary, dict):
@@ -215,7 +215,7 @@ def restore_snapshot(
             if section.tag == b"PAGE":
                 run = pages.decode(section.payload)
                 write_run(machine, run, with_tags=with_tags)
-                done += run.npages
+                done += run.count
                 if progress is not None:
                     progress(done, snapshot.pages_stored)
     for state in snapshot.vcpus:

@@ -124,7 +124,7 @@ def _json(value: dict[str, Any]) -> bytes:
 
 def _parse(payload: Payload, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(payload)
+        value = json.loads(bytes(payload))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FormatError(f"{what} is not valid JSON: {error}") from None
     if not isinstance(value, dict):

@@ -58,8 +58,9 @@ class TagAccess(Protocol):
 
     def write_data(self, gpa: int, data: bytes) -> None: ...
 
-    def read_tags(self, gpa: int, granules: int) -> U8:
-        """Tags of ``granules`` granules from granule-aligned ``gpa``, one per byte."""
+    def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
+        """Tags of ``granules`` granules from granule-aligned ``gpa``, one per byte (into
+        ``out`` if given, which is then returned)."""
         ...
 
     def write_tags(self, gpa: int, tags: U8) -> None: ...
@@ -115,13 +116,22 @@ class CopyTagsAccess:
                 )
         return buffer
 
-    def read_tags(self, gpa: int, granules: int) -> U8:
+    def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
         first = gpa - gpa % PAGE_SIZE
         end = gpa + granules * TAG_GRANULE
         pages = -(-(end - first) // PAGE_SIZE)
         buffer = self._copy(first, pages, to_guest=False)
         skip = (gpa - first) // TAG_GRANULE
-        return np.frombuffer(self.user.read(buffer + skip, granules), np.uint8).copy()
+        # One copy out of the bounce buffer, through a view of it where the backend
+        # gives one (the model does), else through read().
+        viewer = getattr(self.user, "view", None)
+        bounced = viewer(buffer + skip, granules) if viewer is not None else None
+        if bounced is None:
+            bounced = np.frombuffer(self.user.read(buffer + skip, granules), np.uint8)
+        if out is None:
+            return np.array(bounced, np.uint8)
+        np.copyto(out, bounced)
+        return out
 
     def write_tags(self, gpa: int, tags: U8) -> None:
         first = gpa - gpa % PAGE_SIZE
@@ -133,7 +143,7 @@ class CopyTagsAccess:
             skip = (gpa - first) // TAG_GRANULE
             window[skip : skip + tags.size] = tags
         buffer = self._bounce(pages * PAGE_SIZE // TAG_GRANULE)
-        self.user.write(buffer, np.ascontiguousarray(window, np.uint8).tobytes())
+        self.user.write(buffer, np.ascontiguousarray(window, np.uint8).reshape(-1).data)
         self._copy(first, pages, to_guest=True)
 
 
@@ -193,8 +203,12 @@ class ProcessMteAccess:
         self._check(hva, len(data), write=True)
         self.memory.write(gpa, data)
 
-    def read_tags(self, gpa: int, granules: int) -> U8:
-        return self.process.load_tags(self._hva(gpa, granules * TAG_GRANULE), granules)
+    def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
+        tags = self.process.load_tags(self._hva(gpa, granules * TAG_GRANULE), granules)
+        if out is None:
+            return tags
+        np.copyto(out, tags)
+        return out
 
     def write_tags(self, gpa: int, tags: U8) -> None:
         self.process.store_tags(self._hva(gpa, tags.size * TAG_GRANULE), tags)

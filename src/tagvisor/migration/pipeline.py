@@ -1,0 +1,310 @@
+"""Socket I/O on threads of its own, so it overlaps the encoding and applying of pages.
+
+Sending, receiving and CRC-32C release the GIL (so do NumPy's bulk copies), so a
+source that encodes the next section while the last one is being sent, and a
+destination that applies one section while the next is being received and verified,
+keep both the wire and the CPUs busy. The stream is the same as without threads:
+sections go out in the order they were queued, and every section is verified (size
+limit before reading, checksum before it is handed on) exactly as
+:func:`tagvisor.snapshot.container.iter_sections` does.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from crc32c import crc32c
+from numpy.typing import NDArray
+
+from tagvisor.migration.transport import Connection
+from tagvisor.snapshot import pages
+from tagvisor.snapshot.container import (
+    CRC,
+    END_TAG,
+    SECTION_HEAD,
+    FormatError,
+    Payload,
+    Section,
+    read_exactly,
+    section_frame,
+)
+
+#: How often a thread blocked on a queue looks whether it was told to stop (seconds).
+_POLL: Final = 0.25
+
+#: Where a PAGE section's page data may be received straight into: given the section's
+#: gpa and kinds, writable memory for all its data rows in a row (after checking that
+#: the pages are the receiver's to write), or None to receive them into a buffer. Only
+#: a section whose data rows are all the page data its consumer writes may be placed.
+Placer = Callable[[int, NDArray[np.uint8]], NDArray[np.uint8] | None]
+
+
+@dataclass(frozen=True)
+class ReadSection(Section):
+    """A section as the reader hands it on; for a PAGE section whose data rows were
+    received straight into place, ``placed`` is that memory and the payload holds the
+    bytes before the data (see tagvisor.snapshot.pages.decode_section)."""
+
+    placed: NDArray[np.uint8] | None = None
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A section read off the wire, its checksum not verified yet."""
+
+    section: ReadSection
+    head: bytes | bytearray | memoryview
+    crc: int
+    buffer: NDArray[np.uint8] | None
+
+    def verify(self) -> None:
+        expected = crc32c(self.section.payload, crc32c(self.head))
+        if self.section.placed is not None:
+            expected = crc32c(self.section.placed.data, expected)
+        if expected != self.crc:
+            raise FormatError(
+                f"section {self.section.tag!r} fails its checksum: the input is damaged"
+            )
+
+
+class SectionSender:
+    """Writes sections to a connection from a thread of its own, in the order queued.
+
+    A queued section's buffers must not change until it has been sent: ``on_sent``
+    says when (the caller then reuses its staging buffers). The checksum is computed by
+    :meth:`send`, on the caller's thread, so the caller decides when the bytes are
+    final (a running guest's pages are copied first). An error on the sending thread is
+    raised by the next :meth:`send` or by :meth:`flush`; later sections are dropped.
+    """
+
+    def __init__(self, conn: Connection, depth: int = 3) -> None:
+        self.conn = conn
+        self._queue: queue.Queue[
+            tuple[list[bytes | memoryview], Callable[[], None] | None] | None
+        ] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="migration-send", daemon=True)
+        self._thread.start()
+
+    def send(
+        self,
+        tag: bytes,
+        payload: bytes | Sequence[bytes | memoryview],
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue a section (waits while ``depth`` sections are already queued)."""
+        self._check()
+        parts = [payload] if isinstance(payload, bytes) else list(payload)
+        head, crc = section_frame(tag, parts)
+        self._queue.put(([head, *parts, crc], on_sent))
+
+    def flush(self) -> None:
+        """Wait until every queued section is sent; raise the sending thread's error."""
+        self._queue.join()
+        self._check()
+
+    def close(self) -> None:
+        """Stop the thread once the queue is drained (sent, or dropped after an error)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                buffers, on_sent = item
+                if self._error is None:
+                    try:
+                        self.conn.writev(buffers)
+                    except BaseException as error:  # handed to the producer
+                        self._error = error
+                if on_sent is not None:
+                    on_sent()
+            finally:
+                self._queue.task_done()
+
+
+class SectionReader:
+    """Reads and verifies sections on a thread of its own, into reusable buffers.
+
+    Iterating yields the sections up to and including END!, each within its tag's
+    limit and with its checksum verified (on the iterating thread, just before it is
+    handed on: the reading thread only reads), an unknown optional section skipped and
+    an unknown mandatory one refused (as ``iter_sections``). Sections whose tag is in
+    ``pooled`` are read into one of ``buffers`` buffers that are used again and again
+    (no allocation and no fresh page faults per section): such a payload is valid only
+    until the iteration moves on. Reading runs ahead of the consumer by at most
+    ``buffers`` pooled sections (and a few small ones).
+
+    With a ``placer``, PAGE data is received straight into the memory it names, until
+    a section in ``place_until`` is read. Pages must land in stream order: while a
+    PAGE section read into a buffer waits for the consumer (who writes its pages when
+    it applies it, which is when it asks for the next section), no later section is
+    placed.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        limits: dict[bytes, int],
+        *,
+        pooled: frozenset[bytes] = frozenset({b"PAGE"}),
+        buffers: int = 3,
+        placer: Placer | None = None,
+        place_until: frozenset[bytes] = frozenset({b"POST", END_TAG}),
+    ) -> None:
+        self.conn = conn
+        self.limits = limits
+        self.pooled = pooled
+        self._placer = placer
+        self._place_until = place_until
+        #: PAGE sections read into a buffer and not applied yet (placement waits).
+        self._unapplied = 0
+        self._unapplied_lock = threading.Lock()
+        self._largest = max(limits.values())
+        self._free: queue.Queue[NDArray[np.uint8]] = queue.Queue()
+        for _ in range(buffers):
+            self._free.put(np.empty(0, np.uint8))
+        self._ready: queue.Queue[_Received | BaseException] = queue.Queue(buffers + 8)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="migration-recv", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop reading ahead (the caller closes the connection)."""
+        self._closed.set()
+
+    def __iter__(self) -> Iterator[ReadSection]:
+        while True:
+            item = self._ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            section, buffer = item.section, item.buffer
+            try:
+                item.verify()
+                if section.tag == END_TAG:
+                    yield section
+                    return
+                if section.tag not in self.limits:
+                    if section.optional:
+                        continue
+                    raise FormatError(
+                        f"unknown mandatory section {section.tag!r}: written by a newer tagvisor?"
+                    )
+                yield section
+            finally:
+                if section.tag == b"PAGE" and section.placed is None:
+                    with self._unapplied_lock:
+                        self._unapplied -= 1
+                if buffer is not None:
+                    self._free.put(buffer)
+
+    # -- the reading thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._closed.is_set():
+                received = self._read()
+                self._put(received)
+                if received.section.tag == END_TAG:
+                    return
+        except BaseException as error:  # handed to the consumer
+            self._put(error)
+
+    def _read(self) -> _Received:
+        head = read_exactly(self.conn, SECTION_HEAD.size, "a section header")
+        tag, flags, length = SECTION_HEAD.unpack(head)
+        limit = self.limits.get(tag, self._largest)
+        if length > limit:
+            raise FormatError(
+                f"section {tag!r} claims {length} bytes, more than the {limit} allowed here"
+            )
+        what = f"section {tag!r}"
+        buffer: NDArray[np.uint8] | None = None
+        placed: NDArray[np.uint8] | None = None
+        payload: Payload
+        if tag in self.pooled:
+            buffer = self._take(length, limit)
+            if tag == b"PAGE" and self._placer is not None:
+                payload, placed = self._read_pages(buffer[:length], what)
+            else:
+                payload = buffer[:length].data
+                self._fill(payload, what)
+        else:
+            payload = read_exactly(self.conn, length, what)
+        if tag == b"PAGE" and placed is None:
+            with self._unapplied_lock:
+                self._unapplied += 1
+        if tag in self._place_until:
+            self._placer = None  # from here on pages are verified before they are placed
+        (crc,) = CRC.unpack(read_exactly(self.conn, CRC.size, f"the checksum of {tag!r}"))
+        return _Received(ReadSection(tag, flags, payload, placed), head, crc, buffer)
+
+    def _read_pages(
+        self, view: NDArray[np.uint8], what: str
+    ) -> tuple[memoryview, NDArray[np.uint8] | None]:
+        """A PAGE payload into ``view``, or its data rows straight into the memory the
+        placer names (checked against the kinds first); the bytes before them still go
+        into ``view``."""
+        length = view.size
+        done = min(length, pages.HEAD.size)
+        self._fill(view[:done].data, what)
+        if done == pages.HEAD.size:
+            npages = pages.HEAD.unpack_from(view.data)[1]
+            more = min(length, pages.HEAD.size + npages)
+            self._fill(view[done:more].data, what)
+            done = more
+            layout = pages.data_layout(view[:done].data, length)
+            with self._unapplied_lock:
+                in_order = self._unapplied == 0
+            if layout is not None and self._placer is not None and in_order:
+                gpa, kinds, before = layout
+                target = self._placer(gpa, kinds)
+                if target is not None:
+                    self._fill(view[done:before].data, what)
+                    self._fill(target.data, what)
+                    return view[:before].data, target
+        self._fill(view[done:length].data, what)
+        return view.data, None
+
+    def _fill(self, view: memoryview, what: str) -> None:
+        done, size = 0, view.nbytes
+        while done < size:
+            got = self.conn.readinto(view[done:])
+            if not got:
+                raise FormatError(f"the input ends inside {what} ({done} of {size} bytes)")
+            done += got
+
+    def _take(self, length: int, limit: int) -> NDArray[np.uint8]:
+        while True:
+            try:
+                buffer = self._free.get(timeout=_POLL)
+            except queue.Empty:
+                if self._closed.is_set():
+                    raise FormatError("the reader was closed") from None
+                continue
+            if buffer.size < length:
+                # Sized for the largest section allowed: only what is used gets touched.
+                buffer = np.empty(limit, np.uint8)
+            return buffer
+
+    def _put(self, item: _Received | BaseException) -> None:
+        while not self._closed.is_set():
+            try:
+                self._ready.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
