@@ -47,6 +47,14 @@ def resolve_guest(name: str) -> Path:
     raise ImageError(f"no guest image {name!r}{hint}")
 
 
+def add_command(commands: Any, name: str, summary: str, doc: str | None) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its module's docstring as written."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser
+
+
 def add_machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mte", action="store_true", help="do not enable KVM_CAP_ARM_MTE")
     parser.add_argument(

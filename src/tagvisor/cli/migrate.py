@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from tagvisor.cli.common import (
+    add_command,
     add_host_options,
     add_machine_options,
     boot,
@@ -90,11 +91,11 @@ def _incoming(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    send = commands.add_parser(
+    send = add_command(
+        commands,
         "migrate",
-        help="boot a guest and live-migrate it, tags and all, to a destination",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "boot a guest and live-migrate it, tags and all, to a destination",
+        __doc__,
     )
     send.add_argument("guest", help="an AArch64 ELF file, or a shipped guest name")
     send.add_argument("--to", required=True, metavar="tcp:HOST:PORT", help="the destination")
@@ -112,12 +113,7 @@ def register(commands: Any) -> None:
     send.add_argument("--json", action="store_true", help="print the report as JSON")
     send.set_defaults(run=_migrate)
 
-    receive = commands.add_parser(
-        "incoming",
-        help="wait for a migrating guest, then run it",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    receive = add_command(commands, "incoming", "wait for a migrating guest, then run it", __doc__)
     receive.add_argument(
         "--listen",
         default="tcp:127.0.0.1:4444",

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from tagvisor.cli.common import add_machine_options, boot, guest_summary, print_json
+from tagvisor.cli.common import add_command, add_machine_options, boot, guest_summary, print_json
 from tagvisor.vmm.loader import ImageError
 from tagvisor.vmm.tag_access import WAYS
 
@@ -39,11 +39,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
-        "run",
-        help="boot a guest on the KVM model and stream its console",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        commands, "run", "boot a guest on the KVM model and stream its console", __doc__
     )
     parser.add_argument("guest", help="an AArch64 ELF file, or a shipped guest name (e.g. heap)")
     add_machine_options(parser)

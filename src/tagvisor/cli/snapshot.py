@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tagvisor.cli.common import (
+    add_command,
     add_host_options,
     add_machine_options,
     boot,
@@ -69,11 +70,8 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    save = commands.add_parser(
-        "snapshot",
-        help="boot a guest, run it a while, and save it with every tag",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    save = add_command(
+        commands, "snapshot", "boot a guest, run it a while, and save it with every tag", __doc__
     )
     save.add_argument("guest", help="an AArch64 ELF file, or a shipped guest name")
     save.add_argument("-o", "--output", type=Path, required=True, help="the snapshot file")
@@ -87,11 +85,8 @@ def register(commands: Any) -> None:
     save.add_argument("--json", action="store_true", help="print the report as JSON")
     save.set_defaults(run=_snapshot)
 
-    load = commands.add_parser(
-        "restore",
-        help="restore a snapshot (tags first) and run the guest on",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    load = add_command(
+        commands, "restore", "restore a snapshot (tags first) and run the guest on", __doc__
     )
     load.add_argument("file", type=Path, help="a snapshot written by tagvisor snapshot")
     load.add_argument(
