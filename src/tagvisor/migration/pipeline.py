@@ -5,8 +5,10 @@ source that encodes the next section while the last one is being sent, and a
 destination that applies one section while the next is being received and verified,
 keep both the wire and the CPUs busy. The stream is the same as without threads:
 sections go out in the order they were queued, and every section is verified (size
-limit before reading, checksum before it is handed on) exactly as
-:func:`tagvisor.snapshot.container.iter_sections` does.
+limit before reading, checksum before it is handed on) as
+:func:`tagvisor.snapshot.container.iter_sections` does; only the data of a PAGE
+section that a reader's placer takes lands in its final place before the checksum is
+checked (see :class:`SectionReader`).
 """
 
 from __future__ import annotations
