@@ -14,6 +14,7 @@ from tagvisor.kvm.model.vcpu_regs import (
     CORE_IDS,
     ID_AA64PFR1_EL1,
     MTE_REGS,
+    SP_EL0,
     VcpuRegisters,
     check_reg_id,
     core_word,
@@ -137,7 +138,7 @@ class ModelVcpu:
             )
         if reg_id & KVM_REG_SIZE_MASK != KVM_REG_SIZE_U64:
             raise KvmError(errno.ENOENT, ioctl, "system registers are 64-bit")
-        if reg_id not in self.regs.sysregs and reg_id != ID_AA64PFR1_EL1:
+        if reg_id not in self.regs.sysregs and reg_id not in (ID_AA64PFR1_EL1, SP_EL0):
             raise KvmError(errno.ENOENT, ioctl, f"system register {reg_id:#x} is not modelled")
 
     def get_one_reg(self, reg_id: int) -> int:
@@ -154,6 +155,8 @@ class ModelVcpu:
         if reg_id == ID_AA64PFR1_EL1:
             mte_level = self.vm.kvm.host_mte_level if self.tag_access else 0
             return mte_level << 8
+        if reg_id == SP_EL0:  # the same register as core regs.sp
+            return self.regs.core[31]
         return self.regs.sysregs[reg_id]
 
     def set_one_reg(self, reg_id: int, value: int) -> None:
@@ -174,6 +177,9 @@ class ModelVcpu:
             if value != self.get_one_reg(reg_id):
                 raise KvmError(errno.EINVAL, ioctl, "ID registers can only be set as they read")
             return
+        if reg_id == SP_EL0:
+            self.regs.core[31] = value
+            return
         self.regs.sysregs[reg_id] = value
 
     def get_reg_list(self) -> list[int]:
@@ -181,7 +187,7 @@ class ModelVcpu:
         self._require_init("KVM_GET_REG_LIST")
         sysregs = [
             reg
-            for reg in (*self.regs.sysregs, ID_AA64PFR1_EL1)
+            for reg in (*self.regs.sysregs, ID_AA64PFR1_EL1, SP_EL0)
             if reg not in MTE_REGS or self.tag_access
         ]
         return [*CORE_IDS, *sorted(sysregs)]

@@ -77,7 +77,7 @@ def _sysreg_resets() -> dict[int, int]:
         (MAIR_EL1, TTBR0_EL1, TTBR1_EL1, VBAR_EL1, ESR_EL1, FAR_EL1, ELR_EL1, SPSR_EL1),
         RESET_UNKNOWN,
     )
-    values.update({TCR_EL1: 0, SP_EL0: RESET_UNKNOWN, SCTLR_EL1: SCTLR_EL1_RESET})
+    values.update({TCR_EL1: 0, SCTLR_EL1: SCTLR_EL1_RESET})
     values.update(dict.fromkeys(MTE_REGS, RESET_UNKNOWN))
     return values
 
