@@ -56,6 +56,7 @@ def python_side() -> dict[str, int]:
             values[f"offsetof_{struct.__name__}_{field_name}"] = getattr(struct, field_name).offset
     values.update(
         {
+            "offsetof_kvm_run_immediate_exit": uapi.KVM_RUN_IMMEDIATE_EXIT_OFFSET,
             "offsetof_kvm_run_exit_reason": uapi.KVM_RUN_EXIT_REASON_OFFSET,
             "offsetof_kvm_run_mmio.phys_addr": uapi.KVM_RUN_MMIO_PHYS_ADDR,
             "offsetof_kvm_run_mmio.data": uapi.KVM_RUN_MMIO_DATA,

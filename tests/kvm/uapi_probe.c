@@ -59,7 +59,8 @@ int main(void)
 	OFF(kvm_dirty_log, slot); OFF(kvm_dirty_log, dirty_bitmap);
 	OFF(kvm_clear_dirty_log, slot); OFF(kvm_clear_dirty_log, num_pages);
 	OFF(kvm_clear_dirty_log, first_page); OFF(kvm_clear_dirty_log, dirty_bitmap);
-	OFF(kvm_run, exit_reason); OFF(kvm_run, mmio.phys_addr); OFF(kvm_run, mmio.data);
+	OFF(kvm_run, immediate_exit); OFF(kvm_run, exit_reason);
+	OFF(kvm_run, mmio.phys_addr); OFF(kvm_run, mmio.data);
 	OFF(kvm_run, mmio.len); OFF(kvm_run, mmio.is_write);
 	OFF(kvm_run, system_event.type); OFF(kvm_run, system_event.ndata);
 	OFF(kvm_run, system_event.data);

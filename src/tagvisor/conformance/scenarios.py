@@ -12,6 +12,7 @@ Standard library only (they run inside the testbed's minimal image).
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -386,10 +387,7 @@ MMIO_PROGRAM: Final = (
 UART: Final = 0x0900_0000
 
 
-@scenario(
-    "KVM_RUN: an MMIO write, an MMIO read answered by the VMM, PSCI SYSTEM_OFF",
-    backends=("linux",),  # the model runs guests through an executor, not raw A64 code
-)
+@scenario("KVM_RUN: an MMIO write, an MMIO read answered by the VMM, PSCI SYSTEM_OFF")
 def run_mmio_and_system_off(kvm: Kvm) -> Result:
     vm, ram = mte_vm(kvm)
     code = b"".join(word.to_bytes(4, "little") for word in MMIO_PROGRAM)
@@ -417,6 +415,32 @@ def run_mmio_and_system_off(kvm: Kvm) -> Result:
         if exit_.mmio is None:
             break
     return {"init": init, "exits": exits}
+
+
+SPIN: Final = 0x1400_0000  # B . (a branch to itself)
+KICK_AFTER: Final = 0.3
+
+
+@scenario("KVM_RUN interrupted: a kick while the guest spins; a kick before KVM_RUN")
+def run_kick(kvm: Kvm) -> Result:
+    vm, ram = mte_vm(kvm)
+    kvm.user_memory.write(ram, SPIN.to_bytes(4, "little"))
+    vcpu, init = init_vcpu(vm, 1 << VcpuFeature.PSCI_0_2)
+    vcpu.set_one_reg(CORE_REG_PC, RAM_GPA)
+    timer = threading.Timer(KICK_AFTER, vcpu.kick)
+    timer.start()
+    try:
+        spinning = vcpu.run().reason.name
+    finally:
+        timer.cancel()
+    vcpu.kick()
+    kicked_before = vcpu.run().reason.name
+    return {
+        "init": init,
+        "spinning": spinning,
+        "kicked_before": kicked_before,
+        "pc_stays": vcpu.get_one_reg(CORE_REG_PC) == RAM_GPA,
+    }
 
 
 def run_all(

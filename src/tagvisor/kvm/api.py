@@ -94,6 +94,14 @@ class Vcpu(Protocol):
         """Fill kvm_run.mmio.data for an MMIO read before the next KVM_RUN."""
         ...
 
+    def kick(self) -> None:
+        """Make the KVM_RUN in progress, or else the next one, return KVM_EXIT_INTR.
+
+        Not an ioctl: what a VMM does with kvm_run.immediate_exit and a signal to the
+        VCPU thread. Any thread may call it.
+        """
+        ...
+
 
 class Vm(Protocol):
     """A VM file descriptor's ioctls."""

@@ -264,6 +264,8 @@ def core_reg_x(n: int) -> int:
 
 # -- kvm_run layout (struct kvm_run; 6.1 arm64) -------------------------------------------
 
+#: kvm_run.immediate_exit: KVM_RUN returns EINTR at once while it is non-zero.
+KVM_RUN_IMMEDIATE_EXIT_OFFSET: Final = 1
 KVM_RUN_EXIT_REASON_OFFSET: Final = 8
 KVM_RUN_UNION_OFFSET: Final = 32
 KVM_RUN_MMIO_PHYS_ADDR: Final = 32

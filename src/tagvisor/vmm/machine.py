@@ -99,9 +99,7 @@ class Machine:
         """Ask every VCPU to stop at its next exit; run() then returns PAUSED."""
         self._pause.set()
         for vcpu in self.vcpus:
-            kick = getattr(vcpu, "kick", None)  # the model's stand-in for a signal
-            if kick is not None:
-                kick()
+            vcpu.kick()
 
     def run(self, max_exits: int | None = None) -> RunResult:
         """Run until power-off, an error, a pause, or ``max_exits`` exits of VCPU 0."""
@@ -121,9 +119,7 @@ class Machine:
             # leave a pending kick that ends its next KVM_RUN before it starts.
             self._pause.set()
             for vcpu in self.vcpus[1:]:
-                kick = getattr(vcpu, "kick", None)
-                if kick is not None:
-                    kick()
+                vcpu.kick()
         for thread in others:
             thread.join()
         if self.state is RunState.RUNNING:

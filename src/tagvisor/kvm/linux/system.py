@@ -15,8 +15,10 @@ import errno
 import fcntl
 import mmap
 import os
+import signal
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.errors import KvmError
@@ -38,6 +40,7 @@ from tagvisor.kvm.uapi import (
     KVM_GET_REG_LIST,
     KVM_GET_VCPU_MMAP_SIZE,
     KVM_RUN,
+    KVM_RUN_IMMEDIATE_EXIT_OFFSET,
     KVM_SET_ONE_REG,
     KVM_SET_USER_MEMORY_REGION,
     ExitReason,
@@ -52,6 +55,29 @@ from tagvisor.kvm.uapi import (
 )
 
 DEFAULT_DEVICE = "/dev/kvm"
+
+#: The signal that knocks a thread out of KVM_RUN (QEMU's SIG_IPI is SIGUSR1 too).
+KICK_SIGNAL: Final = signal.SIGUSR1
+
+
+def _kicked(signum: int, frame: object) -> None:
+    """The kick's handler: nothing to do, the point is KVM_RUN's EINTR."""
+
+
+def install_kick_handler() -> bool:
+    """Make :data:`KICK_SIGNAL` interrupt KVM_RUN instead of killing the process.
+
+    A signal must have a handler to interrupt a system call (an ignored one is
+    dropped). Python sets handlers only from the main thread, so LinuxKvm calls this
+    when it is created there; returns whether a handler is in place.
+    """
+    current = signal.getsignal(KICK_SIGNAL)
+    if current not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(KICK_SIGNAL, _kicked)
+    return True
 
 
 def ioctl(fd: int, request: int, arg: Any = 0) -> int:
@@ -94,6 +120,7 @@ class LinuxVcpu(_Fd):
     def __init__(self, fd: int, mmap_size: int) -> None:
         super().__init__(fd)
         self.kvm_run = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._thread: int | None = None  # the thread inside KVM_RUN, for kick()
 
     def close(self) -> None:
         kvm_run = getattr(self, "kvm_run", None)
@@ -133,14 +160,30 @@ class LinuxVcpu(_Fd):
         return [int(reg) for reg in regs[1 : 1 + int(regs[0])]]
 
     def run(self) -> VcpuExit:
-        """KVM_RUN; a signal that interrupted it is KVM_EXIT_INTR."""
+        """KVM_RUN; a signal or a kick that interrupted it is KVM_EXIT_INTR."""
+        self._thread = threading.get_ident()
         try:
             ioctl(self.fd, KVM_RUN)
         except KvmError as exc:
             if exc.errno == errno.EINTR:
+                self.kvm_run[KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0  # the kick is consumed
                 return VcpuExit(ExitReason.INTR)
             raise
+        finally:
+            self._thread = None
         return decode_exit(memoryview(self.kvm_run))
+
+    def kick(self) -> None:
+        """Make the current or next KVM_RUN return KVM_EXIT_INTR (any thread may call).
+
+        immediate_exit covers a kick that lands just before the VCPU thread enters
+        KVM_RUN; the signal interrupts one already inside (api.rst, "immediate_exit").
+        """
+        self.kvm_run[KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1
+        thread = self._thread
+        if thread is not None and install_kick_handler():
+            with contextlib.suppress(ProcessLookupError):  # it has just left KVM_RUN
+                signal.pthread_kill(thread, KICK_SIGNAL)
 
     def set_mmio_read_data(self, data: bytes) -> None:
         view = memoryview(self.kvm_run)
@@ -222,6 +265,7 @@ class LinuxKvm(_Fd):
             raise KvmError(exc.errno or errno.ENODEV, f"open {device}") from None
         super().__init__(fd)
         self._user_memory = LinuxUserMemory(file_dir)
+        install_kick_handler()
 
     @property
     def user_memory(self) -> LinuxUserMemory:
