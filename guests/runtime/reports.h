@@ -46,4 +46,10 @@
 #define REPORT_CHURN_INIT 0x300  /* region base, region size, rounds, seed */
 #define REPORT_CHURN_ROUND 0x301 /* round, live allocations, heap sum, region sum, TFSR */
 
+/* kvm-probe */
+#define REPORT_PROBE_PAGE 0x600      /* page, first granule's tag, last granule's tag, data word */
+#define REPORT_PROBE_LOG_RESET 0x610 /* (none): the VMM reads and clears the dirty log */
+#define REPORT_PROBE_LOG_READ 0x611  /* (none): the VMM reads the dirty log for pages 4-7 */
+#define REPORT_PROBE_AFTER 0x612     /* tag of page 4, tag of page 7, page 4's data word */
+
 #endif

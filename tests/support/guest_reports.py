@@ -47,3 +47,9 @@ HEAP_SUMMARY: Final = 0x220  # synchronous faults, TFSR hits, tcf
 # churn
 CHURN_INIT: Final = 0x300  # region base, region size, rounds, seed
 CHURN_ROUND: Final = 0x301  # round, live allocations, heap sum, region sum, TFSR
+
+# kvm-probe
+PROBE_PAGE: Final = 0x600  # page, first granule's tag, last granule's tag, data word
+PROBE_LOG_RESET: Final = 0x610  # (none): the VMM reads and clears the dirty log
+PROBE_LOG_READ: Final = 0x611  # (none): the VMM reads the dirty log for pages 4-7
+PROBE_AFTER: Final = 0x612  # tag of page 4, tag of page 7, page 4's data word

@@ -21,7 +21,15 @@ REPO: Final = Path(__file__).resolve().parents[2]
 GUESTS_DIR: Final = REPO / "guests"
 PREBUILT_DIR: Final = GUESTS_DIR.parent / "src" / "tagvisor" / "guests"
 BUILD_SCRIPT: Final = REPO / "scripts" / "build-guests"
-GUEST_NAMES: Final = ("bench-checked", "bench-int", "churn", "fill", "heap", "mte-smoke")
+GUEST_NAMES: Final = (
+    "bench-checked",
+    "bench-int",
+    "churn",
+    "fill",
+    "heap",
+    "kvm-probe",
+    "mte-smoke",
+)
 
 RAM_BASE: Final = 0x4000_0000
 BOOT_CONFIG_ADDR: Final = 0x4000_1000

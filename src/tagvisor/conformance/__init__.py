@@ -1,5 +1,10 @@
 """Conformance: the same scenarios on the model and on a real ``/dev/kvm``, compared.
 
-``scenarios`` holds the scenarios (standard library only); ``suite`` is what the
+``scenarios`` holds the ioctl-level scenarios (standard library only), ``programs`` the
+ones that boot guest programs through the VMM; ``suite`` is what the
 testbed runs inside its image; ``compare`` runs the model side and lists differences.
 """
+
+from tagvisor.conformance import programs, scenarios  # importing registers every scenario
+
+__all__ = ["programs", "scenarios"]

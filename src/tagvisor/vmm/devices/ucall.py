@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -53,6 +54,9 @@ class UcallDevice:
     def __init__(self, memory: GuestMemory) -> None:
         self.memory = memory
         self.calls: list[Ucall] = []
+        #: Called with each ucall on the VCPU thread, while the guest waits in it: the
+        #: VMM's side of a handshake (the selftests' get_ucall() in a host loop).
+        self.listener: Callable[[Ucall], None] | None = None
 
     def mmio_read(self, offset: int, size: int) -> bytes:
         return bytes(size)
@@ -63,7 +67,10 @@ class UcallDevice:
                 f"the ucall doorbell takes one 8-byte store at offset 0, got "
                 f"{len(data)} bytes at {offset:#x}"
             )
-        self.calls.append(self.decode(int.from_bytes(data, "little")))
+        call = self.decode(int.from_bytes(data, "little"))
+        self.calls.append(call)
+        if self.listener is not None:
+            self.listener(call)
 
     def decode(self, address: int) -> Ucall:
         try:
