@@ -88,8 +88,9 @@ def test_suite_spec(tmp_path: Path) -> None:
 
 
 def test_init_runs_the_suite_and_powers_off() -> None:
-    script = INIT.format(module="pkg.suite")
+    script = INIT.format(module="pkg.suite", pagecache="/mnt/pc")
     assert script.startswith("#!/bin/busybox sh\n")
+    assert "mount -t ramfs pagecache /mnt/pc" in script
     assert "-m tagvisor.testbed.guest pkg.suite" in script
     assert "mount -t devtmpfs" in script
     assert "echo o > /proc/sysrq-trigger" in script

@@ -11,8 +11,12 @@ from typing import Any
 
 from tagvisor.conformance.scenarios import run_all
 from tagvisor.kvm.linux import LinuxKvm
+from tagvisor.testbed.boot import PAGECACHE_DIR
 
 
 def run() -> dict[str, Any]:
     only = [name for name in os.environ.get("TAGVISOR_SCENARIOS", "").split(",") if name]
-    return {"backend": "linux", "scenarios": run_all(LinuxKvm, "linux", only or None)}
+    # File memslots are backed by page cache there, as the model's map_file is.
+    file_dir = PAGECACHE_DIR if os.path.ismount(PAGECACHE_DIR) else None
+    results = run_all(lambda: LinuxKvm(file_dir=file_dir), "linux", only or None)
+    return {"backend": "linux", "file_dir": file_dir, "scenarios": results}

@@ -32,12 +32,17 @@ PACKAGE_DIR: Final = Path(__file__).resolve().parents[1]  # src/tagvisor
 DEFAULT_TIMEOUT: Final = 120.0
 GUEST_SRC: Final = "opt/tagvisor/src"
 GUEST_SUITE: Final = "opt/suite"
+#: A ramfs: its files live in the page cache and are not shmem, like a disk file's
+#: pages as far as KVM's MTE rules go (tmpfs files are shmem, which 6.2+ accepts).
+PAGECACHE_DIR: Final = "/mnt/pagecache"
 
 INIT: Final = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t tmpfs tmp /tmp
+/bin/busybox mkdir -p {pagecache}
+/bin/busybox mount -t ramfs pagecache {pagecache}
 /bin/busybox mkdir -p /dev/hugepages
 /bin/busybox mount -t hugetlbfs none /dev/hugepages 2>/dev/null
 echo 1 > /proc/sys/kernel/printk
@@ -119,7 +124,9 @@ def _source_archive(suite_module: str, suite_file: Path | None) -> bytes:
             writer.tree(staging, f"{GUEST_SRC}/tagvisor")
             if suite_file is not None:
                 writer.file(f"{GUEST_SUITE}/{suite_file.name}", suite_file.read_bytes())
-            writer.file("init", INIT.format(module=suite_module).encode(), 0o755)
+            writer.file(
+                "init", INIT.format(module=suite_module, pagecache=PAGECACHE_DIR).encode(), 0o755
+            )
 
         return gzip_cpio(build, level=1)
 
