@@ -16,6 +16,8 @@ data is received straight into the paused guest's memory, its address checked fi
 and its checksum right after: a damaged section fails the migration like any other,
 and the guest it was written into is discarded. Each ITER is echoed once every page
 before it is applied, so the source pauses the guest only when this side has caught up.
+During the first pass a thread faults in fresh memory just ahead of the pages
+(tagvisor.migration.prefault), so the receiving thread does not take those faults.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tagvisor.kvm.uapi import Cap
 from tagvisor.migration import protocol
 from tagvisor.migration.pipeline import Placer, SectionReader
 from tagvisor.migration.postcopy import PostcopyReceiver, decode_pending
+from tagvisor.migration.prefault import Prefaulter
 from tagvisor.migration.transport import Connection, Listener, TcpAddress
 from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import (
@@ -137,6 +140,7 @@ def receive(
     reader = SectionReader(conn, protocol.LIMITS, placer=_placer(machine))
     sections = iter(reader)
     buffers = PageBuffers(pages.MAX_PAGES, data=False)
+    prefaulter = _prefaulter(kvm, config)
     try:
         for section in sections:
             if section.tag == b"PAGE":
@@ -146,6 +150,9 @@ def receive(
                     raise FormatError("the source sent tags for a guest without MTE")
                 report.pages_received += apply_section(machine, run, buffers=buffers)
             elif section.tag == b"ITER":
+                # After the first pass pages land where pages are already, and the
+                # thread would only take CPU time from the pause that comes.
+                prefaulter.stop()
                 report.iterations += 1
                 # Every page before it is applied: tell the source, which pauses the
                 # guest only once the destination has caught up.
@@ -159,6 +166,7 @@ def receive(
                 devices = DeviceState.decode(section.payload)
             elif section.tag in (END_TAG, b"POST"):
                 post = section if section.tag == b"POST" else None
+                prefaulter.stop()
                 break
             else:
                 raise FormatError(f"unexpected section {section.tag!r} after HELO")
@@ -181,11 +189,13 @@ def receive(
             report.vcpus = len(vcpus)
             return machine, report
     except TagvisorError as error:
+        prefaulter.stop()
         reader.close()
         with contextlib.suppress(TagvisorError):  # the source may be gone; nothing to tell
             protocol.send_json(conn, b"FAIL", {"reason": str(error)})
         raise IncomingError(f"incoming migration failed, no guest was resumed: {error}") from error
     except BaseException:
+        prefaulter.stop()
         reader.close()
         raise
     protocol.send_json(conn, b"DONE", {"pages": report.pages_received})
@@ -232,6 +242,15 @@ def _placer(machine: Machine) -> Placer:
         return machine.memory.writable_view(gpa, kinds.size * PAGE_SIZE)
 
     return place
+
+
+def _prefaulter(kvm: Kvm, config: MachineConfig) -> Prefaulter:
+    """A started thread that faults in the model host's fresh memory just ahead of
+    the pages as they arrive (tagvisor.migration.prefault), for at most the guest's
+    RAM; one that does nothing for other backends."""
+    process = getattr(kvm, "process", None)
+    frames = process.frames if isinstance(process, HostProcess) else None
+    return Prefaulter(frames, config.ram_size // PAGE_SIZE).start()
 
 
 def incoming(

@@ -1,0 +1,83 @@
+"""The destination's pre-faulting thread: ahead of the allocator, bounded, invisible."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from tagvisor.arch.constants import PAGE_SIZE
+from tagvisor.host.frames import FrameTable
+from tagvisor.migration.prefault import CHUNK_FRAMES, Prefaulter, available
+
+pytestmark = pytest.mark.skipif(not available(), reason="no MADV_POPULATE_WRITE here")
+
+
+def resident(array: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Which pages of a page-aligned array are in memory (mincore(2))."""
+    vector = np.zeros(-(-array.nbytes // mmap.PAGESIZE), np.uint8)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    assert libc.mincore(array.ctypes.data, array.nbytes, vector.ctypes.data) == 0
+    in_memory: NDArray[np.bool_] = vector & 1 != 0
+    return in_memory
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_it_stays_a_bounded_distance_ahead_of_the_allocator() -> None:
+    """Scenario: a fresh frame table; the thread populates the frames the allocator
+    hands out next, stops ``ahead`` frames beyond the last one handed out, and goes
+    on as more are handed out; what it populated still reads as zeros."""
+    frames = FrameTable(16 * CHUNK_FRAMES)
+    ahead = 2 * CHUNK_FRAMES
+    prefaulter = Prefaulter(frames, limit=frames.nframes, ahead=ahead).start()
+    try:
+        wait_for(lambda: prefaulter.populated >= ahead)
+        time.sleep(0.05)  # it must not run further
+        assert prefaulter.populated == ahead
+        assert resident(frames.data[:ahead]).all()
+        assert not resident(frames.data[2 * ahead :]).any()
+
+        # The stream takes frames, beyond what the thread did: it skips to the
+        # frontier and runs ahead of it again.
+        taken = 3 * CHUNK_FRAMES
+        frames.alloc(taken)
+        wait_for(lambda: prefaulter.populated >= 2 * ahead)
+        time.sleep(0.05)
+        assert prefaulter.populated == 2 * ahead
+        assert resident(frames.data[taken : taken + ahead]).all()
+        assert not resident(frames.data[taken + 2 * ahead :]).any()
+    finally:
+        prefaulter.stop(wait=True)
+    assert not frames.data.any()
+    assert not frames.packed_pages.any()
+
+
+def test_it_populates_no_more_than_its_limit_and_stops_when_told() -> None:
+    frames = FrameTable(16 * CHUNK_FRAMES)
+    frames.alloc(10 * CHUNK_FRAMES)  # handed out already: populated from here on
+    prefaulter = Prefaulter(frames, limit=CHUNK_FRAMES + 3, ahead=frames.nframes).start()
+    wait_for(lambda: not prefaulter._thread.is_alive())
+    assert prefaulter.populated == CHUNK_FRAMES + 3
+    assert not resident(frames.data[: 10 * CHUNK_FRAMES]).any()
+    assert resident(frames.data[10 * CHUNK_FRAMES : 11 * CHUNK_FRAMES + 3]).all()
+
+    stopped = Prefaulter(FrameTable(16 * CHUNK_FRAMES), limit=1 << 20, ahead=PAGE_SIZE).start()
+    stopped.stop(wait=True)
+    assert not stopped._thread.is_alive()
+
+
+def test_without_a_frame_table_it_does_nothing() -> None:
+    prefaulter = Prefaulter(None, limit=1 << 20).start()
+    assert not prefaulter._thread.is_alive()
+    prefaulter.stop(wait=True)
