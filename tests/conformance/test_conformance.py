@@ -9,6 +9,7 @@ rather than skips, when a part is missing.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import pytest
@@ -34,13 +35,22 @@ def test_compare_lists_differing_fields_and_ignores_host_facts() -> None:
     assert found == {("s", "b", -22, -14), ("s", "c", "<missing>", 1)}
 
 
-@pytest.fixture(scope="module")
-def bookworm() -> SuiteRun:
+def _suite_on(kernel_suite: str) -> SuiteRun:
     try:
-        return run_suite("tagvisor.conformance.suite", kernel_suite="release", say=print)
+        return run_suite("tagvisor.conformance.suite", kernel_suite=kernel_suite, say=print)
     except TestbedError as exc:
         problem = str(exc)
     pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def bookworm() -> SuiteRun:
+    return _suite_on("release")
+
+
+@pytest.fixture(scope="module")
+def backports() -> SuiteRun:
+    return _suite_on("backports")
 
 
 @pytest.mark.oracle
@@ -70,3 +80,46 @@ def test_kvm_run_exits_decode_on_the_real_kernel(bookworm: SuiteRun) -> None:
     assert (read["addr"], read["write"], read["len"]) == (0x0900_0018, False, 4)
     assert echoed["data"] == "78563412"  # the guest stored what set_mmio_read_data gave
     assert off["event"] == 1
+
+
+@pytest.mark.oracle
+def test_model_linux_6_12_matches_the_backports_kernel(backports: SuiteRun) -> None:
+    """Scenario: the whole suite on bookworm-backports' 6.12 against the linux-6.12 profile."""
+    assert backports.status == 0, backports.error
+    assert backports.kernel.startswith("6.12.")
+    differences = compare(model_results("linux-6.12"), backports.result["scenarios"])
+    assert not differences, "\n".join(map(str, differences))
+
+
+@pytest.mark.oracle
+def test_a_page_changed_only_by_tag_stores_is_in_the_real_dirty_log(
+    bookworm: SuiteRun, backports: SuiteRun
+) -> None:
+    """Scenario: kvm-probe stores tags (STG) on a clean, mapped page and on a fresh one.
+
+    The question a QEMU reviewer raised for tags in migration: both pages must be in
+    the log, or pre-copy would leave stale tags at the destination. A page only read is
+    not. (The model agrees: the comparisons above include these fields.)
+    """
+    for run in (bookworm, backports):
+        probe = run.result["scenarios"]["guest_first_touch_and_dirty_log"]
+        assert probe["status"] == 0, probe
+        assert (probe["dirty_page4"], probe["dirty_page7"]) == (True, True)
+        assert (probe["dirty_page5"], probe["dirty_page6"]) == (True, False)
+
+
+@pytest.mark.oracle
+def test_the_6_4_and_6_12_copy_tags_rules_hold_on_the_real_kernels(
+    bookworm: SuiteRun, backports: SuiteRun
+) -> None:
+    """Scenario: COPY_TAGS of 2 GiB, and TO_GUEST while dirty logging, on 6.1 and 6.12.
+
+    6.1 copies what the slot has (16 pages) and stops; 6.12 refuses a length above
+    INT_MAX (EINVAL, since 6.4) and tag writes while logging (EBUSY, since 6.12).
+    """
+    old, new = (run.result["scenarios"] for run in (bookworm, backports))
+    assert old["copy_tags_int_max"]["from_length_over_int_max"] == 16 * 4096
+    assert new["copy_tags_int_max"]["from_length_over_int_max"] == -errno.EINVAL
+    assert old["copy_tags_while_dirty_logging"]["logging_to_guest"] == 4096
+    assert new["copy_tags_while_dirty_logging"]["logging_to_guest"] == -errno.EBUSY
+    assert new["copy_tags_while_dirty_logging"]["after_to_guest"] == 4096

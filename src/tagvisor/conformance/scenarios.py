@@ -22,6 +22,7 @@ from tagvisor.kvm.uapi import (
     CORE_REG_PC,
     KVM_ARM_TAGS_FROM_GUEST,
     KVM_ARM_TAGS_TO_GUEST,
+    KVM_MEM_LOG_DIRTY_PAGES,
     Cap,
     VcpuFeature,
     arm64_sys_reg,
@@ -249,6 +250,46 @@ def copy_tags_partial_and_zero(kvm: Kvm) -> Result:
         "zero_length_no_memslot": copy_tags(vm, outside, 0, buffer),
         "zero_length_null": copy_tags(vm, RAM_GPA, 0, 0),
         "_guard_above_buffer": half_buffer + PAGE == guard,
+    }
+
+
+INT_MAX: Final = 2**31 - 1
+
+
+@scenario("COPY_TAGS lengths around INT_MAX (6.4+: above it is EINVAL; before: partial)")
+def copy_tags_int_max(kvm: Kvm) -> Result:
+    user = kvm.user_memory
+    vm, _ = mte_vm(kvm)
+    buffer = user.map_anonymous(SLOT_PAGES * TAGS_PER_PAGE + PAGE)
+    over = INT_MAX + 1  # 2 GiB: page aligned, one byte above INT_MAX
+    under = over - PAGE
+    return {
+        "from_length_over_int_max": copy_tags(vm, RAM_GPA, over, buffer),
+        "to_length_over_int_max": copy_tags(vm, RAM_GPA, over, buffer, KVM_ARM_TAGS_TO_GUEST),
+        "from_length_under_int_max": copy_tags(vm, RAM_GPA, under, buffer),
+        "from_length_4_gib": copy_tags(vm, RAM_GPA, 1 << 32, buffer),
+    }
+
+
+@scenario("COPY_TAGS while the slot logs dirty pages (6.12+: TO_GUEST is EBUSY)")
+def copy_tags_while_dirty_logging(kvm: Kvm) -> Result:
+    user = kvm.user_memory
+    vm, ram = mte_vm(kvm)
+    buffer = user.map_anonymous(PAGE)
+    size = SLOT_PAGES * PAGE
+    logging = add_slot(vm, 0, RAM_GPA, size, ram, KVM_MEM_LOG_DIRTY_PAGES)
+    during = {
+        "to_guest": copy_tags(vm, RAM_GPA, PAGE, buffer, KVM_ARM_TAGS_TO_GUEST),
+        "to_guest_zero_length": copy_tags(vm, RAM_GPA, 0, buffer, KVM_ARM_TAGS_TO_GUEST),
+        "to_guest_bad_flags": copy_tags(vm, RAM_GPA, PAGE, buffer, 2),
+        "from_guest": copy_tags(vm, RAM_GPA, PAGE, buffer),
+    }
+    stopped = add_slot(vm, 0, RAM_GPA, size, ram)
+    return {
+        "start_logging": logging,
+        **{f"logging_{name}": value for name, value in during.items()},
+        "stop_logging": stopped,
+        "after_to_guest": copy_tags(vm, RAM_GPA, PAGE, buffer, KVM_ARM_TAGS_TO_GUEST),
     }
 
 
