@@ -1,8 +1,9 @@
 """Snapshot files: save a paused machine with every tag, and restore it.
 
-    file := HEADER("TAGVSNAP", 1.0) CONF VCPU* DEVS PAGE* END!
+    file := HEADER("TAGVSNAP", 1.1) CONF (VCPU VREG?)* DEVS PAGE* END!
 
-CONF is the machine's shape (MachineState), one VCPU section per VCPU, DEVS the device
+CONF is the machine's shape (MachineState), one VCPU section per VCPU (its registers
+wider or narrower than 64 bits in a VREG section after it, since 1.1), DEVS the device
 state, PAGE sections the guest's non-zero pages with their tags (pages whose data and
 tags are all zero are not stored), END! a summary with the SHA-256 of all memory and
 tags. See docs/snapshot.md for the compatibility rule.
@@ -49,15 +50,17 @@ from tagvisor.snapshot.state import (
     capture_devices,
     capture_machine,
     capture_vcpu,
+    vcpu_sections,
 )
 from tagvisor.vmm.builder import MachineBuilder
 from tagvisor.vmm.machine import Machine, RunState
 
 MAGIC: Final = b"TAGVSNAP"
-VERSION: Final = Version(1, 0)
+VERSION: Final = Version(1, 1)
 LIMITS: Final = {
     b"CONF": 64 << 10,
     b"VCPU": 128 << 10,
+    b"VREG": 128 << 10,
     b"DEVS": 16 << 20,
     b"PAGE": pages.HEAD.size + pages.MAX_BODY,
     END_TAG: 64 << 10,
@@ -104,7 +107,8 @@ def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None
         write_header(sink, MAGIC, VERSION)
         write_section(sink, b"CONF", capture_machine(machine).encode())
         for index, vcpu in enumerate(machine.vcpus):
-            write_section(sink, b"VCPU", capture_vcpu(index, vcpu).encode())
+            for tag, payload in vcpu_sections(capture_vcpu(index, vcpu)):
+                write_section(sink, tag, payload)
         write_section(sink, b"DEVS", capture_devices(machine).encode())
         for region in machine.memory.regions:
             for run in iter_runs(machine, region):
@@ -152,6 +156,7 @@ def read_snapshot(path: Path) -> Snapshot:
     devices: DeviceState | None = None
     summary: dict[str, object] = {}
     stored = 0
+    previous = b""
     with path.open("rb") as source:
         version = read_header(source, MAGIC, VERSION.major)
         for section in iter_sections(source, LIMITS):
@@ -159,6 +164,10 @@ def read_snapshot(path: Path) -> Snapshot:
                 machine = MachineState.decode(section.payload)
             elif section.tag == b"VCPU":
                 vcpus.append(VcpuState.decode(section.payload))
+            elif section.tag == b"VREG":
+                if previous != b"VCPU":
+                    raise FormatError("a VREG section does not follow a VCPU section")
+                vcpus[-1] = vcpus[-1].with_wide(section.payload)
             elif section.tag == b"DEVS":
                 devices = DeviceState.decode(section.payload)
             elif section.tag == b"PAGE":
@@ -172,6 +181,7 @@ def read_snapshot(path: Path) -> Snapshot:
                     summary = json.loads(bytes(section.payload))
                 except ValueError:
                     raise FormatError("the END! section is not valid JSON") from None
+            previous = section.tag
     if machine is None or devices is None or not isinstance(summary, dict):
         raise FormatError("the snapshot lacks its CONF, DEVS or END! section")
     if len(vcpus) != machine.config.vcpus or sorted(v.vcpu_id for v in vcpus) != list(

@@ -15,13 +15,17 @@ from typing import Any, Final
 
 from tagvisor.kvm.api import Vcpu
 from tagvisor.kvm.model.vcpu_regs import ID_AA64PFR1_EL1
+from tagvisor.kvm.uapi import reg_size
 from tagvisor.snapshot.container import FormatError, Payload
 from tagvisor.vmm.devices.ucall import Ucall, UcallCmd
 from tagvisor.vmm.machine import Machine, MachineConfig
 
 VCPU_HEAD: Final = struct.Struct("<II")
 REG: Final = struct.Struct("<QQ")
+REG_ID: Final = struct.Struct("<Q")
 MAX_REGS: Final = 4096
+#: The widest register KVM has: an SVE Z register (KVM_REG_SIZE_U2048).
+MAX_REG_BYTES: Final = 256
 #: Registers the VMM must not write back (read-only ID registers).
 READ_ONLY: Final = frozenset({ID_AA64PFR1_EL1})
 
@@ -63,14 +67,64 @@ class MachineState:
 
 @dataclass(frozen=True)
 class VcpuState:
-    """Every register KVM_GET_REG_LIST names, with its value."""
+    """Every register KVM_GET_REG_LIST names, with its value.
+
+    64-bit registers encode as the VCPU section (id, value pairs). Others (a real
+    KVM's 32-bit FPSR/FPCR and 128-bit V registers) encode separately, as a VREG
+    section that follows their VCPU section and is written only when there are any:
+    a reader from before them stops at the unknown mandatory section instead of
+    misreading the VCPU one.
+    """
 
     vcpu_id: int
     registers: tuple[tuple[int, int], ...]
 
+    def _narrow(self) -> list[tuple[int, int]]:
+        return [(reg, value) for reg, value in self.registers if reg_size(reg) == 8]
+
     def encode(self) -> bytes:
-        head = VCPU_HEAD.pack(self.vcpu_id, len(self.registers))
-        return head + b"".join(REG.pack(reg, value) for reg, value in self.registers)
+        narrow = self._narrow()
+        head = VCPU_HEAD.pack(self.vcpu_id, len(narrow))
+        return head + b"".join(REG.pack(reg, value) for reg, value in narrow)
+
+    def encode_wide(self) -> bytes | None:
+        """The VREG payload: (id, value in the id's size) for each non-64-bit register."""
+        wide = [(reg, value) for reg, value in self.registers if reg_size(reg) != 8]
+        if not wide:
+            return None
+        body = b"".join(
+            REG_ID.pack(reg) + value.to_bytes(reg_size(reg), "little") for reg, value in wide
+        )
+        return VCPU_HEAD.pack(self.vcpu_id, len(wide)) + body
+
+    def with_wide(self, payload: Payload) -> VcpuState:
+        """This state plus the registers of a VREG payload for the same VCPU."""
+        if len(payload) < VCPU_HEAD.size:
+            raise FormatError("a VREG section is shorter than its header")
+        vcpu_id, count = VCPU_HEAD.unpack_from(payload)
+        if vcpu_id != self.vcpu_id:
+            raise FormatError(f"a VREG section for VCPU {vcpu_id} follows VCPU {self.vcpu_id}")
+        if count > MAX_REGS:
+            raise FormatError(f"a VREG section claims {count} registers")
+        offset, wide = VCPU_HEAD.size, []
+        for _ in range(count):
+            if offset + REG_ID.size > len(payload):
+                raise FormatError("a VREG section ends inside a register id")
+            (reg,) = REG_ID.unpack_from(payload, offset)
+            size = reg_size(reg)
+            if size == 8 or size > MAX_REG_BYTES:
+                raise FormatError(f"register {reg:#x} of {size} bytes does not belong in VREG")
+            offset += REG_ID.size
+            if offset + size > len(payload):
+                raise FormatError(f"a VREG section ends inside register {reg:#x}")
+            wide.append((reg, int.from_bytes(payload[offset : offset + size], "little")))
+            offset += size
+        if offset != len(payload):
+            raise FormatError("a VREG section has bytes after its last register")
+        registers = dict(self.registers)
+        if len({reg for reg, _ in wide} | registers.keys()) != len(wide) + len(registers):
+            raise FormatError("a register appears twice in a VCPU's state")
+        return VcpuState(self.vcpu_id, tuple(sorted([*self.registers, *wide])))
 
     @classmethod
     def decode(cls, payload: Payload) -> VcpuState:
@@ -80,6 +134,8 @@ class VcpuState:
         if count > MAX_REGS or len(payload) != VCPU_HEAD.size + count * REG.size:
             raise FormatError(f"a VCPU section claims {count} registers in {len(payload)} bytes")
         registers = tuple(REG.iter_unpack(payload[VCPU_HEAD.size :]))
+        if any(reg_size(reg) != 8 for reg, _ in registers):
+            raise FormatError("a VCPU section holds a register that is not 64 bits wide")
         return cls(vcpu_id, registers)
 
 
@@ -146,6 +202,15 @@ def capture_machine(machine: Machine) -> MachineState:
     profile = getattr(getattr(machine.kvm, "profile", None), "name", "linux")
     level = machine.vcpus[0].get_one_reg(ID_AA64PFR1_EL1) >> 8 & 0xF
     return MachineState(machine.config, profile, level)
+
+
+def vcpu_sections(state: VcpuState) -> list[tuple[bytes, bytes]]:
+    """(tag, payload) of the sections that carry ``state``: VCPU, then VREG if needed."""
+    sections = [(b"VCPU", state.encode())]
+    wide = state.encode_wide()
+    if wide is not None:
+        sections.append((b"VREG", wide))
+    return sections
 
 
 def capture_vcpu(vcpu_id: int, vcpu: Vcpu) -> VcpuState:

@@ -7,7 +7,7 @@ Everything comes from Debian's archive and PyPI through their ordinary clients:
   package lists are refreshed), of which only ``boot/vmlinuz-*`` is kept. It is a plain
   arm64 ``Image`` with ``CONFIG_KVM=y`` and ``CONFIG_ARM64_MTE=y`` built in.
 * The arm64 userland for the initramfs (:data:`USERLAND`), unpacked with ``dpkg -x``.
-* NumPy for aarch64 as a manylinux wheel (``pip download --platform ...``).
+* NumPy and crc32c for aarch64 as manylinux wheels (``pip download --platform ...``).
 * ``qemu-system-aarch64`` >= 8 from ``scripts/fetch-qemu`` (Debian 12's 7.2 has QEMU
   issue #1416: tags of a page's granules alias).
 
@@ -53,7 +53,9 @@ USERLAND: Final = (
 #: backports (6.12).
 KERNEL_SUITES: Final = ("release", "backports")
 
-NUMPY_REQUIREMENT: Final = "numpy>=1.26,<2.3"
+#: Wheels for aarch64 (manylinux2014, CPython 3.11): NumPy for the VMM, crc32c for
+#: snapshots and migration streams.
+WHEELS: Final = ("numpy>=1.26,<2.3", "crc32c>=2.4,<3")
 
 
 def cache_root() -> Path:
@@ -260,9 +262,11 @@ def _extract_kernel(deb: Path, dest: Path) -> Path:
     raise TestbedError(f"{deb.name} has no boot/vmlinuz-*")
 
 
-def _numpy_wheel(dest: Path) -> Path:
+def _wheel(requirement: str, dest: Path) -> Path:
+    """The cached aarch64 wheel of ``requirement`` (downloaded with pip if missing)."""
     dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob("numpy-*.whl"))
+    project = re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0]
+    found = sorted(dest.glob(f"{project}-*.whl"))
     if found:
         return found[-1]
     _run(
@@ -270,17 +274,17 @@ def _numpy_wheel(dest: Path) -> Path:
             sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
             "--only-binary=:all:", "--platform", "manylinux2014_aarch64",
             "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-            "--dest", str(dest), NUMPY_REQUIREMENT,
+            "--dest", str(dest), requirement,
         ],
-        "pip download of a NumPy wheel for aarch64 (manylinux2014_aarch64, cp311)",
+        f"pip download of {project} for aarch64 (manylinux2014_aarch64, cp311)",
     )  # fmt: skip
-    found = sorted(dest.glob("numpy-*.whl"))
+    found = sorted(dest.glob(f"{project}-*.whl"))
     if not found:
-        raise TestbedError(f"pip download left no numpy wheel in {dest}")
+        raise TestbedError(f"pip download left no {project} wheel in {dest}")
     return found[-1]
 
 
-def _unpack_userland(debs: list[Path], wheel: Path, tree: Path) -> None:
+def _unpack_userland(debs: list[Path], wheels: list[Path], tree: Path) -> None:
     tmp = tree.with_name(tree.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -289,8 +293,9 @@ def _unpack_userland(debs: list[Path], wheel: Path, tree: Path) -> None:
     for junk in ("usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/share/locale"):
         shutil.rmtree(tmp / junk, ignore_errors=True)
     site = tmp / "opt" / "site"
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(site)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site)
     for tests in site.glob("numpy/**/tests"):
         shutil.rmtree(tests, ignore_errors=True)
     # Debian ships no .pyc (its postinst compiles them); under TCG compiling the
@@ -328,7 +333,7 @@ def fetch(suite: str = "release", *, refresh: bool = False, say: object = print)
             userland=Path(stamp["userland"]),
             userland_id=stamp["userland_id"],
         )
-        same_set = stamp.get("packages") == list(USERLAND)
+        same_set = stamp.get("packages") == list(USERLAND) and stamp.get("wheels") == list(WHEELS)
         if same_set and parts.kernel.is_file() and parts.userland.is_dir():
             return parts
     apt = Apt(root / "apt", suite)
@@ -343,13 +348,13 @@ def fetch(suite: str = "release", *, refresh: bool = False, say: object = print)
     debs = []
     for name, version in versions.items():
         debs.append(apt.download(name, version))
-    wheel = _numpy_wheel(root / "wheels")
-    userland_id = ",".join(f"{n}={v}" for n, v in versions.items()) + f",{wheel.name}"
+    wheels = [_wheel(requirement, root / "wheels") for requirement in WHEELS]
+    userland_id = ",".join([*(f"{n}={v}" for n, v in versions.items()), *(w.name for w in wheels)])
     tree = root / "userland"
     marker = tree / ".tagvisor-userland"
     if not marker.is_file() or marker.read_text() != userland_id:
         log("testbed: unpacking the arm64 userland")
-        _unpack_userland(debs, wheel, tree)
+        _unpack_userland(debs, wheels, tree)
         marker.write_text(userland_id)
     parts = Parts(qemu_binary(), kernel, kernel_package, tree, userland_id)
     stamp_file.write_text(
@@ -360,6 +365,7 @@ def fetch(suite: str = "release", *, refresh: bool = False, say: object = print)
                 "userland": str(tree),
                 "userland_id": userland_id,
                 "packages": list(USERLAND),
+                "wheels": list(WHEELS),
             }
         )
     )
