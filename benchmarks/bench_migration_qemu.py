@@ -16,8 +16,8 @@ zero pages); its size is reported too.
 
     python benchmarks/bench_migration_qemu.py [--guest-gib 4] [--fill-gib 1] [--json]
 
-``qemu_migration(guest_bytes, fill, churning)`` is one run with the arguments of
-bench_migration.py's ``one_migration``, for scripts that print both.
+``qemu_migration(guest_bytes, fill, churning)`` is one run; bench_migration.py runs it
+next to tagvisor's migration of the same guest and prints both.
 """
 
 from __future__ import annotations
