@@ -127,6 +127,23 @@ class A64Core:
         finally:
             self._save(context)
 
+    def complete_pending(self, context: GuestContext) -> VcpuExit | None:
+        """Finish the instruction whose MMIO access ended the last run, and no more.
+
+        What KVM_RUN does first, before it looks at immediate_exit or signals
+        (kvm_handle_mmio_return, arch/arm64/kvm/mmio.c). Returns the exit if finishing
+        needs the VMM again (the next access of a pair), else None.
+        """
+        if not self._replay:
+            return None
+        self._bind(context)
+        self._load(context)
+        try:
+            exit_ = self._execute(pending_only=True)
+        finally:
+            self._save(context)
+        return None if exit_.reason is ExitReason.INTR else exit_
+
     # -- public helpers ---------------------------------------------------------------------
 
     @property
@@ -251,7 +268,7 @@ class A64Core:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _execute(self) -> VcpuExit:
+    def _execute(self, *, pending_only: bool = False) -> VcpuExit:
         state = self.state
         memory = self.memory
         x = state.x
@@ -280,6 +297,8 @@ class A64Core:
                     self._end_replay()
                     single = False
                     remaining -= 1
+                if pending_only:
+                    remaining = 0
                 while remaining > 0:
                     acquire()
                     try:

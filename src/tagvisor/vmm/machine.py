@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
+from typing import Final
 
 from tagvisor.errors import TagvisorError
 from tagvisor.kvm.api import Kvm, Vcpu, VcpuExit, Vm
@@ -21,6 +22,9 @@ from tagvisor.vmm.devices.pl011 import Pl011
 from tagvisor.vmm.devices.ucall import UcallDevice, UcallError
 from tagvisor.vmm.memory import GuestMemory
 from tagvisor.vmm.tag_access import TagAccess
+
+#: Exits a pausing VCPU may still need before its pending access is finished.
+SETTLE_LIMIT: Final = 4
 
 
 class MachineError(TagvisorError):
@@ -148,17 +152,39 @@ class Machine:
     def _loop(self, vcpu: Vcpu, max_exits: int | None) -> None:
         count = 0
         while self.state is RunState.RUNNING and not self._pause.is_set():
-            exit_ = vcpu.run()
+            self._step(vcpu, vcpu.run())
             count += 1
-            with self._lock:
-                self.exits += 1
-                self.by_reason[exit_.reason.name] = self.by_reason.get(exit_.reason.name, 0) + 1
-            try:
-                self._handle(vcpu, exit_)
-            except (BusError, UcallError, MachineError) as error:
-                self._stop(str(error))
             if max_exits is not None and count >= max_exits:
                 break
+        self._settle(vcpu)
+
+    def _step(self, vcpu: Vcpu, exit_: VcpuExit) -> None:
+        with self._lock:
+            self.exits += 1
+            self.by_reason[exit_.reason.name] = self.by_reason.get(exit_.reason.name, 0) + 1
+        try:
+            self._handle(vcpu, exit_)
+        except (BusError, UcallError, MachineError) as error:
+            self._stop(str(error))
+
+    def _settle(self, vcpu: Vcpu) -> None:
+        """Let KVM finish the exit the VCPU stopped in, without running the guest on.
+
+        KVM completes an MMIO access (PC past the instruction, a load's register
+        written) on the next KVM_RUN, before it honours immediate_exit. Until then the
+        registers a snapshot or a migration reads still point at the access, and a
+        restored guest would make it twice (api.rst: "userspace should ensure that the
+        operation is completed before performing a live migration").
+        """
+        for _ in range(SETTLE_LIMIT):
+            if self.state is RunState.STOPPED:
+                return
+            vcpu.kick()
+            exit_ = vcpu.run()
+            if exit_.reason == ExitReason.INTR:
+                return
+            self._step(vcpu, exit_)  # finishing needed the VMM again (a pair's 2nd access)
+        self._stop(f"the VCPU did not settle after {SETTLE_LIMIT} exits")
 
     def _handle(self, vcpu: Vcpu, exit_: VcpuExit) -> None:
         if exit_.reason == ExitReason.MMIO and exit_.mmio is not None:

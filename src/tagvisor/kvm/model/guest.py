@@ -121,6 +121,11 @@ class GuestExecutor(Protocol):
         """Data the VMM supplied for the MMIO read that ended the last run."""
         ...
 
+    def complete_pending(self, context: GuestContext) -> VcpuExit | None:
+        """Finish the access that ended the last run (KVM_RUN does this before it
+        honours a kick); an exit if that needs the VMM again, else None."""
+        ...
+
 
 #: A Python guest: a generator given the context, yielding exits, receiving MMIO data.
 GuestProgram = Callable[[GuestContext], Generator[VcpuExit, bytes | None, None]]
@@ -142,6 +147,10 @@ class GeneratorGuest:
 
     def complete_mmio_read(self, data: bytes) -> None:
         self._mmio_data = data
+
+    def complete_pending(self, context: GuestContext) -> VcpuExit | None:
+        """Nothing to finish: the program receives its MMIO data when it resumes."""
+        return None
 
     def run(self, context: GuestContext) -> VcpuExit:
         if self.finished:

@@ -206,9 +206,15 @@ class ModelVcpu:
         self._require_init("KVM_RUN")
         with self._wake:
             self._wake.wait_for(lambda: not self.powered_off or self._kicked)
-            if self._kicked:
-                self._kicked = False
-                return VcpuExit(ExitReason.INTR)
+            kicked, self._kicked = self._kicked, False
+        if kicked:
+            # Like KVM_RUN: finish a pending MMIO access, then honour the kick, so the
+            # registers a VMM saves next are consistent (api.rst, immediate_exit).
+            if self.executor is not None:
+                pending = self.executor.complete_pending(self.context())
+                if pending is not None:
+                    return pending
+            return VcpuExit(ExitReason.INTR)
         if self.executor is None:
             self.executor = self.vm.kvm.new_executor()
         while True:
