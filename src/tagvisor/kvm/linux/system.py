@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import signal
@@ -43,7 +44,9 @@ from tagvisor.kvm.uapi import (
     KVM_RUN_IMMEDIATE_EXIT_OFFSET,
     KVM_SET_ONE_REG,
     KVM_SET_USER_MEMORY_REGION,
+    Cap,
     ExitReason,
+    arm64_sys_reg,
     kvm_arm_copy_mte_tags,
     kvm_clear_dirty_log,
     kvm_dirty_log,
@@ -55,6 +58,7 @@ from tagvisor.kvm.uapi import (
 )
 
 DEFAULT_DEVICE = "/dev/kvm"
+ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
 
 #: The signal that knocks a thread out of KVM_RUN (QEMU's SIG_IPI is SIGUSR1 too).
 KICK_SIGNAL: Final = signal.SIGUSR1
@@ -282,3 +286,24 @@ class LinuxKvm(_Fd):
 
     def get_vcpu_mmap_size(self) -> int:
         return ioctl(self.fd, KVM_GET_VCPU_MMAP_SIZE)
+
+    @functools.cached_property
+    def host_mte_level(self) -> int:
+        """ID_AA64PFR1_EL1.MTE as an MTE guest here sees it (0 without KVM's MTE).
+
+        Asked of a scratch VM's VCPU, since KVM decides what guests see (a host with
+        MTE3 shows 3): migration compares it with the level the guest booted with.
+        """
+        if not self.check_extension(Cap.ARM_MTE):
+            return 0
+        vm = self.create_vm()
+        try:
+            vm.enable_cap(Cap.ARM_MTE)
+            vcpu = vm.create_vcpu(0)
+            try:
+                vcpu.arm_vcpu_init(vm.arm_preferred_target())
+                return vcpu.get_one_reg(ID_AA64PFR1_EL1) >> 8 & 0xF
+            finally:
+                vcpu.close()
+        finally:
+            vm.close()
