@@ -70,9 +70,19 @@ static void bad_access(uint64_t id, uint64_t ptr, unsigned size, int store)
 /* With a program argument, spin that many iterations between the use-after-free and
  * the overflow: the window in which `tagvisor tour` snapshots and live-migrates the
  * guest, so the second bug is caught on the destination. 0 (the default) does not
- * spin and changes nothing else. */
+ * spin and changes nothing else. HEAP_HOLD spins until the VMM stores a non-zero word
+ * at HEAP_RELEASE (just after the boot block): a window that does not depend on the
+ * host's speed, for migrations between backends. */
+#define HEAP_HOLD (~0UL)
+#define HEAP_RELEASE (TV_BOOT_CONFIG + 40)
+
 static void spin_between_bugs(void)
 {
+    if (tv_boot.arg == HEAP_HOLD) {
+        while (!*(volatile uint64_t *)HEAP_RELEASE) {
+        }
+        return;
+    }
     for (volatile uint64_t i = 0; i < tv_boot.arg; i++) {
     }
 }

@@ -88,9 +88,39 @@ def test_suite_spec(tmp_path: Path) -> None:
 
 
 def test_init_runs_the_suite_and_powers_off() -> None:
-    script = INIT.format(module="pkg.suite", pagecache="/mnt/pc")
+    script = INIT.format(
+        module="pkg.suite", pagecache="/mnt/pc", guest_ip="10.0.2.15", host_ip="10.0.2.2"
+    )
     assert script.startswith("#!/bin/busybox sh\n")
     assert "mount -t ramfs pagecache /mnt/pc" in script
     assert "-m tagvisor.testbed.guest pkg.suite" in script
     assert "mount -t devtmpfs" in script
     assert "echo o > /proc/sysrq-trigger" in script
+
+
+def test_network_modules_are_loaded_dependencies_first(tmp_path: Path) -> None:
+    """Scenario: /init loads /opt/modules in the order file's order, then sets eth0 up.
+
+    The resolver reads each module's depends= from .modinfo; a module the kernel has
+    built in is simply absent and skipped.
+    """
+    from tagvisor.testbed.modules import _depends
+
+    assert _depends(b"x\0depends=net_failover,virtio-ring\0vermagic=6.1\0") == [
+        "net_failover",
+        "virtio_ring",
+    ]
+    assert _depends(b"\0depends=\0") == []
+    script = INIT.format(module="m", pagecache="/p", guest_ip="10.0.2.15", host_ip="10.0.2.2")
+    assert "insmod /opt/modules/$module.ko" in script
+    assert "ip route add default via 10.0.2.2" in script
+
+
+def test_a_network_forwards_host_ports_into_the_image() -> None:
+    """Scenario: Network((host, guest),) becomes one user-mode virtio NIC with hostfwd."""
+    from tagvisor.testbed.boot import Network
+
+    assert Network(((5555, 4444),)).qemu_args() == [
+        "-nic",
+        "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:5555-10.0.2.15:4444",
+    ]

@@ -10,17 +10,21 @@ the VMM.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from tagvisor.conformance.scenarios import Result, copy_tags, scenario
 from tagvisor.kvm.api import Kvm
 from tagvisor.kvm.uapi import KVM_ARM_TAGS_TO_GUEST
+from tagvisor.migration import Listener, TcpAddress, incoming, migrate
+from tagvisor.snapshot import restore_snapshot, save_snapshot
+from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.vmm.builder import RAM_BASE, MachineBuilder
 from tagvisor.vmm.devices.ucall import Ucall, UcallCmd
-from tagvisor.vmm.machine import Machine
+from tagvisor.vmm.machine import Machine, RunResult
 
 GUEST_DIR: Final = Path(__file__).resolve().parents[1] / "guests"
 RAM_SIZE: Final = 32 << 20
@@ -28,6 +32,14 @@ RAM_SIZE: Final = 32 << 20
 TIMEOUT: Final = 120.0
 CHURN_ROUNDS: Final = 6
 PAGE: Final = 4096
+HEAP_UAF: Final = 0x210
+HEAP_OVERFLOW: Final = 0x211
+#: The heap guest's argument that makes it wait between the two bugs until the VMM
+#: stores a non-zero word at HEAP_RELEASE (guests/heap/main.c): the window for a
+#: migration, whatever the host's speed.
+HEAP_HOLD: Final = 2**64 - 1
+HEAP_RELEASE: Final = RAM_BASE + 0x1000 + 40
+MOVED_RAM: Final = 16 << 20
 
 # kvm-probe (guests/kvm-probe/main.c): its pages and reports.
 PROBE_BASE: Final = RAM_BASE + (16 << 20)
@@ -43,11 +55,19 @@ LOGGED_PAGES: Final = (4, 5, 6, 7)
 class Session:
     """A machine booting one of the shipped guests, and its console."""
 
-    def __init__(self, kvm: Kvm, guest: str, *, argument: int = 0, tcf: str = "sync") -> None:
+    def __init__(
+        self,
+        kvm: Kvm,
+        guest: str,
+        *,
+        argument: int = 0,
+        tcf: str = "sync",
+        ram: int = RAM_SIZE,
+    ) -> None:
         self.console = bytearray()
         self.machine: Machine = (
             MachineBuilder(kvm)
-            .memory(RAM_SIZE)
+            .memory(ram)
             .mte(True, tcf=tcf)
             .argument(argument)
             .image(GUEST_DIR / f"{guest}.elf")
@@ -58,22 +78,50 @@ class Session:
     def run(self) -> Result:
         """Run to power-off (or TIMEOUT), and what the guest and the VMM saw."""
         started = time.monotonic()
-        watchdog = threading.Timer(TIMEOUT, self.machine.pause)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            result = self.machine.run()
-        finally:
-            watchdog.cancel()
+        result = run_with_watchdog(self.machine)
         return {
             "console": self.console.decode(errors="replace").splitlines(),
-            "state": result.state.value,
-            "status": result.exit_status,
-            "system_event": None if result.system_event is None else int(result.system_event),
-            "error": result.error,
-            "mmio_exits": result.by_reason.get("MMIO", 0),
+            **outcome_of(result),
             "_seconds": round(time.monotonic() - started, 2),
         }
+
+    def pause_at(self, report: int) -> None:
+        """Pause the guest when it makes ``report`` (it stops inside that ucall)."""
+
+        def on_ucall(call: Ucall) -> None:
+            if call.cmd is UcallCmd.SYNC and call.args[:1] == (report,):
+                self.machine.pause()
+
+        self.machine.ucall.listener = on_ucall
+
+
+def run_with_watchdog(machine: Machine) -> RunResult:
+    watchdog = threading.Timer(TIMEOUT, machine.pause)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return machine.run()
+    finally:
+        watchdog.cancel()
+
+
+def outcome_of(result: RunResult) -> dict[str, Any]:
+    return {
+        "state": result.state.value,
+        "status": result.exit_status,
+        "system_event": None if result.system_event is None else int(result.system_event),
+        "error": result.error,
+        "mmio_exits": result.by_reason.get("MMIO", 0),
+    }
+
+
+def release(machine: Machine) -> None:
+    """Let a heap guest started with HEAP_HOLD go on to its next bug."""
+    machine.memory.write(HEAP_RELEASE, (1).to_bytes(8, "little"))
+
+
+def reported(machine: Machine, report: int) -> bool:
+    return any(c.cmd is UcallCmd.SYNC and c.args[:1] == (report,) for c in machine.ucall.calls)
 
 
 def boot(kvm: Kvm, guest: str, *, argument: int = 0, tcf: str = "sync") -> Result:
@@ -138,3 +186,67 @@ def guest_first_touch_and_dirty_log(kvm: Kvm) -> Result:
     result = session.run()
     result.update(logged, planted=planted, planted_then_written=planted_then_written)
     return result
+
+
+@scenario(
+    "snapshot of the heap guest paused in its use-after-free report, restored into a "
+    "new VM: memory and tags equal, and it goes on to catch its overflow"
+)
+def snapshot_restore_heap(kvm: Kvm) -> Result:
+    session = Session(kvm, "heap", ram=MOVED_RAM)
+    session.pause_at(HEAP_UAF)
+    paused = run_with_watchdog(session.machine)
+    with tempfile.TemporaryDirectory(prefix="tagvisor-conformance-") as work:
+        path = Path(work) / "heap.snap"
+        saved = save_snapshot(session.machine, path)
+        restored = restore_snapshot(path, kvm)
+    at_restore = memory_digest(restored)
+    result = run_with_watchdog(restored)
+    return {
+        "paused": paused.state.value,
+        "digests_equal": saved.digest == at_restore,
+        "console": restored.console.text.splitlines(),
+        **outcome_of(result),
+        "tag_bytes": saved.stats.tag_bytes,
+        "_file_bytes": saved.file_bytes,
+    }
+
+
+@scenario(
+    "live migration of the heap guest between two VMs over loopback TCP, started in "
+    "its use-after-free report: memory and tags equal at the switch, the guest finishes"
+)
+def migrate_heap_between_vms(kvm: Kvm) -> Result:
+    session = Session(kvm, "heap", ram=MOVED_RAM, argument=HEAP_HOLD)
+    session.pause_at(HEAP_UAF)
+    paused = run_with_watchdog(session.machine)
+    session.machine.ucall.listener = None
+    listener = Listener(TcpAddress("127.0.0.1", 0))
+    arrived: list[tuple[Machine, str]] = []
+
+    def destination() -> None:
+        machine, _ = incoming(kvm, listener, timeout=TIMEOUT)
+        arrived.append((machine, memory_digest(machine)))
+
+    receiver = threading.Thread(target=destination, name="incoming", daemon=True)
+    receiver.start()
+    report = migrate(session.machine, listener.address, max_iterations=6)
+    receiver.join(TIMEOUT)
+    source_digest = memory_digest(session.machine)
+    if not arrived:
+        return {"paused": paused.state.value, "arrived": False}
+    machine, digest = arrived[0]
+    overflow_before = reported(machine, HEAP_OVERFLOW)
+    release(machine)
+    finished = outcome_of(run_with_watchdog(machine))
+    return {
+        "paused": paused.state.value,
+        "arrived": True,
+        "source_after": session.machine.state.value,
+        "digests_equal": digest == source_digest,
+        "console": machine.console.text.splitlines(),
+        **finished,
+        "overflow_at_destination": not overflow_before,
+        "_iterations": report.iterations,
+        "_downtime_ms": round(report.downtime_seconds * 1e3, 1),
+    }

@@ -15,7 +15,13 @@ from typing import Any, Final
 
 from tagvisor.kvm.api import Vcpu
 from tagvisor.kvm.model.vcpu_regs import ID_AA64PFR1_EL1
-from tagvisor.kvm.uapi import reg_size
+from tagvisor.kvm.uapi import (
+    KVM_REG_ARM64_SYSREG,
+    KVM_REG_ARM_COPROC_MASK,
+    arm64_core_reg,
+    arm64_sys_reg,
+    reg_size,
+)
 from tagvisor.snapshot.container import FormatError, Payload
 from tagvisor.vmm.devices.ucall import Ucall, UcallCmd
 from tagvisor.vmm.machine import Machine, MachineConfig
@@ -28,6 +34,57 @@ MAX_REGS: Final = 4096
 MAX_REG_BYTES: Final = 256
 #: Registers the VMM must not write back (read-only ID registers).
 READ_ONLY: Final = frozenset({ID_AA64PFR1_EL1})
+
+#: System register ids the model also lists for state KVM keeps in core registers
+#: (struct kvm_regs: sp is SP_EL0, then sp_el1, elr_el1, spsr[0] = SPSR_EL1).
+CORE_ALIASES: Final = {
+    arm64_sys_reg(3, 0, 4, 0, 0): arm64_core_reg(0x48),  # SPSR_EL1
+    arm64_sys_reg(3, 0, 4, 0, 1): arm64_core_reg(0x46),  # ELR_EL1
+    arm64_sys_reg(3, 0, 4, 1, 0): arm64_core_reg(0x3E),  # SP_EL0
+}
+#: ONE_REG groups that describe the host rather than the guest: KVM's firmware
+#: pseudo-registers (KVM_REG_ARM_FW, KVM_REG_ARM_FW_FEAT_BMAP).
+HOST_GROUPS: Final = frozenset({0x0014 << 16, 0x0016 << 16})
+#: The virtual counter: host time, which KVM offsets per VM anyway.
+TIMER_CNT: Final = arm64_sys_reg(3, 3, 14, 3, 2)
+#: Registers at KVM's reset value, which a destination without them loses nothing by
+#: not having (arch/arm64/kvm/sys_regs.c): OSLSR_EL1 says the OS lock is implemented,
+#: FPEXC32_EL2 is AArch32 state.
+RESET_VALUES: Final = {
+    arm64_sys_reg(2, 0, 1, 1, 4): 0x8,  # OSLSR_EL1
+    arm64_sys_reg(3, 4, 5, 3, 0): 0x700,  # FPEXC32_EL2
+}
+#: CNTV_CTL_EL0: with ENABLE (bit 0) clear the virtual timer is off, whatever else it says.
+CNTV_CTL: Final = arm64_sys_reg(3, 3, 14, 3, 1)
+#: What KVM gives registers whose reset value is UNKNOWN (reset_unknown(),
+#: arch/arm64/kvm/sys_regs.c): still there, the guest never wrote the register.
+KVM_UNKNOWN_RESET: Final = 0x1DE7EC7EDBADC0DE
+
+
+class VcpuStateMismatch(FormatError):
+    """The state holds registers this VCPU does not have, with values that matter."""
+
+
+def droppable(reg: int, value: int, state: dict[int, int], listed: set[int]) -> bool:
+    """Whether a register the destination VCPU lacks can be left behind.
+
+    Yes for: a zero value, KVM's marker for a register never written, or a known
+    reset value; a disabled virtual timer; the host's own facts (identification and
+    cache-ID registers, op0=3 CRn=0; firmware pseudo-registers; the counter); and the
+    model's system-register names for core registers, when the core register carries
+    the same value. Anything else is guest state the destination
+    would lose (a model destination has no FP/SIMD, timers or debug registers).
+    """
+    if value in (0, KVM_UNKNOWN_RESET) or reg == TIMER_CNT or RESET_VALUES.get(reg) == value:
+        return True
+    if reg == CNTV_CTL and not value & 1:
+        return True
+    if reg & KVM_REG_ARM_COPROC_MASK in HOST_GROUPS:
+        return True
+    if reg & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM64_SYSREG and reg & 0xC780 == 0xC000:
+        return True  # op0 = 3, CRn = 0: ID_*, MIDR/MPIDR, CTR/CLIDR/CCSIDR and CSSELR
+    alias = CORE_ALIASES.get(reg)
+    return alias is not None and alias in listed and state.get(alias) == value
 
 
 @dataclass(frozen=True)
@@ -218,10 +275,28 @@ def capture_vcpu(vcpu_id: int, vcpu: Vcpu) -> VcpuState:
     return VcpuState(vcpu_id, registers)
 
 
-def apply_vcpu(state: VcpuState, vcpu: Vcpu) -> None:
+def apply_vcpu(state: VcpuState, vcpu: Vcpu) -> list[int]:
+    """Write ``state`` into ``vcpu``; return the ids left behind (see :func:`droppable`).
+
+    A state from the other kind of backend (the model's VCPU into a real one, or the
+    reverse) names registers this VCPU lacks; nothing is written unless every one of
+    them may be dropped.
+    """
+    listed = set(vcpu.get_reg_list())
+    values = dict(state.registers)
+    left = [reg for reg, _ in state.registers if reg not in listed and reg not in READ_ONLY]
+    kept = [reg for reg in left if not droppable(reg, values[reg], values, listed)]
+    if kept:
+        names = ", ".join(f"{reg:#x}={values[reg]:#x}" for reg in kept[:16])
+        raise VcpuStateMismatch(
+            f"VCPU {state.vcpu_id}: this VCPU has no register {names}"
+            + (f" (and {len(kept) - 16} more)" if len(kept) > 16 else "")
+            + "; the guest's state would be lost here"
+        )
     for reg, value in state.registers:
-        if reg not in READ_ONLY:
+        if reg in listed and reg not in READ_ONLY:
             vcpu.set_one_reg(reg, value)
+    return left
 
 
 def capture_devices(machine: Machine) -> DeviceState:

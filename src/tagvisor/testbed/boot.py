@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any, Final
 from tagvisor.testbed import guest
 from tagvisor.testbed.errors import TestbedError
 from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio, userland_archive
+from tagvisor.testbed.modules import network_modules
 from tagvisor.testbed.parts import Parts, cache_root, fetch
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parents[1]  # src/tagvisor
@@ -35,12 +37,25 @@ GUEST_SUITE: Final = "opt/suite"
 #: A ramfs: its files live in the page cache and are not shmem, like a disk file's
 #: pages as far as KVM's MTE rules go (tmpfs files are shmem, which 6.2+ accepts).
 PAGECACHE_DIR: Final = "/mnt/pagecache"
+#: QEMU's user-mode network: the guest's address, and the host's loopback as the
+#: guest reaches it.
+GUEST_IP: Final = "10.0.2.15"
+HOST_IP: Final = "10.0.2.2"
 
 INIT: Final = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t tmpfs tmp /tmp
+/bin/busybox ip link set lo up
+if [ -f /opt/modules/order ]; then
+    for module in $(/bin/busybox cat /opt/modules/order); do
+        /bin/busybox insmod /opt/modules/$module.ko
+    done
+    /bin/busybox ip link set eth0 up
+    /bin/busybox ip addr add {guest_ip}/24 dev eth0
+    /bin/busybox ip route add default via {host_ip}
+fi
 /bin/busybox mkdir -p {pagecache}
 /bin/busybox mount -t ramfs pagecache {pagecache}
 /bin/busybox mkdir -p /dev/hugepages
@@ -61,7 +76,7 @@ QEMU_ARGS: Final = (
     "-cpu", "max,pauth-impdef=on",
     "-accel", "tcg,thread=multi",
     "-smp", "2", "-m", "1024",
-    "-nographic", "-nic", "none", "-no-reboot",
+    "-nographic", "-no-reboot",
 )  # fmt: skip
 APPEND: Final = "console=ttyAMA0 panic=-1"
 
@@ -80,6 +95,7 @@ class SuiteRun:
     seconds_build: float  # the initramfs (host side)
     dmesg: list[str] = field(default_factory=list)
     kernel_package: str = ""
+    host: Any = None  # what run_suite's ``alongside`` returned (or the exception it raised)
 
 
 def unframe(console: str) -> dict[str, Any]:
@@ -101,8 +117,27 @@ def unframe(console: str) -> dict[str, Any]:
     return payload
 
 
-def _source_archive(suite_module: str, suite_file: Path | None) -> bytes:
-    """tagvisor's package (with hash-checked bytecode), the suite, and /init."""
+@dataclass(frozen=True)
+class Network:
+    """QEMU user-mode networking for a run: ``forwards`` are (host port, guest port)
+    pairs on 127.0.0.1 into the image; the image reaches the host's loopback at
+    :data:`HOST_IP`."""
+
+    forwards: tuple[tuple[int, int], ...] = ()
+
+    def qemu_args(self) -> list[str]:
+        rules = "".join(f",hostfwd=tcp:127.0.0.1:{h}-{GUEST_IP}:{g}" for h, g in self.forwards)
+        return ["-nic", f"user,model=virtio-net-pci{rules}"]
+
+
+def _source_archive(
+    suite_module: str,
+    suite_file: Path | None,
+    files: dict[str, bytes],
+    modules: list[tuple[str, bytes]],
+) -> bytes:
+    """tagvisor's package (with hash-checked bytecode), the suite and its files, the
+    network's kernel modules if any, and /init."""
     with tempfile.TemporaryDirectory(prefix="tagvisor-testbed-") as tmp:
         staging = Path(tmp) / "tagvisor"
         shutil.copytree(
@@ -124,8 +159,21 @@ def _source_archive(suite_module: str, suite_file: Path | None) -> bytes:
             writer.tree(staging, f"{GUEST_SRC}/tagvisor")
             if suite_file is not None:
                 writer.file(f"{GUEST_SUITE}/{suite_file.name}", suite_file.read_bytes())
+            for name, data in files.items():
+                writer.file(f"{GUEST_SUITE}/{name}", data)
+            if modules:
+                for name, data in modules:
+                    writer.file(f"opt/modules/{name}.ko", data)
+                writer.file("opt/modules/order", "".join(f"{n}\n" for n, _ in modules).encode())
             writer.file(
-                "init", INIT.format(module=suite_module, pagecache=PAGECACHE_DIR).encode(), 0o755
+                "init",
+                INIT.format(
+                    module=suite_module,
+                    pagecache=PAGECACHE_DIR,
+                    guest_ip=GUEST_IP,
+                    host_ip=HOST_IP,
+                ).encode(),
+                0o755,
             )
 
         return gzip_cpio(build, level=1)
@@ -145,7 +193,13 @@ def _suite_spec(suite: str) -> tuple[str, Path | None]:
     return suite, None
 
 
-def build_initrd(parts: Parts, suite: str) -> Path:
+def build_initrd(
+    parts: Parts,
+    suite: str,
+    *,
+    files: dict[str, bytes] | None = None,
+    network: Network | None = None,
+) -> Path:
     """The initrd for ``suite``: cached userland archive + this run's source archive."""
     root = cache_root()
     key = hashlib.sha256(parts.userland_id.encode()).hexdigest()[:16]
@@ -163,19 +217,94 @@ def build_initrd(parts: Parts, suite: str) -> Path:
     with tmp.open("wb") as out:
         with base.open("rb") as source:
             shutil.copyfileobj(source, out)
-        out.write(_source_archive(module, file))
+        out.write(_source_archive(module, file, files or {}, _modules(parts) if network else []))
     tmp.replace(initrd)
     return initrd
 
 
-def qemu_command(parts: Parts, initrd: Path) -> list[str]:
+def _modules(parts: Parts) -> list[tuple[str, bytes]]:
+    debs = sorted((cache_root() / "apt" / "debs").glob(f"{parts.kernel_package}_*.deb"))
+    if not debs:
+        raise TestbedError(f"{parts.kernel_package}'s .deb is not cached: refresh the parts")
+    return network_modules(debs[-1], cache_root() / f"modules-{parts.kernel_package}")
+
+
+def qemu_command(parts: Parts, initrd: Path, network: Network | None = None) -> list[str]:
+    nic = network.qemu_args() if network is not None else ["-nic", "none"]
     return [
         str(parts.qemu),
         *QEMU_ARGS,
+        *nic,
         "-kernel", str(parts.kernel),
         "-initrd", str(initrd),
         "-append", APPEND,
     ]  # fmt: skip
+
+
+class ConsoleWatch:
+    """The serial console of a running testbed, for a host side that waits on it."""
+
+    def __init__(self, path: Path, process: subprocess.Popen[bytes]) -> None:
+        self.path = path
+        self.process = process
+
+    def text(self) -> str:
+        return self.path.read_bytes().decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first match of ``pattern`` on the console, waiting up to ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.text())
+            if match is not None:
+                return match
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise TestbedError(f"the testbed never printed {pattern!r}")
+            time.sleep(0.1)
+
+
+HostSide = Callable[[ConsoleWatch], Any]
+
+
+def _boot(
+    command: list[str], timeout: float, alongside: HostSide | None
+) -> tuple[str, str, int, Any]:
+    """Run QEMU to power-off (``alongside`` on a thread meanwhile): console, stderr, exit
+    status, and what ``alongside`` returned (or raised)."""
+    log = cache_root() / "console.log"
+    errors = cache_root() / "qemu-stderr.log"
+    with log.open("wb") as out, errors.open("wb") as err:
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        except OSError as exc:
+            raise TestbedError(f"could not start {command[0]}: {exc}") from None
+        host: list[Any] = []
+        thread = None
+        if alongside is not None:
+
+            def host_side() -> None:
+                try:
+                    host.append(alongside(ConsoleWatch(log, process)))
+                except Exception as exc:  # reported with the run, not lost in a thread
+                    host.append(exc)
+
+            thread = threading.Thread(target=host_side, name="testbed-host", daemon=True)
+            thread.start()
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            console = log.read_bytes().decode(errors="replace")
+            tail = "\n".join(console.splitlines()[-20:])
+            raise TestbedError(
+                f"the testbed did not power off within {timeout:.0f} s (console in {log}):\n{tail}"
+            ) from None
+        if thread is not None:
+            thread.join(timeout)
+    console = log.read_bytes().decode(errors="replace")
+    stderr = errors.read_bytes().decode(errors="replace")
+    return console, stderr, returncode, host[0] if host else None
 
 
 def run_suite(
@@ -184,38 +313,30 @@ def run_suite(
     kernel_suite: str = "release",
     timeout: float = DEFAULT_TIMEOUT,
     say: Callable[[str], None] = print,
+    files: dict[str, bytes] | None = None,
+    network: Network | None = None,
+    alongside: HostSide | None = None,
 ) -> SuiteRun:
-    """Fetch what is missing, build the image, boot it, and return the suite's results."""
+    """Fetch what is missing, build the image, boot it, and return the suite's results.
+
+    ``files`` go into the image next to the suite (/opt/suite); ``network`` gives it a
+    NIC; ``alongside(console)`` runs on the host while the image runs (for tests that
+    talk to it) and its result comes back as ``SuiteRun.host``.
+    """
     parts = fetch(kernel_suite, say=say)
     if not parts.qemu.is_file():
         raise TestbedError(f"{parts.qemu} not found: run scripts/fetch-qemu (QEMU >= 8)")
     started = time.monotonic()
-    initrd = build_initrd(parts, suite)
+    initrd = build_initrd(parts, suite, files=files, network=network)
     built = time.monotonic()
-    command = qemu_command(parts, initrd)
+    command = qemu_command(parts, initrd, network)
     log = cache_root() / "console.log"
-    try:
-        done = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-        )
-        console = done.stdout.decode(errors="replace")
-        stderr = done.stderr.decode(errors="replace")
-    except subprocess.TimeoutExpired as exc:
-        console = (exc.stdout or b"").decode(errors="replace")
-        log.write_text(console)
-        tail = "\n".join(console.splitlines()[-20:])
-        raise TestbedError(
-            f"the testbed did not power off within {timeout:.0f} s (console in {log}):\n{tail}"
-        ) from None
-    except OSError as exc:
-        raise TestbedError(f"could not start {command[0]}: {exc}") from None
+    console, stderr, returncode, host = _boot(command, timeout, alongside)
     finished = time.monotonic()
-    log.write_text(console)
     if "=== TAGVISOR-TESTBED-INIT" not in console:
         tail = "\n".join((console + stderr).splitlines()[-20:])
         raise TestbedError(
-            f"the kernel did not reach /init (QEMU exit {done.returncode}; console in {log}):\n"
-            f"{tail}"
+            f"the kernel did not reach /init (QEMU exit {returncode}; console in {log}):\n{tail}"
         )
     try:
         payload = unframe(console)
@@ -233,4 +354,5 @@ def run_suite(
         seconds_build=round(built - started, 2),
         dmesg=list(payload.get("dmesg", [])),
         kernel_package=parts.kernel_package,
+        host=host,
     )

@@ -1,0 +1,139 @@
+"""Live migration across backends: the model into a real KVM VM, and back.
+
+One testbed boot runs both directions with the heap guest, paused in its use-after-free
+report and held there (HEAP_HOLD) so the overflow always happens after the move:
+
+1. model -> real: the image listens on :data:`GUEST_PORT` (forwarded from the host's
+   loopback); the host boots the guest on the model and migrates it in. The real VM
+   must find the same memory and tags, and the guest must catch its overflow there.
+2. real -> model: the host listens on its loopback (the image reaches it at
+   ``HOST_IP``); the image boots the guest under KVM and migrates it out, and the
+   model carries on.
+
+:func:`run` is the image's side; :func:`cross_backend_migration` the host's.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any, Final
+
+from tagvisor.conformance.programs import (
+    HEAP_HOLD,
+    HEAP_OVERFLOW,
+    HEAP_UAF,
+    MOVED_RAM,
+    TIMEOUT,
+    Session,
+    outcome_of,
+    release,
+    reported,
+    run_with_watchdog,
+)
+from tagvisor.kvm.api import Kvm
+from tagvisor.migration import Listener, TcpAddress, incoming, migrate
+from tagvisor.snapshot.guestpages import memory_digest
+from tagvisor.testbed.boot import HOST_IP, ConsoleWatch, Network, run_suite
+
+GUEST_PORT: Final = 4444
+CONFIG: Final = "crossing.json"
+LISTENING: Final = "=== TAGVISOR-CROSSING-LISTENING"
+SUITE_DIR: Final = Path("/opt/suite")
+
+
+def _send(kvm: Kvm, address: TcpAddress) -> dict[str, Any]:
+    """Boot the heap guest, pause it in its use-after-free report, migrate it."""
+    session = Session(kvm, "heap", ram=MOVED_RAM, argument=HEAP_HOLD)
+    session.pause_at(HEAP_UAF)
+    run_with_watchdog(session.machine)
+    session.machine.ucall.listener = None
+    report = migrate(session.machine, address, max_iterations=4)
+    return {
+        "uaf_reported": reported(session.machine, HEAP_UAF),
+        "source_digest": memory_digest(session.machine),
+        "iterations": report.iterations,
+        "downtime_ms": round(report.downtime_seconds * 1e3, 1),
+    }
+
+
+def _receive(kvm: Kvm, listener: Listener) -> dict[str, Any]:
+    """Take a migration, release the held guest, run it to the end."""
+    machine, report = incoming(kvm, listener, timeout=TIMEOUT)
+    digest = memory_digest(machine)
+    overflow_before = reported(machine, HEAP_OVERFLOW)
+    release(machine)
+    finished = outcome_of(run_with_watchdog(machine))
+    return {
+        "arrival_digest": digest,
+        "overflow_at_destination": not overflow_before and reported(machine, HEAP_OVERFLOW),
+        "console": machine.console.text.splitlines(),
+        "pages": report.pages_received,
+        **finished,
+    }
+
+
+def run() -> dict[str, Any]:
+    """The image's side (``python3 -m tagvisor.testbed.guest tagvisor.conformance.crossing``)."""
+    from tagvisor.kvm.linux import LinuxKvm
+
+    config = json.loads((SUITE_DIR / CONFIG).read_text())
+    listener = Listener(TcpAddress("0.0.0.0", GUEST_PORT))  # reached through hostfwd only
+    print(LISTENING, flush=True)
+    into_real = _receive(LinuxKvm(), listener)
+    out_of_real = _send(LinuxKvm(), TcpAddress(HOST_IP, int(config["host_port"])))
+    return {"into_real": into_real, "out_of_real": out_of_real}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def cross_backend_migration(kernel_suite: str = "release") -> dict[str, Any]:
+    """Both directions in one testbed boot; the results of both sides."""
+    from tagvisor.conformance.compare import TESTBED_32BIT_EL1, TESTBED_MTE_LEVEL
+    from tagvisor.kvm.model import ModelKvm
+
+    def model() -> ModelKvm:
+        # The testbed's CPU, so the guest sees the same MTE level on both sides.
+        return ModelKvm(
+            64 << 20,
+            host_mte=True,
+            host_mte_level=TESTBED_MTE_LEVEL,
+            host_32bit_el1=TESTBED_32BIT_EL1,
+        )
+
+    inbound = Listener(TcpAddress("127.0.0.1", 0))
+    forwarded = _free_port()
+
+    def host_side(console: ConsoleWatch) -> dict[str, Any]:
+        console.wait_for(LISTENING, TIMEOUT)
+        sent = _send(model(), TcpAddress("127.0.0.1", forwarded))
+        received = _receive(model(), inbound)
+        return {"model_to_real": sent, "real_to_model": received}
+
+    config = json.dumps({"host_port": inbound.address.port}).encode()
+    try:
+        run = run_suite(
+            "tagvisor.conformance.crossing",
+            kernel_suite=kernel_suite,
+            files={CONFIG: config},
+            network=Network(((forwarded, GUEST_PORT),)),
+            alongside=host_side,
+            timeout=300,
+        )
+    finally:
+        inbound.close()
+    if isinstance(run.host, Exception):
+        raise run.host
+    return {
+        "kernel": run.kernel,
+        "status": run.status,
+        "error": run.error,
+        "image": run.result,
+        "host": run.host,
+    }
