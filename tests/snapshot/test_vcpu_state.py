@@ -6,9 +6,15 @@ import struct
 
 import pytest
 
-from tagvisor.kvm.uapi import KVM_REG_ARM64, KVM_REG_SIZE_U32, KVM_REG_SIZE_U64, KVM_REG_SIZE_U128
+from tagvisor.kvm.uapi import (
+    KVM_REG_ARM64,
+    KVM_REG_SIZE_U32,
+    KVM_REG_SIZE_U64,
+    KVM_REG_SIZE_U128,
+    arm64_sys_reg,
+)
 from tagvisor.snapshot.container import FormatError
-from tagvisor.snapshot.state import VcpuState, vcpu_sections
+from tagvisor.snapshot.state import VcpuState, VcpuStateMismatch, apply_vcpu, vcpu_sections
 
 CORE = 0x0010_0000
 X0 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | CORE
@@ -71,3 +77,56 @@ def test_a_vcpu_section_with_a_wide_register_id_is_refused() -> None:
     """Scenario: a VCPU section (64-bit pairs) naming a 128-bit register."""
     with pytest.raises(FormatError, match="not 64 bits"):
         VcpuState.decode(struct.pack("<IIQQ", 0, 1, V0, 0))
+
+
+class FakeVcpu:
+    """Just the register interface: the ids a backend lists, and what was written."""
+
+    def __init__(self, listed: list[int]) -> None:
+        self.listed = listed
+        self.written: dict[int, int] = {}
+
+    def get_reg_list(self) -> list[int]:
+        return self.listed
+
+    def set_one_reg(self, reg: int, value: int) -> None:
+        self.written[reg] = value
+
+
+SPSR_EL1_SYSREG = arm64_sys_reg(3, 0, 4, 0, 0)
+SPSR_EL1_CORE = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | CORE | 0x48
+TPIDR_EL1 = arm64_sys_reg(3, 0, 13, 0, 4)
+CTR_EL0 = arm64_sys_reg(3, 3, 0, 0, 1)
+
+
+def test_registers_that_carry_nothing_are_left_behind_across_backends() -> None:
+    """Scenario: a real VCPU's state applied to a model VCPU that lists only X0.
+
+    V0 is zero, TPIDR_EL1 holds KVM's never-written marker, CTR_EL0 is a host fact:
+    all may stay behind; X0 is written.
+    """
+    state = VcpuState(
+        0, tuple(sorted([(X0, 5), (V0, 0), (TPIDR_EL1, 0x1DE7EC7EDBADC0DE), (CTR_EL0, 0x8444C004)]))
+    )
+    vcpu = FakeVcpu([X0])
+    left = apply_vcpu(state, vcpu)  # type: ignore[arg-type]
+    assert vcpu.written == {X0: 5}
+    assert sorted(left) == sorted([V0, TPIDR_EL1, CTR_EL0])
+
+
+def test_the_models_sysreg_names_for_core_registers_need_the_same_value() -> None:
+    """Scenario: the model's SPSR_EL1 (a sysreg id) into a real VCPU (core spsr[0])."""
+    same = VcpuState(0, ((SPSR_EL1_CORE, 0x3C5), (SPSR_EL1_SYSREG, 0x3C5)))
+    assert apply_vcpu(same, FakeVcpu([SPSR_EL1_CORE])) == [SPSR_EL1_SYSREG]  # type: ignore[arg-type]
+    different = VcpuState(0, ((SPSR_EL1_CORE, 0x3C5), (SPSR_EL1_SYSREG, 0x5)))
+    with pytest.raises(VcpuStateMismatch):
+        apply_vcpu(different, FakeVcpu([SPSR_EL1_CORE]))  # type: ignore[arg-type]
+
+
+def test_guest_state_the_destination_cannot_hold_refuses_the_move_and_writes_nothing() -> None:
+    """Scenario: a guest that used TPIDR_EL1 and V0, moving to a VCPU without them."""
+    state = VcpuState(0, ((X0, 1), (V0, 42), (TPIDR_EL1, 0x1234)))
+    vcpu = FakeVcpu([X0])
+    with pytest.raises(VcpuStateMismatch, match="no register"):
+        apply_vcpu(state, vcpu)  # type: ignore[arg-type]
+    assert vcpu.written == {}
