@@ -5,6 +5,8 @@
 guest kernel's ``/dev/kvm``; ``--compare`` also runs the model's matching profile and
 lists every field that differs. ``--suite`` runs another suite: a module inside
 tagvisor, or a ``.py`` file with a ``run()`` returning JSON-able results.
+``--cross-migrate`` live-migrates the heap guest from the model into a real KVM VM and
+from a real one into the model, and compares the digests on both sides.
 """
 
 from __future__ import annotations
@@ -24,7 +26,36 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _cross(args: argparse.Namespace) -> int:
+    from tagvisor.conformance.crossing import cross_backend_migration
+
+    result = cross_backend_migration(args.kernel)
+    if result["status"] != 0:
+        _say(f"testbed: the image's side failed:\n{result['error']}")
+        return 1
+    status = 0
+    for direction, source, destination in (
+        ("model -> real KVM", result["host"]["model_to_real"], result["image"]["into_real"]),
+        ("real KVM -> model", result["image"]["out_of_real"], result["host"]["real_to_model"]),
+    ):
+        same = source["source_digest"] == destination["arrival_digest"]
+        ok = same and destination["overflow_at_destination"] and destination["status"] == 0
+        status = status or (0 if ok else 1)
+        _say(
+            f"testbed: {direction} ({result['kernel']}): memory and tags "
+            f"{'equal' if same else 'DIFFER'}, downtime {source['downtime_ms']} ms, "
+            f"overflow caught at the destination: {destination['overflow_at_destination']}, "
+            f"exit status {destination['status']}"
+        )
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, sort_keys=True)
+        print()
+    return status
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.cross_migrate:
+        return _cross(args)
     run = run_suite(args.suite, kernel_suite=args.kernel, timeout=args.timeout, say=_say)
     _say(
         f"testbed: kernel {run.kernel} ({run.kernel_package}); image built in "
@@ -83,6 +114,11 @@ def register(commands: Any) -> None:
         help="Debian suite of the kernel: release (bookworm, 6.1) or backports (6.12)",
     )
     parser.add_argument("--compare", action="store_true", help="compare with the model")
+    parser.add_argument(
+        "--cross-migrate",
+        action="store_true",
+        help="migrate the heap guest model -> real KVM and back instead of a suite",
+    )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--console", action="store_true", help="print the serial console")

@@ -45,8 +45,10 @@ CORE_ALIASES: Final = {
 #: ONE_REG groups that describe the host rather than the guest: KVM's firmware
 #: pseudo-registers (KVM_REG_ARM_FW, KVM_REG_ARM_FW_FEAT_BMAP).
 HOST_GROUPS: Final = frozenset({0x0014 << 16, 0x0016 << 16})
-#: The virtual counter: host time, which KVM offsets per VM anyway.
-TIMER_CNT: Final = arm64_sys_reg(3, 3, 14, 3, 2)
+#: The counters, host time that KVM offsets per VM anyway: KVM_REG_ARM_TIMER_CNT
+#: (virtual; its id swaps CRm and op2 with CVAL's, a historical quirk) and
+#: KVM_REG_ARM_PTIMER_CNT (CNTPCT_EL0; 6.12 lists it, 6.1 does not).
+COUNTERS: Final = frozenset({arm64_sys_reg(3, 3, 14, 3, 2), arm64_sys_reg(3, 3, 14, 0, 1)})
 #: Registers at KVM's reset value, which a destination without them loses nothing by
 #: not having (arch/arm64/kvm/sys_regs.c): OSLSR_EL1 says the OS lock is implemented,
 #: FPEXC32_EL2 is AArch32 state.
@@ -54,8 +56,9 @@ RESET_VALUES: Final = {
     arm64_sys_reg(2, 0, 1, 1, 4): 0x8,  # OSLSR_EL1
     arm64_sys_reg(3, 4, 5, 3, 0): 0x700,  # FPEXC32_EL2
 }
-#: CNTV_CTL_EL0: with ENABLE (bit 0) clear the virtual timer is off, whatever else it says.
-CNTV_CTL: Final = arm64_sys_reg(3, 3, 14, 3, 1)
+#: CNTV_CTL_EL0 and CNTP_CTL_EL0: with ENABLE (bit 0) clear the timer is off,
+#: whatever else the register says.
+TIMER_CTLS: Final = frozenset({arm64_sys_reg(3, 3, 14, 3, 1), arm64_sys_reg(3, 3, 14, 2, 1)})
 #: What KVM gives registers whose reset value is UNKNOWN (reset_unknown(),
 #: arch/arm64/kvm/sys_regs.c): still there, the guest never wrote the register.
 KVM_UNKNOWN_RESET: Final = 0x1DE7EC7EDBADC0DE
@@ -69,15 +72,15 @@ def droppable(reg: int, value: int, state: dict[int, int], listed: set[int]) -> 
     """Whether a register the destination VCPU lacks can be left behind.
 
     Yes for: a zero value, KVM's marker for a register never written, or a known
-    reset value; a disabled virtual timer; the host's own facts (identification and
-    cache-ID registers, op0=3 CRn=0; firmware pseudo-registers; the counter); and the
+    reset value; a disabled timer; the host's own facts (identification and
+    cache-ID registers, op0=3 CRn=0; firmware pseudo-registers; the counters); and the
     model's system-register names for core registers, when the core register carries
     the same value. Anything else is guest state the destination
     would lose (a model destination has no FP/SIMD, timers or debug registers).
     """
-    if value in (0, KVM_UNKNOWN_RESET) or reg == TIMER_CNT or RESET_VALUES.get(reg) == value:
+    if value in (0, KVM_UNKNOWN_RESET) or reg in COUNTERS or RESET_VALUES.get(reg) == value:
         return True
-    if reg == CNTV_CTL and not value & 1:
+    if reg in TIMER_CTLS and not value & 1:
         return True
     if reg & KVM_REG_ARM_COPROC_MASK in HOST_GROUPS:
         return True
