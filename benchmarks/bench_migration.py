@@ -56,6 +56,7 @@ from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.kvm.model.guest import GuestContext, GuestProgram
 from tagvisor.kvm.model.workloads import churn, fill_tagged
+from tagvisor.kvm.uapi import ExitReason
 from tagvisor.migration import TcpAddress, migrate
 from tagvisor.vmm import Machine, MachineBuilder
 from tagvisor.vmm.builder import RAM_BASE
@@ -68,6 +69,8 @@ TARGET_TAG_SHARE: Final = 1 / 32
 TARGET_DOWNTIME: Final = 0.050
 #: --churn-rate for "as fast as each guest can".
 UNPACED: Final = "max"
+#: The longest a paced guest sleeps before it lets the VMM in (seconds).
+PACING_SLICE: Final = 0.001
 
 RECEIVER = """
 import mmap, socket, sys
@@ -121,16 +124,20 @@ def loopback_bandwidth(nbytes: int, *, fresh: bool = False) -> float:
 def paced(program: GuestProgram, rate: int) -> GuestProgram:
     """``program`` (one exit per span) kept to ``rate`` spans per second from its
     start, as the fill guest paces itself with CNTVCT_EL0 (behind, it catches up).
-    The guest sleeps rather than spins in between: a Python guest that spun would
-    hold the interpreter lock the VMM's own threads need."""
+
+    The guest sleeps rather than spins in between (a Python guest that spun would hold
+    the interpreter lock the VMM's own threads need), a slice at a time with an INTR
+    exit after each, as a kick ends a real VCPU's wait: a pause never waits for a
+    long sleep."""
 
     def run(ctx: GuestContext) -> Generator[VcpuExit, bytes | None, None]:
         inner = program(ctx)
         start, done, reply = time.perf_counter(), 0, None
         while True:
-            delay = start + done / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+            while (delay := start + done / rate - time.perf_counter()) > 0:
+                time.sleep(min(delay, PACING_SLICE))
+                if delay > PACING_SLICE:
+                    yield VcpuExit(ExitReason.INTR)
             try:
                 request = inner.send(reply)
             except StopIteration:
