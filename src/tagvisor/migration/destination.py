@@ -140,7 +140,7 @@ def receive(
     reader = SectionReader(conn, protocol.LIMITS, placer=_placer(machine))
     sections = iter(reader)
     buffers = PageBuffers(pages.MAX_PAGES, data=False)
-    prefaulter = _prefaulter(kvm, config)
+    prefaulter = _prefaulter(kvm, config, hello.pages)
     try:
         for section in sections:
             if section.tag == b"PAGE":
@@ -244,13 +244,15 @@ def _placer(machine: Machine) -> Placer:
     return place
 
 
-def _prefaulter(kvm: Kvm, config: MachineConfig) -> Prefaulter:
+def _prefaulter(kvm: Kvm, config: MachineConfig, pages: int | None) -> Prefaulter:
     """A started thread that faults in the model host's fresh memory just ahead of
-    the pages as they arrive (tagvisor.migration.prefault), for at most the guest's
-    RAM; one that does nothing for other backends."""
+    the pages as they arrive (tagvisor.migration.prefault), for as many pages as the
+    source said the first pass brings and never more than the guest's RAM; one that
+    does nothing for other backends."""
     process = getattr(kvm, "process", None)
     frames = process.frames if isinstance(process, HostProcess) else None
-    return Prefaulter(frames, config.ram_size // PAGE_SIZE).start()
+    limit = config.ram_size // PAGE_SIZE
+    return Prefaulter(frames, limit if pages is None else min(pages, limit)).start()
 
 
 def incoming(

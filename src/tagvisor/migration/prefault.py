@@ -57,10 +57,11 @@ def _madvise() -> Madvise | None:
     function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     function.restype = ctypes.c_int
     probe = mmap.mmap(-1, mmap.PAGESIZE)
+    byte = ctypes.c_char.from_buffer(probe)
     try:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(probe))
-        known = function(address, mmap.PAGESIZE, MADV_POPULATE_WRITE) == 0
+        known = function(ctypes.addressof(byte), mmap.PAGESIZE, MADV_POPULATE_WRITE) == 0
     finally:
+        del byte  # the mmap cannot close while a ctypes object uses its buffer
         probe.close()
     return cast(Madvise, function) if known else None
 
@@ -72,8 +73,9 @@ def available() -> bool:
 
 class Prefaulter:
     """Populates a frame table's never-used frames (data and tags) just ahead of the
-    allocator, on a thread of its own, until :meth:`stop` or until ``limit`` frames
-    were populated; without a frame table (another backend) it does nothing."""
+    allocator, on a thread of its own, until :meth:`stop` or up to ``limit`` frames
+    from the first never-used one; without a frame table (another backend) it does
+    nothing."""
 
     def __init__(self, frames: FrameTable | None, limit: int, *, ahead: int = AHEAD_FRAMES) -> None:
         self.frames = frames
@@ -103,13 +105,13 @@ class Prefaulter:
         used = frames.ever_used
         nframes = frames.nframes
         # The allocator hands out the lowest free frame first; never-used frames above
-        # the lowest one are the next to go (recycled frames are backed already).
+        # the lowest one are the next to go (recycled frames are backed already), and
+        # the stream's pages take at most ``limit`` of them.
         frontier = int(np.argmin(used)) if nframes and not used.all() else nframes
-        cursor = frontier
+        cursor, end = frontier, min(nframes, frontier + self.limit)
         data = frames.data.ctypes.data
         tags = frames.packed_pages.ctypes.data
-        budget = self.limit
-        while budget > 0 and cursor < nframes and not self._stopping.is_set():
+        while cursor < end and not self._stopping.is_set():
             # Reads of ``used`` race with the allocator; a stale value only makes the
             # thread wait a little or populate a frame that is already present.
             window = used[frontier : cursor + 1]
@@ -121,12 +123,11 @@ class Prefaulter:
             if cursor - frontier >= self.ahead:
                 self._stopping.wait(_WAIT)
                 continue
-            count = min(CHUNK_FRAMES, nframes - cursor, budget)
+            count = min(CHUNK_FRAMES, end - cursor)
             # A failure (out of memory, say) is left for the stream's own faults to meet.
             _populate(madvise, data + cursor * PAGE_SIZE, count * PAGE_SIZE)
             _populate(madvise, tags + cursor * PACKED_TAGS_PER_PAGE, count * PACKED_TAGS_PER_PAGE)
             cursor += count
-            budget -= count
             self.populated += count
 
 

@@ -10,7 +10,9 @@ or, post-copy, after the VCPUs and devices:
     source -> destination: POST(missing-page bitmap) PAGE* END!
     destination -> source: REQ(gpa)* DONE
 
-HELO carries the machine's shape (the snapshot's MachineState) and the stream options;
+HELO carries the machine's shape (the snapshot's MachineState), the stream options and
+optionally how many pages the first pass will bring (a hint: the destination faults in
+that much fresh memory ahead of them, and no more; older sources leave it out);
 ITER marks the end of a pre-copy iteration ({"iteration": n, "pages": dirty pages});
 the destination echoes it ({"iteration": n}) once it has applied every page before it,
 and the source pauses the guest only after the echo of its last iteration, so that the
@@ -56,12 +58,15 @@ REPLY_LIMIT: Final = 16 << 10
 class Hello:
     machine: MachineState
     compress: bool
+    #: Pages the first pass will send, if the source says (a hint, never trusted
+    #: beyond the guest's RAM).
+    pages: int | None = None
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"machine": json.loads(self.machine.encode()), "compress": self.compress},
-            sort_keys=True,
-        ).encode()
+        value = {"machine": json.loads(self.machine.encode()), "compress": self.compress}
+        if self.pages is not None:
+            value["pages"] = self.pages
+        return json.dumps(value, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, payload: Payload) -> Hello:
@@ -69,11 +74,14 @@ class Hello:
             raw = json.loads(bytes(payload))
             machine = MachineState.decode(json.dumps(raw["machine"]).encode())
             compress = raw["compress"]
-        except (ValueError, KeyError, TypeError) as error:
+            pages = raw.get("pages")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise FormatError(f"the HELO section is malformed: {error}") from None
         if not isinstance(compress, bool):
             raise FormatError("the HELO section's compress flag is not a boolean")
-        return cls(machine, compress)
+        if pages is not None and (type(pages) is not int or pages < 0):
+            raise FormatError("the HELO section's page count is not a count")
+        return cls(machine, compress, pages)
 
 
 def send_json(sink: ByteSink, tag: bytes, value: dict[str, Any]) -> None:

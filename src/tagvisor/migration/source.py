@@ -218,7 +218,13 @@ def migrate(
     sender: SectionSender | None = None
     try:
         write_header(conn, protocol.MAGIC, protocol.VERSION)
-        hello = protocol.Hello(capture_machine(machine), compress)
+        # The first pass sends the pages with memory behind them (less the zero ones):
+        # the destination faults in that much fresh memory ahead of them.
+        expected = sum(
+            int(machine.memory.populated(region.gpa, region.npages).sum())
+            for region in machine.memory.regions
+        )
+        hello = protocol.Hello(capture_machine(machine), compress, expected)
         write_section(conn, b"HELO", hello.encode())
         tag, reply = protocol.read_reply(conn, (b"ACPT", b"RFSE"))
         if tag == b"RFSE":
