@@ -87,13 +87,15 @@ else:
     while (n := conn.recv_into(view)): total += n
 print(total, flush=True)
 """
+#: The destination says where it listens once it is ready to take a guest, as QEMU's
+#: -incoming is ready before a migration starts.
 DESTINATION = """
 import json, sys
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration import Listener, TcpAddress, incoming
+kvm = ModelKvm(host_memory=int(sys.argv[1]))
 listener = Listener(TcpAddress("127.0.0.1", 0))
 print(listener.address.port, flush=True)
-kvm = ModelKvm(host_memory=int(sys.argv[1]))
 machine, report = incoming(kvm, listener, timeout=120)
 print(json.dumps({"pages": report.pages_received, "bytes": report.bytes_received}), flush=True)
 """
