@@ -3,19 +3,22 @@
 A destination writes every page it receives into memory its process has never touched,
 and the first write to each page is a page fault: the kernel finds a frame, zeroes it
 and maps it. Taken one at a time inside ``recv_into`` those faults are most of the
-receiving thread's time (0.3 s per GiB where the hypervisor backs the memory already,
-1 to 1.6 s per GiB on a VM whose hypervisor takes free memory back, as the one tagvisor
-is benchmarked on) and they stall the stream. A :class:`Prefaulter` thread takes them
-ahead of time with ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14), a few MiB per call,
-which releases the GIL (ctypes) and costs less per page than faults taken one by one.
+receiving thread's time (0.25 s per GiB where the hypervisor backs the memory already,
+1.2 to 2.6 s per GiB on a VM whose hypervisor takes free memory back, as the one
+tagvisor is benchmarked on) and they stall the stream. A :class:`Prefaulter` thread
+takes them ahead of time with ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14), 2 MiB per
+call, which releases the GIL (ctypes) and costs less per page than faults taken one by
+one.
 
 It works for the model, whose host RAM is one array of page frames that the allocator
-hands out lowest first (tagvisor.host.frames): the thread stays a bounded distance
-ahead of the frames handed out so far, so it faults in at most ``ahead`` frames that
-no page ends up in. Populating changes nothing the model can see: a never-used frame
-reads as zeros before and after, and a frame that is being written meanwhile is
-simply present already. Where the call does not exist, or for any other backend, the
-thread does nothing.
+hands out lowest first (tagvisor.host.frames): the thread stays at most ``ahead``
+frames ahead of the frames handed out so far, and stops after ``limit`` frames (the
+pages the source announced), so it faults in at most ``ahead`` frames that no page
+ends up in, whatever the source claims, and none when the source is right.
+Populating changes nothing the model can see: a never-used frame reads as zeros
+before and after, and a frame that is being written meanwhile is simply present
+already. Where the call does not exist, or for any other backend, the thread does
+nothing.
 """
 
 from __future__ import annotations
