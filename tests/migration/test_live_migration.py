@@ -178,3 +178,38 @@ def test_a_guest_that_outruns_precopy_is_throttled_until_the_passes_shrink(
     else:
         assert report.guest_share == 1.0
         assert min(passes[1:-1]) > passes[1] / 2
+
+
+def test_registers_wider_than_64_bits_travel_in_a_vreg_section(
+    destination: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: a VCPU whose state has a 128-bit register (as a real KVM VCPU's V0).
+
+    The destination receives it whole, next to the 64-bit ones, instead of the source
+    leaving it out of the stream.
+    """
+    import tagvisor.migration.destination as incoming_side
+    import tagvisor.migration.source as outgoing_side
+    from tagvisor.kvm.uapi import KVM_REG_ARM64, KVM_REG_ARM_CORE, KVM_REG_SIZE_U128
+    from tagvisor.snapshot.state import VcpuState, apply_vcpu, capture_vcpu
+
+    v0 = KVM_REG_ARM64 | KVM_REG_SIZE_U128 | KVM_REG_ARM_CORE | 0x54
+    wide = (1 << 127) | 0xBEEF
+    applied: list[VcpuState] = []
+
+    def capture_with_v0(index: int, vcpu: object) -> VcpuState:
+        state = capture_vcpu(index, vcpu)  # type: ignore[arg-type]
+        return VcpuState(state.vcpu_id, tuple(sorted([*state.registers, (v0, wide)])))
+
+    def record(state: VcpuState, vcpu: object) -> list[int]:
+        applied.append(state)
+        narrow = VcpuState(state.vcpu_id, tuple(r for r in state.registers if r[0] != v0))
+        return apply_vcpu(narrow, vcpu)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outgoing_side, "capture_vcpu", capture_with_v0)
+    monkeypatch.setattr(incoming_side, "apply_vcpu", record)
+    destination.start()
+    migrate(source_machine(), destination.address, run_guest=False, max_iterations=1)
+    destination.join()
+    assert destination.machine is not None
+    assert dict(applied[0].registers)[v0] == wide

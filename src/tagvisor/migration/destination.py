@@ -50,7 +50,14 @@ from tagvisor.snapshot.container import (
     read_header,
 )
 from tagvisor.snapshot.guestpages import PageBuffers, apply_section
-from tagvisor.snapshot.state import DeviceState, MachineState, VcpuState, apply_devices, apply_vcpu
+from tagvisor.snapshot.state import (
+    DeviceState,
+    MachineState,
+    VcpuState,
+    add_wide,
+    apply_devices,
+    apply_vcpu,
+)
 from tagvisor.vmm.builder import MachineBuilder
 from tagvisor.vmm.machine import Machine, MachineConfig
 
@@ -141,6 +148,7 @@ def receive(
     sections = iter(reader)
     buffers = PageBuffers(pages.MAX_PAGES, data=False)
     prefaulter = _prefaulter(kvm, config, hello.pages)
+    previous = b""
     try:
         for section in sections:
             if section.tag == b"PAGE":
@@ -162,6 +170,8 @@ def receive(
                 if not 0 <= state.vcpu_id < config.vcpus:
                     raise FormatError(f"the source sent state for VCPU {state.vcpu_id}")
                 vcpus.append(state)
+            elif section.tag == b"VREG":
+                add_wide(vcpus, section.payload, previous)
             elif section.tag == b"DEVS":
                 devices = DeviceState.decode(section.payload)
             elif section.tag in (END_TAG, b"POST"):
@@ -170,6 +180,7 @@ def receive(
                 break
             else:
                 raise FormatError(f"unexpected section {section.tag!r} after HELO")
+            previous = section.tag
         else:
             raise FormatError("the stream ended without END!")
         if sorted(v.vcpu_id for v in vcpus) != list(range(config.vcpus)) or devices is None:

@@ -43,7 +43,12 @@ from tagvisor.migration.transport import Connection, TcpAddress, connect
 from tagvisor.snapshot.container import END_TAG, write_header, write_section
 from tagvisor.snapshot.guestpages import PageBuffers, read_window, windows_of
 from tagvisor.snapshot.pages import MAX_PAGES, EncodeStats, encode_parts
-from tagvisor.snapshot.state import capture_devices, capture_machine, capture_vcpu
+from tagvisor.snapshot.state import (
+    capture_devices,
+    capture_machine,
+    capture_vcpu,
+    vcpu_sections,
+)
 from tagvisor.vmm.machine import Machine, RunResult, RunState
 
 #: Called with (iteration, pages sent so far, dirty pages left) after each batch.
@@ -269,7 +274,8 @@ def migrate(
             pass_.send(dirty, report.iterations, first=False, live=False)
             report.dirty_per_iteration.append(sum(int(mask.sum()) for mask in dirty))
         for index, vcpu in enumerate(machine.vcpus):
-            sender.send(b"VCPU", capture_vcpu(index, vcpu).encode())
+            for section_tag, state in vcpu_sections(capture_vcpu(index, vcpu)):
+                sender.send(section_tag, state)
         sender.send(b"DEVS", capture_devices(machine).encode())
         if postcopy:
             sender.send(b"POST", encode_pending(pending))

@@ -45,6 +45,7 @@ from tagvisor.snapshot.state import (
     DeviceState,
     MachineState,
     VcpuState,
+    add_wide,
     apply_devices,
     apply_vcpu,
     capture_devices,
@@ -165,9 +166,7 @@ def read_snapshot(path: Path) -> Snapshot:
             elif section.tag == b"VCPU":
                 vcpus.append(VcpuState.decode(section.payload))
             elif section.tag == b"VREG":
-                if previous != b"VCPU":
-                    raise FormatError("a VREG section does not follow a VCPU section")
-                vcpus[-1] = vcpus[-1].with_wide(section.payload)
+                add_wide(vcpus, section.payload, previous)
             elif section.tag == b"DEVS":
                 devices = DeviceState.decode(section.payload)
             elif section.tag == b"PAGE":

@@ -264,6 +264,13 @@ def capture_machine(machine: Machine) -> MachineState:
     return MachineState(machine.config, profile, level)
 
 
+def add_wide(vcpus: list[VcpuState], payload: Payload, previous: bytes) -> None:
+    """Merge a VREG section into the VCPU state read just before it."""
+    if previous != b"VCPU" or not vcpus:
+        raise FormatError("a VREG section does not follow a VCPU section")
+    vcpus[-1] = vcpus[-1].with_wide(payload)
+
+
 def vcpu_sections(state: VcpuState) -> list[tuple[bytes, bytes]]:
     """(tag, payload) of the sections that carry ``state``: VCPU, then VREG if needed."""
     sections = [(b"VCPU", state.encode())]
