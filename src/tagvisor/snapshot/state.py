@@ -42,9 +42,10 @@ CORE_ALIASES: Final = {
     arm64_sys_reg(3, 0, 4, 0, 1): arm64_core_reg(0x46),  # ELR_EL1
     arm64_sys_reg(3, 0, 4, 1, 0): arm64_core_reg(0x3E),  # SP_EL0
 }
-#: ONE_REG groups that describe the host rather than the guest: KVM's firmware
+#: ONE_REG groups that describe the host rather than the guest: the cache geometry
+#: (KVM_REG_ARM_DEMUX, CCSIDR_EL1 per cache level) and KVM's firmware
 #: pseudo-registers (KVM_REG_ARM_FW, KVM_REG_ARM_FW_FEAT_BMAP).
-HOST_GROUPS: Final = frozenset({0x0014 << 16, 0x0016 << 16})
+HOST_GROUPS: Final = frozenset({0x0011 << 16, 0x0014 << 16, 0x0016 << 16})
 #: The counters, host time that KVM offsets per VM anyway: KVM_REG_ARM_TIMER_CNT
 #: (virtual; its id swaps CRm and op2 with CVAL's, a historical quirk) and
 #: KVM_REG_ARM_PTIMER_CNT (CNTPCT_EL0; 6.12 lists it, 6.1 does not).
@@ -73,7 +74,8 @@ def droppable(reg: int, value: int, state: dict[int, int], listed: set[int]) -> 
 
     Yes for: a zero value, KVM's marker for a register never written, or a known
     reset value; a disabled timer; the host's own facts (identification and
-    cache-ID registers, op0=3 CRn=0; firmware pseudo-registers; the counters); and the
+    cache-ID registers, op0=3 CRn=0, and CCSIDR; firmware pseudo-registers; the counters);
+    and the
     model's system-register names for core registers, when the core register carries
     the same value. Anything else is guest state the destination
     would lose (a model destination has no FP/SIMD, timers or debug registers).
