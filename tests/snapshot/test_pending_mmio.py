@@ -6,7 +6,6 @@ from tagvisor.kvm.model import ModelKvm
 from tagvisor.kvm.uapi import CORE_REG_PC
 from tagvisor.snapshot import restore_snapshot, save_snapshot
 from tagvisor.vmm import Machine, MachineBuilder
-from tagvisor.vmm.devices.ucall import Ucall, UcallCmd
 from tests.support.guest_reports import HEAP_UAF
 from tests.support.guests import prebuilt
 
@@ -15,14 +14,9 @@ RAM = 16 << 20
 
 def heap_paused_in_its_uaf_report(kvm: ModelKvm) -> Machine:
     machine = MachineBuilder(kvm).memory(RAM).image(prebuilt("heap")).build()
-
-    def pause_on_uaf(call: Ucall) -> None:
-        if call.cmd is UcallCmd.SYNC and call.args[:1] == (HEAP_UAF,):
-            machine.pause()
-
-    machine.ucall.listener = pause_on_uaf
+    machine.pause_on_report(HEAP_UAF)
     machine.run()
-    machine.ucall.listener = None
+    machine.pause_on_report(None)
     return machine
 
 

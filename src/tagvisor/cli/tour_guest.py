@@ -21,7 +21,7 @@ from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration import TcpAddress, migrate
 from tagvisor.snapshot import save_snapshot
 from tagvisor.snapshot.guestpages import memory_digest
-from tagvisor.vmm import Machine, MachineBuilder, RunState
+from tagvisor.vmm import Machine, MachineBuilder
 from tagvisor.vmm.devices.ucall import UcallCmd
 
 HEAP_GUEST: Final = Path(__file__).resolve().parents[1] / "guests" / "heap.elf"
@@ -65,8 +65,9 @@ def run_guest_story(mode: str, say: Any) -> GuestStory:
         .build()
     )
     say(f"Booted the heap guest ({HEAP_GUEST.name}) on tagvisor's A64 core, TCF {mode}.")
-    while _report(machine, REPORT_UAF) is None and machine.state is not RunState.STOPPED:
-        machine.run(max_exits=1)
+    machine.pause_on_report(REPORT_UAF)
+    machine.run()
+    machine.pause_on_report(None)
     uaf = _report(machine, REPORT_UAF)
     if uaf is None:
         story.add("use-after-free", caught=False, error="the guest stopped first")

@@ -20,58 +20,15 @@ import socket
 from pathlib import Path
 from typing import Any, Final
 
-from tagvisor.conformance.programs import (
-    HEAP_HOLD,
-    HEAP_OVERFLOW,
-    HEAP_UAF,
-    MOVED_RAM,
-    TIMEOUT,
-    Session,
-    outcome_of,
-    release,
-    reported,
-    run_with_watchdog,
-)
-from tagvisor.kvm.api import Kvm
-from tagvisor.migration import Listener, TcpAddress, incoming, migrate
-from tagvisor.snapshot.guestpages import memory_digest
+from tagvisor.conformance.programs import TIMEOUT, receive_held_heap, send_held_heap
+from tagvisor.migration import Listener, TcpAddress
 from tagvisor.testbed.boot import HOST_IP, ConsoleWatch, Network, run_suite
 
 GUEST_PORT: Final = 4444
+ITERATIONS: Final = 4
 CONFIG: Final = "crossing.json"
 LISTENING: Final = "=== TAGVISOR-CROSSING-LISTENING"
 SUITE_DIR: Final = Path("/opt/suite")
-
-
-def _send(kvm: Kvm, address: TcpAddress) -> dict[str, Any]:
-    """Boot the heap guest, pause it in its use-after-free report, migrate it."""
-    session = Session(kvm, "heap", ram=MOVED_RAM, argument=HEAP_HOLD)
-    session.pause_at(HEAP_UAF)
-    run_with_watchdog(session.machine)
-    session.machine.ucall.listener = None
-    report = migrate(session.machine, address, max_iterations=4)
-    return {
-        "uaf_reported": reported(session.machine, HEAP_UAF),
-        "source_digest": memory_digest(session.machine),
-        "iterations": report.iterations,
-        "downtime_ms": round(report.downtime_seconds * 1e3, 1),
-    }
-
-
-def _receive(kvm: Kvm, listener: Listener) -> dict[str, Any]:
-    """Take a migration, release the held guest, run it to the end."""
-    machine, report = incoming(kvm, listener, timeout=TIMEOUT)
-    digest = memory_digest(machine)
-    overflow_before = reported(machine, HEAP_OVERFLOW)
-    release(machine)
-    finished = outcome_of(run_with_watchdog(machine))
-    return {
-        "arrival_digest": digest,
-        "overflow_at_destination": not overflow_before and reported(machine, HEAP_OVERFLOW),
-        "console": machine.console.text.splitlines(),
-        "pages": report.pages_received,
-        **finished,
-    }
 
 
 def run() -> dict[str, Any]:
@@ -81,8 +38,9 @@ def run() -> dict[str, Any]:
     config = json.loads((SUITE_DIR / CONFIG).read_text())
     listener = Listener(TcpAddress("0.0.0.0", GUEST_PORT))  # reached through hostfwd only
     print(LISTENING, flush=True)
-    into_real = _receive(LinuxKvm(), listener)
-    out_of_real = _send(LinuxKvm(), TcpAddress(HOST_IP, int(config["host_port"])))
+    into_real = receive_held_heap(LinuxKvm(), listener)
+    address = TcpAddress(HOST_IP, int(config["host_port"]))
+    out_of_real = send_held_heap(LinuxKvm(), address, max_iterations=ITERATIONS)
     return {"into_real": into_real, "out_of_real": out_of_real}
 
 
@@ -112,8 +70,10 @@ def cross_backend_migration(kernel_suite: str = "release") -> dict[str, Any]:
 
     def host_side(console: ConsoleWatch) -> dict[str, Any]:
         console.wait_for(LISTENING, TIMEOUT)
-        sent = _send(model(), TcpAddress("127.0.0.1", forwarded))
-        received = _receive(model(), inbound)
+        sent = send_held_heap(
+            model(), TcpAddress("127.0.0.1", forwarded), max_iterations=ITERATIONS
+        )
+        received = receive_held_heap(model(), inbound)
         return {"model_to_real": sent, "real_to_model": received}
 
     config = json.dumps({"host_port": inbound.address.port}).encode()

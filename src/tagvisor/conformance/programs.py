@@ -85,15 +85,6 @@ class Session:
             "_seconds": round(time.monotonic() - started, 2),
         }
 
-    def pause_at(self, report: int) -> None:
-        """Pause the guest when it makes ``report`` (it stops inside that ucall)."""
-
-        def on_ucall(call: Ucall) -> None:
-            if call.cmd is UcallCmd.SYNC and call.args[:1] == (report,):
-                self.machine.pause()
-
-        self.machine.ucall.listener = on_ucall
-
 
 def run_with_watchdog(machine: Machine) -> RunResult:
     watchdog = threading.Timer(TIMEOUT, machine.pause)
@@ -194,7 +185,7 @@ def guest_first_touch_and_dirty_log(kvm: Kvm) -> Result:
 )
 def snapshot_restore_heap(kvm: Kvm) -> Result:
     session = Session(kvm, "heap", ram=MOVED_RAM)
-    session.pause_at(HEAP_UAF)
+    session.machine.pause_on_report(HEAP_UAF)
     paused = run_with_watchdog(session.machine)
     with tempfile.TemporaryDirectory(prefix="tagvisor-conformance-") as work:
         path = Path(work) / "heap.snap"
@@ -212,41 +203,65 @@ def snapshot_restore_heap(kvm: Kvm) -> Result:
     }
 
 
+def send_held_heap(kvm: Kvm, address: TcpAddress, *, max_iterations: int) -> Result:
+    """Boot the heap guest, pause it in its use-after-free report, migrate it (held)."""
+    session = Session(kvm, "heap", ram=MOVED_RAM, argument=HEAP_HOLD)
+    session.machine.pause_on_report(HEAP_UAF)
+    paused = run_with_watchdog(session.machine)
+    session.machine.pause_on_report(None)
+    report = migrate(session.machine, address, max_iterations=max_iterations)
+    return {
+        "paused": paused.state.value,
+        "uaf_reported": reported(session.machine, HEAP_UAF),
+        "source_after": session.machine.state.value,
+        "source_digest": memory_digest(session.machine),
+        "iterations": report.iterations,
+        "downtime_ms": round(report.downtime_seconds * 1e3, 1),
+    }
+
+
+def receive_held_heap(kvm: Kvm, listener: Listener) -> Result:
+    """Take a migration of a held heap guest, release it, run it to the end."""
+    machine, report = incoming(kvm, listener, timeout=TIMEOUT)
+    digest = memory_digest(machine)
+    overflow_before = reported(machine, HEAP_OVERFLOW)
+    release(machine)
+    finished = outcome_of(run_with_watchdog(machine))
+    return {
+        "arrival_digest": digest,
+        "overflow_at_destination": not overflow_before and reported(machine, HEAP_OVERFLOW),
+        "console": machine.console.text.splitlines(),
+        "pages": report.pages_received,
+        **finished,
+    }
+
+
 @scenario(
     "live migration of the heap guest between two VMs over loopback TCP, started in "
     "its use-after-free report: memory and tags equal at the switch, the guest finishes"
 )
 def migrate_heap_between_vms(kvm: Kvm) -> Result:
-    session = Session(kvm, "heap", ram=MOVED_RAM, argument=HEAP_HOLD)
-    session.pause_at(HEAP_UAF)
-    paused = run_with_watchdog(session.machine)
-    session.machine.ucall.listener = None
     listener = Listener(TcpAddress("127.0.0.1", 0))
-    arrived: list[tuple[Machine, str]] = []
-
-    def destination() -> None:
-        machine, _ = incoming(kvm, listener, timeout=TIMEOUT)
-        arrived.append((machine, memory_digest(machine)))
-
-    receiver = threading.Thread(target=destination, name="incoming", daemon=True)
+    arrived: list[Result] = []
+    receiver = threading.Thread(
+        target=lambda: arrived.append(receive_held_heap(kvm, listener)),
+        name="incoming",
+        daemon=True,
+    )
     receiver.start()
-    report = migrate(session.machine, listener.address, max_iterations=6)
+    sent = send_held_heap(kvm, listener.address, max_iterations=6)
     receiver.join(TIMEOUT)
-    source_digest = memory_digest(session.machine)
     if not arrived:
-        return {"paused": paused.state.value, "arrived": False}
-    machine, digest = arrived[0]
-    overflow_before = reported(machine, HEAP_OVERFLOW)
-    release(machine)
-    finished = outcome_of(run_with_watchdog(machine))
+        return {"paused": sent["paused"], "arrived": False}
+    result = arrived[0]
+    digest, pages = result.pop("arrival_digest"), result.pop("pages")
     return {
-        "paused": paused.state.value,
+        "paused": sent["paused"],
         "arrived": True,
-        "source_after": session.machine.state.value,
-        "digests_equal": digest == source_digest,
-        "console": machine.console.text.splitlines(),
-        **finished,
-        "overflow_at_destination": not overflow_before,
-        "_iterations": report.iterations,
-        "_downtime_ms": round(report.downtime_seconds * 1e3, 1),
+        "source_after": sent["source_after"],
+        "digests_equal": digest == sent["source_digest"],
+        **result,
+        "_pages": pages,
+        "_iterations": sent["iterations"],
+        "_downtime_ms": sent["downtime_ms"],
     }

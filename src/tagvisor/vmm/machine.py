@@ -19,7 +19,7 @@ from tagvisor.kvm.uapi import ExitReason, SystemEvent
 from tagvisor.vmm.devices.bus import BusError, MmioBus
 from tagvisor.vmm.devices.dma import DmaEngine
 from tagvisor.vmm.devices.pl011 import Pl011
-from tagvisor.vmm.devices.ucall import UcallDevice, UcallError
+from tagvisor.vmm.devices.ucall import Ucall, UcallCmd, UcallDevice, UcallError
 from tagvisor.vmm.memory import GuestMemory
 from tagvisor.vmm.tag_access import TagAccess
 
@@ -104,6 +104,19 @@ class Machine:
         self._pause.set()
         for vcpu in self.vcpus:
             vcpu.kick()
+
+    def pause_on_report(self, report: int | None) -> None:
+        """Pause when the guest makes UCALL_SYNC ``report`` (it stops inside that
+        ucall, which KVM then finishes); None stops watching."""
+        if report is None:
+            self.ucall.listener = None
+            return
+
+        def on_ucall(call: Ucall) -> None:
+            if call.cmd is UcallCmd.SYNC and call.args[:1] == (report,):
+                self.pause()
+
+        self.ucall.listener = on_ucall
 
     def run(self, max_exits: int | None = None) -> RunResult:
         """Run until power-off, an error, a pause, or ``max_exits`` exits of VCPU 0."""
