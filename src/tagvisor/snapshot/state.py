@@ -73,12 +73,11 @@ def droppable(reg: int, value: int, state: dict[int, int], listed: set[int]) -> 
     """Whether a register the destination VCPU lacks can be left behind.
 
     Yes for: a zero value, KVM's marker for a register never written, or a known
-    reset value; a disabled timer; the host's own facts (identification and
-    cache-ID registers, op0=3 CRn=0, and CCSIDR; firmware pseudo-registers; the counters);
-    and the
-    model's system-register names for core registers, when the core register carries
-    the same value. Anything else is guest state the destination
-    would lose (a model destination has no FP/SIMD, timers or debug registers).
+    reset value; a disabled timer; the host's own facts (identification and cache-ID
+    registers, op0=3 CRn=0, and CCSIDR; firmware pseudo-registers; the counters); and
+    the model's system-register names for core registers, when the core register
+    carries the same value. Anything else is guest state the destination would lose
+    (a model destination has no FP/SIMD, timers or debug registers).
     """
     if value in (0, KVM_UNKNOWN_RESET) or reg in COUNTERS or RESET_VALUES.get(reg) == value:
         return True
