@@ -3,7 +3,11 @@
 Sending, receiving and CRC-32C release the GIL (so do NumPy's bulk copies), so a
 source that encodes the next section while the last one is being sent, and a
 destination that applies one section while the next is being received and verified,
-keep both the wire and the CPUs busy. The stream is the same as without threads:
+keep both the wire and the CPUs busy. The I/O threads also compute the checksums, a
+chunk at a time right next to the copy the kernel makes of it (just before sending it,
+just after receiving it), so each byte comes from main memory once: a checksum over a
+whole 16 MiB section read it from memory a second time, which cost as much again as
+the checksum itself. The stream is the same as without threads:
 sections go out in the order they were queued, and every section is verified (size
 limit before reading, checksum before it is handed on) as
 :func:`tagvisor.snapshot.container.iter_sections` does; only the data of a PAGE
@@ -33,11 +37,14 @@ from tagvisor.snapshot.container import (
     Payload,
     Section,
     read_exactly,
-    section_frame,
+    section_head,
 )
 
 #: How often a thread blocked on a queue looks whether it was told to stop (seconds).
 _POLL: Final = 0.25
+#: Bytes checksummed and then sent at a time: few enough to still be in the CPU's cache
+#: when the kernel copies them into the socket.
+SEND_CHUNK: Final = 1 << 20
 
 #: Where a PAGE section's page data may be received straight into: given the section's
 #: gpa and kinds, writable memory for all its data rows in a row (after checking that
@@ -60,15 +67,13 @@ class _Received:
     """A section read off the wire, its checksum not verified yet."""
 
     section: ReadSection
-    head: bytes | bytearray | memoryview
+    #: The checksum of what was received (computed as it arrived) and the one sent.
+    actual: int
     crc: int
     buffer: NDArray[np.uint8] | None
 
     def verify(self) -> None:
-        expected = crc32c(self.section.payload, crc32c(self.head))
-        if self.section.placed is not None:
-            expected = crc32c(self.section.placed.data, expected)
-        if expected != self.crc:
+        if self.actual != self.crc:
             raise FormatError(
                 f"section {self.section.tag!r} fails its checksum: the input is damaged"
             )
@@ -77,17 +82,18 @@ class _Received:
 class SectionSender:
     """Writes sections to a connection from a thread of its own, in the order queued.
 
-    A queued section's buffers must not change until it has been sent: ``on_sent``
-    says when (the caller then reuses its staging buffers). The checksum is computed by
-    :meth:`send`, on the caller's thread, so the caller decides when the bytes are
-    final (a running guest's pages are copied first). An error on the sending thread is
-    raised by the next :meth:`send` or by :meth:`flush`; later sections are dropped.
+    A queued section's buffers must be final and must not change until it has been
+    sent (a running guest's pages are copied first): ``on_sent`` says when (the caller
+    then reuses its staging buffers). The sending thread computes the checksum chunk by
+    chunk, each chunk just before it is sent (see the module's note). An error on the
+    sending thread is raised by the next :meth:`send` or by :meth:`flush`; later
+    sections are dropped.
     """
 
     def __init__(self, conn: Connection, depth: int = 3) -> None:
         self.conn = conn
         self._queue: queue.Queue[
-            tuple[list[bytes | memoryview], Callable[[], None] | None] | None
+            tuple[bytes, list[memoryview], Callable[[], None] | None] | None
         ] = queue.Queue(depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="migration-send", daemon=True)
@@ -102,9 +108,9 @@ class SectionSender:
     ) -> None:
         """Queue a section (waits while ``depth`` sections are already queued)."""
         self._check()
-        parts = [payload] if isinstance(payload, bytes) else list(payload)
-        head, crc = section_frame(tag, parts)
-        self._queue.put(([head, *parts, crc], on_sent))
+        parts = [payload] if isinstance(payload, bytes) else payload
+        section_head(tag, 0)  # a bad tag fails here, on the caller's thread
+        self._queue.put((tag, [memoryview(part).cast("B") for part in parts], on_sent))
 
     def flush(self) -> None:
         """Wait until every queued section is sent; raise the sending thread's error."""
@@ -127,10 +133,10 @@ class SectionSender:
             try:
                 if item is None:
                     return
-                buffers, on_sent = item
+                tag, parts, on_sent = item
                 if self._error is None:
                     try:
-                        self.conn.writev(buffers)
+                        self._write(tag, parts)
                     except BaseException as error:  # handed to the producer
                         self._error = error
                 if on_sent is not None:
@@ -138,13 +144,33 @@ class SectionSender:
             finally:
                 self._queue.task_done()
 
+    def _write(self, tag: bytes, parts: list[memoryview]) -> None:
+        """One section, its payload checksummed and sent SEND_CHUNK bytes at a time
+        (small parts gathered with the next chunk, so they go out in one call)."""
+        head = section_head(tag, sum(part.nbytes for part in parts))
+        crc = crc32c(head)
+        batch: list[bytes | memoryview] = [head]
+        size = len(head)
+        for part in parts:
+            for start in range(0, part.nbytes, SEND_CHUNK):
+                piece = part[start : start + SEND_CHUNK]
+                crc = crc32c(piece, crc)
+                batch.append(piece)
+                size += piece.nbytes
+                if size >= SEND_CHUNK:
+                    self.conn.writev(batch)
+                    batch, size = [], 0
+        batch.append(CRC.pack(crc))
+        self.conn.writev(batch)
+
 
 class SectionReader:
     """Reads and verifies sections on a thread of its own, into reusable buffers.
 
     Iterating yields the sections up to and including END!, each within its tag's
-    limit and with its checksum verified (on the iterating thread, just before it is
-    handed on: the reading thread only reads), an unknown optional section skipped and
+    limit and with its checksum verified (the reading thread computes it as the bytes
+    arrive; the iterating thread compares it just before handing the section on, so
+    an error comes in stream order), an unknown optional section skipped and
     an unknown mandatory one refused (as ``iter_sections``). Sections whose tag is in
     ``pooled`` are read into one of ``buffers`` buffers that are used again and again
     (no allocation and no fresh page faults per section): such a payload is valid only
@@ -177,6 +203,8 @@ class SectionReader:
         self._unapplied = 0
         self._unapplied_lock = threading.Lock()
         self._largest = max(limits.values())
+        #: The checksum of the section being read, so far (the reading thread's own).
+        self._actual = 0
         self._free: queue.Queue[NDArray[np.uint8]] = queue.Queue()
         for _ in range(buffers):
             self._free.put(np.empty(0, np.uint8))
@@ -235,6 +263,7 @@ class SectionReader:
                 f"section {tag!r} claims {length} bytes, more than the {limit} allowed here"
             )
         what = f"section {tag!r}"
+        self._actual = crc32c(head)
         buffer: NDArray[np.uint8] | None = None
         placed: NDArray[np.uint8] | None = None
         payload: Payload
@@ -247,13 +276,14 @@ class SectionReader:
                 self._fill(payload, what)
         else:
             payload = read_exactly(self.conn, length, what)
+            self._actual = crc32c(payload, self._actual)
         if tag == b"PAGE" and placed is None:
             with self._unapplied_lock:
                 self._unapplied += 1
         if tag in self._place_until:
             self._placer = None  # from here on pages are verified before they are placed
         (crc,) = CRC.unpack(read_exactly(self.conn, CRC.size, f"the checksum of {tag!r}"))
-        return _Received(ReadSection(tag, flags, payload, placed), head, crc, buffer)
+        return _Received(ReadSection(tag, flags, payload, placed), self._actual, crc, buffer)
 
     def _read_pages(
         self, view: NDArray[np.uint8], what: str
@@ -283,11 +313,14 @@ class SectionReader:
         return view.data, None
 
     def _fill(self, view: memoryview, what: str) -> None:
+        """Fill ``view`` from the connection, adding what arrives to the section's
+        checksum while it is still in the CPU's cache."""
         done, size = 0, view.nbytes
         while done < size:
             got = self.conn.readinto(view[done:])
             if not got:
                 raise FormatError(f"the input ends inside {what} ({done} of {size} bytes)")
+            self._actual = crc32c(view[done : done + got], self._actual)
             done += got
 
     def _take(self, length: int, limit: int) -> NDArray[np.uint8]:

@@ -77,15 +77,20 @@ def write_header(sink: ByteSink, magic: bytes, version: Version) -> None:
     sink.write(head + CRC.pack(crc32c(head)))
 
 
+def section_head(tag: bytes, length: int, *, optional: bool = False) -> bytes:
+    """The header of a section of ``length`` payload bytes."""
+    if len(tag) != 4:
+        raise ValueError(f"section tags are 4 bytes, not {tag!r}")
+    return SECTION_HEAD.pack(tag, OPTIONAL if optional else 0, length)
+
+
 def section_frame(
     tag: bytes, parts: Sequence[bytes | memoryview], *, optional: bool = False
 ) -> tuple[bytes, bytes]:
     """The header and the trailing checksum of a section whose payload is ``parts`` in
     a row: what goes before and after them on the wire."""
-    if len(tag) != 4:
-        raise ValueError(f"section tags are 4 bytes, not {tag!r}")
     length = sum(memoryview(part).nbytes for part in parts)
-    head = SECTION_HEAD.pack(tag, OPTIONAL if optional else 0, length)
+    head = section_head(tag, length, optional=optional)
     crc = crc32c(head)
     for part in parts:
         crc = crc32c(part, crc)
