@@ -3,15 +3,11 @@ and the page count in HELO that bounds it."""
 
 from __future__ import annotations
 
-import ctypes
 import json
-import mmap
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.host.frames import FrameTable
@@ -22,18 +18,9 @@ from tagvisor.snapshot.container import FormatError
 from tagvisor.snapshot.state import MachineState, capture_machine
 from tagvisor.vmm import MachineBuilder
 from tests.migration.churner import churner
+from tests.support.resident import resident
 
 needs_populate = pytest.mark.skipif(not available(), reason="no MADV_POPULATE_WRITE here")
-
-
-def resident(array: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    """Which pages of a page-aligned array are in memory (mincore(2))."""
-    vector = np.zeros(-(-array.nbytes // mmap.PAGESIZE), np.uint8)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-    assert libc.mincore(array.ctypes.data, array.nbytes, vector.ctypes.data) == 0
-    in_memory: NDArray[np.bool_] = vector & 1 != 0
-    return in_memory
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -89,8 +89,8 @@ def add_host_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_host(args: argparse.Namespace, memory: int) -> ModelKvm:
-    return ModelKvm(host_memory=memory + (256 << 20), profile=args.profile)
+def model_host(args: argparse.Namespace, memory: int, *, prealloc: int = 0) -> ModelKvm:
+    return ModelKvm(host_memory=memory + (256 << 20), profile=args.profile, prealloc=prealloc)
 
 
 def console_sink(enabled: bool) -> Callable[[bytes], None]:

@@ -28,6 +28,7 @@ from tagvisor.cli.common import (
     print_json,
     progress_bar,
 )
+from tagvisor.errors import TagvisorError
 from tagvisor.migration import Listener, incoming, migrate, parse_address
 from tagvisor.migration.destination import DEFAULT_MAX_MEMORY
 from tagvisor.snapshot.guestpages import memory_digest
@@ -61,7 +62,12 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _incoming(args: argparse.Namespace) -> int:
     address = parse_address(args.listen)
-    kvm = model_host(args, args.max_mem)
+    if args.prealloc > args.max_mem:
+        raise TagvisorError(
+            f"--prealloc {args.prealloc} is more than --max-mem {args.max_mem}: "
+            "preallocate at most the largest guest this side accepts"
+        )
+    kvm = model_host(args, args.max_mem, prealloc=args.prealloc)
     listener = Listener(address)
     # Announced on stderr (stdout stays clean for --json); port 0 picks a free one.
     print(f"tagvisor incoming: listening on {listener.address}", file=sys.stderr, flush=True)
@@ -125,6 +131,14 @@ def register(commands: Any) -> None:
         type=parse_size,
         default=DEFAULT_MAX_MEMORY,
         help="refuse guests with more RAM than this (default 16G)",
+    )
+    receive.add_argument(
+        "--prealloc",
+        type=parse_size,
+        default=0,
+        metavar="SIZE",
+        help="fault in this much memory before listening, e.g. 4G, so the guest's pages "
+        "land in memory that is already there (as QEMU's -mem-prealloc; default 0)",
     )
     receive.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for the source (default 300)"

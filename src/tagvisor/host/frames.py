@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PACKED_TAGS_PER_PAGE, PAGE_SIZE
 from tagvisor.arch.tagstore import TagStorage
 from tagvisor.host.errors import OutOfMemory
+from tagvisor.host.populate import populate
 
 #: A host page frame number.
 Pfn = NewType("Pfn", int)
@@ -70,7 +71,7 @@ class FrameTable:
     """``nframes`` page frames of host RAM with data, tags and MTE flags.
 
     Data and tags are allocated with ``np.zeros``: the OS backs them lazily, so a large
-    table costs only what is touched.
+    table costs only what is touched (unless :meth:`prealloc` faults some in ahead).
     """
 
     def __init__(self, nframes: int) -> None:
@@ -92,6 +93,21 @@ class FrameTable:
         self.tag_inits = np.zeros(nframes, dtype=np.int32)
         self._flags = threading.Condition()
         self._free_small = list(range(nframes - 1, -1, -1))
+        #: Frames below this were faulted in ahead of use (:meth:`prealloc`): the OS
+        #: backs them already, so nothing needs to fault them in again.
+        self.backed = 0
+
+    def prealloc(self, nframes: int) -> None:
+        """Fault in the lowest ``nframes`` frames' data and tags now, as a physical
+        host's RAM exists before any VM starts (and as QEMU's ``-mem-prealloc`` does
+        for a guest's RAM), so that the first write to them later, a migrated guest's
+        pages arriving for one, takes no page fault. The model sees no change: the
+        frames still read as zeros and are no more allocated than before."""
+        nframes = max(0, min(nframes, self.nframes))
+        if nframes > self.backed:
+            populate(self.data[self.backed : nframes])
+            populate(self.packed_pages[self.backed : nframes])
+            self.backed = nframes
 
     # -- tags as pages ---------------------------------------------------------------
 

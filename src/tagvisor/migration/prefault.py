@@ -12,7 +12,8 @@ one.
 
 It works for the model, whose host RAM is one array of page frames that the allocator
 hands out lowest first (tagvisor.host.frames): the thread stays at most ``ahead``
-frames ahead of the frames handed out so far, and stops after ``limit`` frames (the
+frames ahead of the frames handed out so far, starts above the frames a preallocated
+host faulted in already (``FrameTable.backed``), and stops after ``limit`` frames (the
 pages the source announced), so it faults in at most ``ahead`` frames that no page
 ends up in, whatever the source claims, and none when the source is right.
 Populating changes nothing the model can see: a never-used frame reads as zeros
@@ -23,20 +24,17 @@ nothing.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import threading
-from collections.abc import Callable
-from functools import cache
-from typing import Final, cast
+from typing import Final
 
 import numpy as np
 
 from tagvisor.arch.constants import PACKED_TAGS_PER_PAGE, PAGE_SIZE
 from tagvisor.host.frames import FrameTable
+from tagvisor.host.populate import available, populate_range
 
-#: linux/mman.h: populate (prefault) page tables writable, as writes would.
-MADV_POPULATE_WRITE: Final = 23
+__all__ = ["AHEAD_FRAMES", "CHUNK_FRAMES", "Prefaulter", "available"]
+
 #: Frames populated per call: big enough that the call's overhead is nothing, small
 #: enough that the thread keeps just ahead of the stream.
 CHUNK_FRAMES: Final = (2 << 20) // PAGE_SIZE
@@ -45,33 +43,6 @@ CHUNK_FRAMES: Final = (2 << 20) // PAGE_SIZE
 AHEAD_FRAMES: Final = (64 << 20) // PAGE_SIZE
 #: How long the thread waits when it is far enough ahead (seconds).
 _WAIT: Final = 0.001
-
-Madvise = Callable[[int, int, int], int]
-
-
-@cache
-def _madvise() -> Madvise | None:
-    """libc's madvise (a ctypes call: it releases the GIL) if this kernel knows
-    MADV_POPULATE_WRITE, else None."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    function.restype = ctypes.c_int
-    probe = mmap.mmap(-1, mmap.PAGESIZE)
-    byte = ctypes.c_char.from_buffer(probe)
-    try:
-        known = function(ctypes.addressof(byte), mmap.PAGESIZE, MADV_POPULATE_WRITE) == 0
-    finally:
-        del byte  # the mmap cannot close while a ctypes object uses its buffer
-        probe.close()
-    return cast(Madvise, function) if known else None
-
-
-def available() -> bool:
-    """Whether this host can populate memory ahead (Linux 5.14 and later)."""
-    return _madvise() is not None
 
 
 class Prefaulter:
@@ -90,7 +61,7 @@ class Prefaulter:
         self._thread = threading.Thread(target=self._run, name="migration-prefault", daemon=True)
 
     def start(self) -> Prefaulter:
-        if self.frames is not None and self.limit > 0 and _madvise() is not None:
+        if self.frames is not None and self.limit > 0 and available():
             self._thread.start()
         return self
 
@@ -102,8 +73,7 @@ class Prefaulter:
             self._thread.join()
 
     def _run(self) -> None:
-        madvise, frames = _madvise(), self.frames
-        assert madvise is not None
+        frames = self.frames
         assert frames is not None
         used = frames.ever_used
         nframes = frames.nframes
@@ -111,7 +81,8 @@ class Prefaulter:
         # the lowest one are the next to go (recycled frames are backed already), and
         # the stream's pages take at most ``limit`` of them.
         frontier = int(np.argmin(used)) if nframes and not used.all() else nframes
-        cursor, end = frontier, min(nframes, frontier + self.limit)
+        # Frames below ``backed`` were faulted in when the host was made (prealloc).
+        cursor, end = max(frontier, frames.backed), min(nframes, frontier + self.limit)
         data = frames.data.ctypes.data
         tags = frames.packed_pages.ctypes.data
         while cursor < end and not self._stopping.is_set():
@@ -128,15 +99,7 @@ class Prefaulter:
                 continue
             count = min(CHUNK_FRAMES, end - cursor)
             # A failure (out of memory, say) is left for the stream's own faults to meet.
-            _populate(madvise, data + cursor * PAGE_SIZE, count * PAGE_SIZE)
-            _populate(madvise, tags + cursor * PACKED_TAGS_PER_PAGE, count * PACKED_TAGS_PER_PAGE)
+            populate_range(data + cursor * PAGE_SIZE, count * PAGE_SIZE)
+            populate_range(tags + cursor * PACKED_TAGS_PER_PAGE, count * PACKED_TAGS_PER_PAGE)
             cursor += count
             self.populated += count
-
-
-def _populate(madvise: Madvise, address: int, length: int) -> None:
-    """MADV_POPULATE_WRITE over the whole pages that [address, address + length)
-    touches (every byte of that range is mapped, so are the pages around it)."""
-    first = address - address % mmap.PAGESIZE
-    end = -(-(address + length) // mmap.PAGESIZE) * mmap.PAGESIZE
-    madvise(first, end - first, MADV_POPULATE_WRITE)

@@ -77,7 +77,9 @@ class ModelKvm:
     arrays lazily, so a large figure costs only what is used. The profile picks the
     kernel version (or the seed's v2 design) whose ABI the model follows. ``proposals``
     turns on modelled kernel features that Linux does not have (named in
-    tagvisor.host.userfault), all off by default.
+    tagvisor.host.userfault), all off by default. ``prealloc`` bytes of host RAM are
+    faulted in when the host is made (see FrameTable.prealloc): what a destination
+    that waits for a migrating guest wants, so its pages land in memory already there.
     """
 
     def __init__(
@@ -90,12 +92,14 @@ class ModelKvm:
         host_32bit_el1: bool = False,
         swap_pages: int = 0,
         proposals: frozenset[str] = frozenset(),
+        prealloc: int = 0,
     ) -> None:
         self.profile = profile_named(profile) if isinstance(profile, str) else profile
         self.host_mte = host_mte
         self.host_mte_level = host_mte_level
         self.host_32bit_el1 = host_32bit_el1
         self.frames = FrameTable(host_memory // 4096)
+        self.frames.prealloc(-(-prealloc // 4096))
         swap = SwapDevice(self.frames, swap_pages) if swap_pages else None
         self.process = HostProcess(
             self.frames, swap, hugetlb_mte=self.profile.hugetlb_mte_allowed, proposals=proposals
