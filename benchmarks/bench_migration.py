@@ -69,6 +69,8 @@ TARGET_TAG_SHARE: Final = 1 / 32
 TARGET_DOWNTIME: Final = 0.050
 #: --churn-rate for "as fast as each guest can".
 UNPACED: Final = "max"
+#: --dest-memory: faulted in before the migration, or as the pages arrive.
+DEST_MEMORY: Final = ("prealloc", "lazy")
 #: The longest a paced guest sleeps before it lets the VMM in (seconds).
 PACING_SLICE: Final = 0.001
 
@@ -88,12 +90,13 @@ else:
 print(total, flush=True)
 """
 #: The destination says where it listens once it is ready to take a guest, as QEMU's
-#: -incoming is ready before a migration starts.
+#: -incoming is ready before a migration starts (with --dest-memory prealloc, after
+#: faulting in memory for the guest, as ``tagvisor incoming --prealloc``).
 DESTINATION = """
 import json, sys
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration import Listener, TcpAddress, incoming
-kvm = ModelKvm(host_memory=int(sys.argv[1]))
+kvm = ModelKvm(host_memory=int(sys.argv[1]), prealloc=int(sys.argv[2]))
 listener = Listener(TcpAddress("127.0.0.1", 0))
 print(listener.address.port, flush=True)
 machine, report = incoming(kvm, listener, timeout=120)
@@ -169,11 +172,20 @@ def guest(guest_bytes: int, fill: int, churn_rate: int | None) -> Machine:
     return machine
 
 
-def one_migration(guest_bytes: int, fill: int, churn_rate: int | None) -> dict[str, Any]:
-    """One tagvisor migration; ``churn_rate`` 0 for the idle (paused) guest."""
+def one_migration(
+    guest_bytes: int, fill: int, churn_rate: int | None, *, prealloc: bool
+) -> dict[str, Any]:
+    """One tagvisor migration; ``churn_rate`` 0 for the idle (paused) guest;
+    ``prealloc``: the destination faults in the guest's memory before it listens."""
     machine = guest(guest_bytes, fill, churn_rate)
     destination = subprocess.Popen(
-        [sys.executable, "-c", DESTINATION, str(guest_bytes + (512 << 20))],
+        [
+            sys.executable,
+            "-c",
+            DESTINATION,
+            str(guest_bytes + (512 << 20)),
+            str(guest_bytes if prealloc else 0),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -219,12 +231,19 @@ class Sides:
     """Runs a case on tagvisor and, unless ``binary`` is None, on QEMU."""
 
     def __init__(
-        self, guest_bytes: int, fill: int, churn_rate: int | None, binary: Path | None
+        self,
+        guest_bytes: int,
+        fill: int,
+        churn_rate: int | None,
+        binary: Path | None,
+        *,
+        prealloc: bool,
     ) -> None:
         self.guest_bytes = guest_bytes
         self.fill = fill
         self.churn_rate = churn_rate
         self.binary = binary
+        self.prealloc = prealloc
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -234,12 +253,18 @@ class Sides:
         churning = case == "churning"
         if side == "tagvisor":
             rate = self.churn_rate if churning else 0
-            return one_migration(self.guest_bytes, self.fill, rate)
+            return one_migration(self.guest_bytes, self.fill, rate, prealloc=self.prealloc)
         assert self.binary is not None
         rate = CHURN_UNPACED if self.churn_rate is None else self.churn_rate
         # Paused when idle, as tagvisor's idle guest is.
         result = qemu_migration(
-            self.guest_bytes, self.fill, churning, churn_rate=rate, paused=True, binary=self.binary
+            self.guest_bytes,
+            self.fill,
+            churning,
+            churn_rate=rate,
+            paused=True,
+            dest_prealloc=self.prealloc,
+            binary=self.binary,
         )
         # QEMU's downtime ends when its source has sent the last byte (it does not wait
         # for the destination): tagvisor's send_downtime_seconds.
@@ -368,6 +393,14 @@ def main() -> int:
         help="idle runs of each side to discard first (the first run after a while pays "
         "the host's first touch of the guests' memory)",
     )
+    parser.add_argument(
+        "--dest-memory",
+        choices=DEST_MEMORY,
+        default="prealloc",
+        help="prealloc: both destinations fault in the guest's memory before the migration "
+        "starts (tagvisor incoming --prealloc, QEMU -mem-prealloc); lazy: on first touch, "
+        "while the pages arrive (default prealloc)",
+    )
     parser.add_argument("--no-qemu", action="store_true", help="measure tagvisor alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -378,7 +411,7 @@ def main() -> int:
     except QemuMissing as error:
         print(error, file=sys.stderr)
         return 2
-    sides = Sides(guest_bytes, fill, rate, binary)
+    sides = Sides(guest_bytes, fill, rate, binary, prealloc=args.dest_memory == "prealloc")
     use_qemu = binary is not None
 
     for _ in range(args.warmup):
@@ -414,6 +447,7 @@ def main() -> int:
         "guest_bytes": guest_bytes,
         "fill_bytes": fill,
         "churn_rate_spans_per_second": UNPACED if rate is None else rate,
+        "dest_memory": args.dest_memory,
         "repeat": args.repeat,
         "warmup": args.warmup,
         "qemu": use_qemu,

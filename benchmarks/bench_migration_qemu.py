@@ -104,6 +104,7 @@ def qemu_migration(
     *,
     churn_rate: int = DEFAULT_CHURN_RATE,
     paused: bool = False,
+    dest_prealloc: bool = False,
     downtime_limit_ms: int = DEFAULT_DOWNTIME_LIMIT_MS,
     max_bandwidth: int = UNCAPPED,
     timeout: float = 240.0,
@@ -113,7 +114,8 @@ def qemu_migration(
     random data and tags, over TCP loopback; the guest idles, or churns at ``churn_rate``
     spans of 64 KiB per second (CHURN_UNPACED: flat out) when ``churning``. ``paused``
     (idle only) stops the source VM (QMP ``stop``) before migrating, as bench_migration.py
-    pauses its idle guest; the destination then stays paused too.
+    pauses its idle guest; the destination then stays paused too. ``dest_prealloc``
+    starts the destination with ``-mem-prealloc`` (its RAM faulted in before it listens).
 
     Returns QEMU's figures (seconds and bytes; the raw ``query-migrate`` answer is under
     ``query_migrate``). ``status`` is ``completed`` unless the migration failed or did
@@ -138,7 +140,8 @@ def qemu_migration(
                     command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
                 )
 
-        destination = start(dst_qmp_path, ["-incoming", f"tcp:127.0.0.1:{port}"])
+        prealloc = ["-mem-prealloc"] if dest_prealloc else []
+        destination = start(dst_qmp_path, [*prealloc, "-incoming", f"tcp:127.0.0.1:{port}"])
         source = start(src_qmp_path, [])
         src_qmp = dst_qmp = None
         try:
