@@ -226,7 +226,7 @@ def migrate(
         # The first pass sends the pages with memory behind them (less the zero ones):
         # the destination faults in that much fresh memory ahead of them.
         expected = sum(
-            int(machine.memory.populated(region.gpa, region.npages).sum())
+            int(np.count_nonzero(machine.memory.populated(region.gpa, region.npages)))
             for region in machine.memory.regions
         )
         hello = protocol.Hello(capture_machine(machine), compress, expected)
@@ -244,7 +244,7 @@ def migrate(
         exits_before = machine.exits
         for iteration in range(max_iterations):
             dirty = pass_.collect(first=iteration == 0)
-            sent = sum(int(mask.sum()) for mask in dirty)
+            sent = _count(dirty)
             if auto_converge and runner is not None and report.dirty_per_iteration:
                 ratio = sent / max(1, report.dirty_per_iteration[-1])
                 if sent > stop_pages and ratio > CONVERGE_RATIO:
@@ -272,24 +272,25 @@ def migrate(
         else:
             dirty = pass_.collect(first=False)
             pass_.send(dirty, report.iterations, first=False, live=False)
-            report.dirty_per_iteration.append(sum(int(mask.sum()) for mask in dirty))
-        for index, vcpu in enumerate(machine.vcpus):
-            for section_tag, state in vcpu_sections(capture_vcpu(index, vcpu)):
-                sender.send(section_tag, state)
-        sender.send(b"DEVS", capture_devices(machine).encode())
+            report.dirty_per_iteration.append(_count(dirty))
+        # The guest's state and the stream's end, sent from here in one system call.
+        final: list[tuple[bytes, bytes | list[bytes | memoryview]]] = [
+            section
+            for index, vcpu in enumerate(machine.vcpus)
+            for section in vcpu_sections(capture_vcpu(index, vcpu))
+        ]
+        final.append((b"DEVS", capture_devices(machine).encode()))
         if postcopy:
-            sender.send(b"POST", encode_pending(pending))
-            sender.flush()
+            sender.send_now([*final, (b"POST", encode_pending(pending))])
             report.downtime_seconds = time.perf_counter() - paused
             report.send_downtime_seconds = report.downtime_seconds
             report.postcopy = True
-            report.postcopy_pages = sum(int(mask.sum()) for mask in pending)
+            report.postcopy_pages = _count(pending)
             report.add(serve(conn, machine, pending, compress=compress))
             tag, payload = final_reply(conn)
             reply = {"reason": bytes(payload).decode(errors="replace")}
         else:
-            sender.send(END_TAG, _json({"pages_sent": report.pages_sent}))
-            sender.flush()
+            sender.send_now([*final, (END_TAG, _json({"pages_sent": report.pages_sent}))])
             report.send_downtime_seconds = time.perf_counter() - paused
             tag, reply = protocol.read_reply(conn, (b"DONE", b"FAIL"))
         if tag == b"FAIL":
@@ -308,6 +309,12 @@ def migrate(
         conn.close()
         if sender is not None:
             sender.close()
+
+
+def _count(masks: list[NDArray[np.bool_]]) -> int:
+    """Pages set in per-region masks (count_nonzero: a tenth of sum()'s time on bools,
+    which matters in the pause)."""
+    return sum(int(np.count_nonzero(mask)) for mask in masks)
 
 
 def _json(value: dict[str, Any]) -> bytes:
@@ -367,7 +374,7 @@ class _Pass:
         """Send the pages set in ``dirty`` (per region), a section per window of them;
         on the ``first`` pass zero pages are left out."""
         for region, mask in zip(self.machine.memory.regions, dirty, strict=True):
-            remaining = int(mask.sum())
+            remaining = int(np.count_nonzero(mask))
             for start, count in windows_of(mask, MAX_PAGES, MAX_GAP, SECTION_PAGES):
                 window = mask[start : start + count]
                 pages = None if window.all() else np.flatnonzero(window)

@@ -74,9 +74,10 @@ class Memslot:
     def dirty_bitmap_bytes(self) -> bytes:
         """The dirty bitmap as KVM_GET_DIRTY_LOG returns it: ALIGN(npages, 64) / 8 bytes."""
         assert self.dirty is not None
-        padded = np.zeros(-(-self.npages // 64) * 64, dtype=bool)
-        padded[: self.npages] = self.dirty
-        return np.packbits(padded, bitorder="little").tobytes()
+        bitmap = np.zeros(-(-self.npages // 64) * 8, dtype=np.uint8)
+        packed = np.packbits(self.dirty, bitorder="little")  # zero-padded to a byte
+        bitmap[: packed.size] = packed
+        return bitmap.tobytes()
 
 
 class MemslotTable:

@@ -211,7 +211,10 @@ class ModelVm:
         memslot = self._logging_slot(slot, "KVM_GET_DIRTY_LOG")
         assert memslot.dirty is not None
         bitmap = memslot.dirty_bitmap_bytes()
-        if not self.manual_dirty_protect & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE:
+        if (
+            not self.manual_dirty_protect & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+            and memslot.dirty.any()
+        ):
             reported = np.flatnonzero(memslot.dirty)
             memslot.dirty[reported] = False
             memslot.s2_writable[reported] = False
