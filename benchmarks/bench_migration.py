@@ -27,12 +27,17 @@ everything; QEMU's until its source has sent the last byte (it does not wait for
 destination). Both are printed for tagvisor, the second as "sent"; the comparison with
 QEMU uses the second, the 50 ms target the first.
 
-For context, loopback into memory the receiver never touched before is measured too:
-every destination writes the guest's pages into fresh memory, and on this VM the first
-touch of a page is a large share of the cost (docs/benchmarks.md).
+Both destinations are up before the migration starts, as QEMU's -incoming is, and
+by default (--dest-memory prealloc) have faulted in the guest's memory first: tagvisor
+with ``ModelKvm(prealloc=...)`` (``tagvisor incoming --prealloc``), QEMU with
+-mem-prealloc. With --dest-memory lazy they fault it in as the pages arrive; for
+context, loopback into memory the receiver never touched before is measured too (on
+this VM the first touch of a page costs more than the rest of a migration together,
+docs/benchmarks.md).
 
     python benchmarks/bench_migration.py [--guest-gib 4] [--fill-gib 1] \\
-        [--churn-rate 1000|max] [--repeat 3] [--warmup 1] [--no-qemu] [--json]
+        [--churn-rate 1000|max] [--dest-memory prealloc|lazy] [--repeat 3] \\
+        [--warmup 1] [--no-qemu] [--json]
 """
 
 from __future__ import annotations
