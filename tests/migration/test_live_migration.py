@@ -1,5 +1,6 @@
 """Pre-copy live migration with tags, between two hosts on loopback."""
 
+import statistics
 import time
 
 import numpy as np
@@ -176,8 +177,12 @@ def test_a_guest_that_outruns_precopy_is_throttled_until_the_passes_shrink(
         assert report.guest_share < 0.5
         assert passes[-1] < passes[1] / 2
     else:
+        # Pre-copy never catches up by itself: every pass is used, and a typical one
+        # finds most of the heap dirty again (one pass may find less, when the guest
+        # thread got little time meanwhile on a busy machine).
         assert report.guest_share == 1.0
-        assert min(passes[1:-1]) > passes[1] / 2
+        assert report.iterations == 6
+        assert statistics.median(passes[1:-1]) > passes[1] / 2
 
 
 def test_registers_wider_than_64_bits_travel_in_a_vreg_section(
