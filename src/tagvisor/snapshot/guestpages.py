@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PAGE_SIZE
 from tagvisor.snapshot.pages import MAX_PAGES, Kind, PageRun, PageSection
 from tagvisor.vmm.machine import Machine
-from tagvisor.vmm.memory import GuestRegion
+from tagvisor.vmm.memory import GuestRegion, page_runs
 
 #: Pages read at once when scanning all of memory (16 MiB of data).
 SCAN_PAGES = 4096
@@ -101,7 +101,7 @@ def read_window(
     elif pages is None:
         machine.tags.read_tags(gpa, npages * GRANULES_PER_PAGE, out=tags.reshape(-1))
     else:
-        runs = _runs(pages)
+        runs = page_runs(pages)
         if _one_tag_call(machine, gpa, npages, len(runs)):
             window = buffers.window_tags[: npages * GRANULES_PER_PAGE]
             machine.tags.read_tags(gpa, window.size, out=window)
@@ -114,18 +114,6 @@ def read_window(
                     out=tags[index : index + length].reshape(-1),
                 )
     return PageRun(gpa, data, tags, pages, npages if pages is not None else 0)
-
-
-def _runs(pages: NDArray[np.intp]) -> list[tuple[int, int, int]]:
-    """(index into ``pages``, first page, count) of each run of consecutive pages."""
-    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-    starts = [0, *breaks.tolist()]
-    stops = [*breaks.tolist(), int(pages.size)]
-    firsts = pages[starts].tolist()
-    return [
-        (start, first, stop - start)
-        for start, first, stop in zip(starts, firsts, stops, strict=True)
-    ]
 
 
 def write_run(machine: Machine, run: PageRun, *, with_tags: bool = True) -> None:
@@ -200,7 +188,7 @@ def write_page_tags(
         machine.tags.write_tags(base, np.ascontiguousarray(tags).reshape(-1))
         return
     span = last - first + 1
-    runs = _runs(pages)
+    runs = page_runs(pages)
     if not _one_tag_call(machine, base, span, len(runs)):
         for index, start, length in runs:
             machine.tags.write_tags(

@@ -172,7 +172,7 @@ class GuestMemory:
         if process is not None:
             process.gather_pages(hva, pages, out)
             return
-        for index, first, count in _runs(pages):
+        for index, first, count in page_runs(pages):
             raw = self.user.read(hva + first * PAGE_SIZE, count * PAGE_SIZE)
             out[index : index + count] = np.frombuffer(raw, np.uint8).reshape(count, PAGE_SIZE)
 
@@ -190,7 +190,7 @@ class GuestMemory:
         if process is not None:
             process.scatter_pages(hva, pages, rows)
         else:
-            for index, first, count in _runs(pages):
+            for index, first, count in page_runs(pages):
                 part = (
                     bytes(count * PAGE_SIZE)
                     if rows is None
@@ -234,8 +234,9 @@ class GuestMemory:
         return dirty
 
 
-def _runs(pages: NDArray[np.intp]) -> list[tuple[int, int, int]]:
-    """(index into ``pages``, first page, count) of each run of consecutive pages."""
+def page_runs(pages: NDArray[np.intp]) -> list[tuple[int, int, int]]:
+    """(index into ``pages``, first page, count) of each run of consecutive pages in
+    ascending ``pages``: a bulk call per run instead of one per page."""
     breaks = np.flatnonzero(np.diff(pages) != 1) + 1
     starts = np.concatenate(([0], breaks))
     stops = np.concatenate((breaks, [pages.size]))
