@@ -227,18 +227,7 @@ class A64Core:
         state.x[31] = state.sp_banks[state.sp_index()]
         state.load_pstate((pstate & ~0xF) | el << 2 | (pstate & 1))
         state.pc = core[32]
-        sysregs = regs.sysregs
-        signature = (
-            id(regs),
-            sysregs[SCTLR_EL1],
-            sysregs[TCR_EL1],
-            sysregs[TTBR0_EL1],
-            sysregs[TTBR1_EL1],
-            sysregs[MAIR_EL1],
-            state.el,
-            mte.tco,
-            state.tag_access,
-        )
+        signature = self._translation_signature(context)
         if signature != self._signature:
             self.translation_changed()
         self._signature = signature
@@ -253,8 +242,13 @@ class A64Core:
         core[32] = state.pc & M64
         core[33] = state.pstate()
         context.save_mte_state(state.mte)
-        sysregs = context.regs.sysregs
-        self._signature = (
+        self._signature = self._translation_signature(context)
+
+    def _translation_signature(self, context: GuestContext) -> tuple[Any, ...]:
+        """What cached guest-page translations depend on: the same at the next load
+        means they still hold."""
+        state, sysregs = self.state, context.regs.sysregs
+        return (
             id(context.regs),
             sysregs[SCTLR_EL1],
             sysregs[TCR_EL1],
