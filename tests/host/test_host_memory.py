@@ -8,12 +8,14 @@ import pytest
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.host.errors import SegmentationFault, SyscallError
-from tagvisor.host.frames import FrameTable
+from tagvisor.host.frames import FIRST_FRAME, FrameTable
 from tagvisor.host.ksm import ksm_try_merge
 from tagvisor.host.mapping import (
     MAP_ANONYMOUS,
     MAP_PRIVATE,
     MAP_SHARED,
+    NO_FRAME,
+    NO_SLOT,
     PROT_MTE,
     PROT_READ,
     PROT_WRITE,
@@ -22,7 +24,7 @@ from tagvisor.host.mapping import (
 )
 from tagvisor.host.migrate import migrate_pages
 from tagvisor.host.process import HostProcess
-from tagvisor.host.swap import SwapDevice
+from tagvisor.host.swap import FIRST_SLOT, SwapDevice
 
 RW = PROT_READ | PROT_WRITE
 PRIVATE_ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -75,10 +77,35 @@ def test_first_prot_mte_mapping_clears_stale_tags_of_a_reused_frame() -> None:
     addr = a.mmap(PAGE_SIZE, RW | PROT_MTE, PRIVATE_ANON)
     a.store_tags(addr, tagged_pattern(256))
     a.munmap(addr, PAGE_SIZE)
-    assert frames.page_tags(0).any(), "tags physically remain in the freed frame"
+    assert frames.page_tags(FIRST_FRAME).any(), "tags physically remain in the freed frame"
     b = HostProcess(frames)
     addr_b = b.mmap(PAGE_SIZE, RW | PROT_MTE, PRIVATE_ANON)
     assert not b.load_tags(addr_b, 256).any()
+
+
+def test_page_tables_start_as_zeros_because_no_page_gets_frame_or_slot_zero() -> None:
+    """Scenario: a 4 GiB anonymous mapping on a small host; one page of it touched,
+    then swapped out.
+
+    A mapping's tables (a frame and a swap slot per page) start as zeros, which the OS
+    backs only where they are written, as Linux allocates page tables on demand: 0 is
+    "no frame" and "not in swap" because no page is ever given frame 0 or slot 0."""
+    proc = process()
+    addr = proc.mmap(4 << 30, RW, PRIVATE_ANON)
+    vma = proc.find_vma(addr)
+    assert vma is not None
+    assert NO_FRAME == NO_SLOT == 0
+    assert not vma.backing.pfns.any()
+    assert not vma.backing.swap_slots.any()
+    page = (1 << 30) // PAGE_SIZE
+    pfn = int(proc.fault_in(addr + page * PAGE_SIZE, 1, write=True)[0])
+    assert pfn >= FIRST_FRAME
+    assert np.flatnonzero(vma.backing.pfns != NO_FRAME).tolist() == [page]
+    assert proc.swap is not None
+    assert proc.swap.swap_out(proc, addr + page * PAGE_SIZE, PAGE_SIZE) == 1
+    assert int(vma.backing.swap_slots[page]) >= FIRST_SLOT
+    assert np.flatnonzero(vma.backing.swap_slots != NO_SLOT).tolist() == [page]
+    assert not vma.backing.pfns.any()
 
 
 def test_untagged_mapping_does_not_initialise_tags() -> None:

@@ -11,7 +11,7 @@ import pytest
 import tagvisor.host.populate as populating
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.cli.main import main
-from tagvisor.host.frames import FrameTable
+from tagvisor.host.frames import FIRST_FRAME, FrameTable
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration.prefault import CHUNK_FRAMES, Prefaulter
 from tagvisor.vmm import MachineBuilder
@@ -23,15 +23,15 @@ from tests.support.resident import resident
 def test_a_preallocated_host_has_its_lowest_frames_in_memory_and_still_zero() -> None:
     """Scenario: a 64 MiB model host told to preallocate 16 MiB.
 
-    The first 4096 frames, data and tags, are in memory before any VM exists; the
+    The lowest 4096 frames, data and tags, are in memory before any VM exists; the
     frames above them are not; every frame still reads as zeros with zero tags, none
     is allocated, and a guest built on the host finds its RAM zeroed beyond the boot
     block, as on any other host."""
     kvm = ModelKvm(host_memory=64 << 20, prealloc=16 << 20)
     frames = kvm.process.frames
-    assert frames.backed == (16 << 20) // PAGE_SIZE
-    assert resident(frames.data[: frames.backed]).all()
-    assert resident(frames.packed_pages[: frames.backed]).all()
+    assert frames.backed == FIRST_FRAME + (16 << 20) // PAGE_SIZE
+    assert resident(frames.data[FIRST_FRAME : frames.backed]).all()
+    assert resident(frames.packed_pages[FIRST_FRAME : frames.backed]).all()
     assert not resident(frames.data[2 * frames.backed :]).any()
     assert not frames.data.any()
     assert not frames.packed_pages.any()
@@ -53,8 +53,8 @@ def test_without_madvise_prealloc_touches_each_page_and_changes_no_byte(
     frames = FrameTable(256)
     frames.data[3, 100] = 0x5A
     frames.prealloc(128)
-    assert frames.backed == 128
-    assert resident(frames.data[:128]).all()
+    assert frames.backed == FIRST_FRAME + 128
+    assert resident(frames.data[FIRST_FRAME : frames.backed]).all()
     assert int(frames.data[3, 100]) == 0x5A
     assert int(np.count_nonzero(frames.data)) == 1
 
@@ -65,9 +65,9 @@ def test_preallocating_again_or_beyond_the_host_is_bounded() -> None:
     frames = FrameTable(64)
     frames.prealloc(16)
     frames.prealloc(8)
-    assert frames.backed == 16
+    assert frames.backed == FIRST_FRAME + 16
     frames.prealloc(1 << 20)
-    assert frames.backed == 64
+    assert frames.backed == FIRST_FRAME + 64 == frames.nframes
 
 
 @pytest.mark.skipif(not populating.available(), reason="no MADV_POPULATE_WRITE here")

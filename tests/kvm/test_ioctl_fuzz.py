@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import PROFILES, ModelKvm
-from tagvisor.kvm.model.memslots import Memslot
+from tagvisor.kvm.model.memslots import NOT_MAPPED, Memslot
 from tagvisor.kvm.model.stage2 import MmioExit
 from tagvisor.kvm.uapi import kvm_arm_copy_mte_tags, kvm_vcpu_init
 from tests.kvm.conftest import RAM_BASE, region
@@ -117,7 +117,7 @@ def test_random_ioctls_fail_only_with_documented_errnos(
 def check_invariants(kvm: ModelKvm, has_mte: bool, memslots: list[Memslot]) -> None:
     frames = kvm.frames
     for memslot in memslots:
-        mapped = memslot.s2_pfn[memslot.s2_pfn >= 0]
+        mapped = memslot.s2_pfn[memslot.s2_pfn != NOT_MAPPED]
         if has_mte and mapped.size:
             assert frames.mte_tagged[frames.folio_head[mapped]].all(), "untagged page mapped"
     # No invented tags: a tagged frame whose tags were never initialised cannot exist.

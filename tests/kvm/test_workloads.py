@@ -4,6 +4,7 @@ import numpy as np
 
 from tagvisor.kvm.api import Vcpu
 from tagvisor.kvm.model.guest import GeneratorGuest, GuestProgram
+from tagvisor.kvm.model.memslots import NOT_MAPPED
 from tagvisor.kvm.model.workloads import PROGRESS_MMIO, churn, fill_tagged, touch_pages
 from tagvisor.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, ExitReason
 from tests.kvm.conftest import RAM_BASE, RAM_SIZE, Machine, MachineFactory
@@ -31,7 +32,7 @@ def test_touch_pages_maps_every_page_and_initialises_tags(make_machine: MachineF
     machine = make_machine()
     assert run_to_completion(machine, touch_pages(RAM_BASE, RAM_SIZE // 4096)) == [256]
     memslot = machine.vm.memslots.slots[0]
-    assert (memslot.s2_pfn >= 0).all()
+    assert (memslot.s2_pfn != NOT_MAPPED).all()
     assert machine.kvm.frames.mte_tagged[memslot.s2_pfn].all()
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tagvisor.arch.constants import PAGE_SIZE
-from tagvisor.host.frames import FrameTable
+from tagvisor.host.frames import FIRST_FRAME, FrameTable
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration import protocol
 from tagvisor.migration.prefault import CHUNK_FRAMES, Prefaulter, available
@@ -41,8 +41,8 @@ def test_it_stays_a_bounded_distance_ahead_of_the_allocator() -> None:
         wait_for(lambda: prefaulter.populated >= ahead)
         time.sleep(0.05)  # it must not run further
         assert prefaulter.populated == ahead
-        assert resident(frames.data[:ahead]).all()
-        assert not resident(frames.data[2 * ahead :]).any()
+        assert resident(frames.data[FIRST_FRAME : FIRST_FRAME + ahead]).all()
+        assert not resident(frames.data[FIRST_FRAME + 2 * ahead :]).any()
 
         # The stream takes frames, beyond what the thread did: it skips to the
         # frontier and runs ahead of it again.
@@ -51,8 +51,9 @@ def test_it_stays_a_bounded_distance_ahead_of_the_allocator() -> None:
         wait_for(lambda: prefaulter.populated >= 2 * ahead)
         time.sleep(0.05)
         assert prefaulter.populated == 2 * ahead
-        assert resident(frames.data[taken : taken + ahead]).all()
-        assert not resident(frames.data[taken + 2 * ahead :]).any()
+        first = FIRST_FRAME + taken
+        assert resident(frames.data[first : first + ahead]).all()
+        assert not resident(frames.data[first + 2 * ahead :]).any()
     finally:
         prefaulter.stop(wait=True)
     assert not frames.data.any()
@@ -68,8 +69,9 @@ def test_it_populates_no_more_than_its_limit_and_stops_when_told() -> None:
     prefaulter = Prefaulter(frames, limit=CHUNK_FRAMES + 3, ahead=frames.nframes).start()
     wait_for(lambda: not prefaulter._thread.is_alive())
     assert prefaulter.populated == CHUNK_FRAMES + 3
-    assert not resident(frames.data[: 10 * CHUNK_FRAMES]).any()
-    assert resident(frames.data[10 * CHUNK_FRAMES : 11 * CHUNK_FRAMES + 3]).all()
+    first = FIRST_FRAME + 10 * CHUNK_FRAMES
+    assert not resident(frames.data[:first]).any()
+    assert resident(frames.data[first : first + CHUNK_FRAMES + 3]).all()
 
     stopped = Prefaulter(FrameTable(16 * CHUNK_FRAMES), limit=1 << 20, ahead=PAGE_SIZE).start()
     stopped.stop(wait=True)

@@ -36,6 +36,12 @@ Pfns = NDArray[np.int64]
 
 HUGE_PAGE_FRAMES: Final = 512  # 2 MiB hugetlb folio of 4 KiB pages
 
+#: Frame 0 is never handed out (on arm64 no RAM need sit at physical address 0), so
+#: page tables can say "no frame" with 0: a table of zeros is one the OS backs lazily,
+#: where one filled with -1 costs a page fault per page of table when it is made (8 MiB
+#: per 4 GiB mapped; on a VM whose hypervisor reclaims freed memory, 20 ms each).
+FIRST_FRAME: Final = 1
+
 
 #: Whether frame data is advised transparent huge pages (first touches then fault 2 MiB
 #: at a time). Off: where free memory goes back to a hypervisor (free page reporting,
@@ -68,13 +74,15 @@ def consecutive(pfns: Pfns) -> bool:
 
 
 class FrameTable:
-    """``nframes`` page frames of host RAM with data, tags and MTE flags.
+    """``usable`` page frames of host RAM with data, tags and MTE flags, numbered from
+    FIRST_FRAME (``nframes`` counts the reserved frame 0 as well).
 
     Data and tags are allocated with ``np.zeros``: the OS backs them lazily, so a large
     table costs only what is touched (unless :meth:`prealloc` faults some in ahead).
     """
 
-    def __init__(self, nframes: int) -> None:
+    def __init__(self, usable: int) -> None:
+        nframes = usable + FIRST_FRAME
         self.nframes = nframes
         self.data = _lazy_zeroed(nframes * PAGE_SIZE).reshape(nframes, PAGE_SIZE)
         self.tags = TagStorage(nframes * GRANULES_PER_PAGE)
@@ -92,10 +100,12 @@ class FrameTable:
         #: the evidence that initialisation happens exactly once.
         self.tag_inits = np.zeros(nframes, dtype=np.int32)
         self._flags = threading.Condition()
-        self._free_small = list(range(nframes - 1, -1, -1))
+        self._free_small = list(range(nframes - 1, FIRST_FRAME - 1, -1))
+        # The pre-fault thread's frontier is the first frame never handed out.
+        self.ever_used[:FIRST_FRAME] = True
         #: Frames below this were faulted in ahead of use (:meth:`prealloc`): the OS
         #: backs them already, so nothing needs to fault them in again.
-        self.backed = 0
+        self.backed = FIRST_FRAME
 
     def prealloc(self, nframes: int) -> None:
         """Fault in the lowest ``nframes`` frames' data and tags now, as a physical
@@ -103,11 +113,11 @@ class FrameTable:
         for a guest's RAM), so that the first write to them later, a migrated guest's
         pages arriving for one, takes no page fault. The model sees no change: the
         frames still read as zeros and are no more allocated than before."""
-        nframes = max(0, min(nframes, self.nframes))
-        if nframes > self.backed:
-            populate(self.data[self.backed : nframes])
-            populate(self.packed_pages[self.backed : nframes])
-            self.backed = nframes
+        end = max(FIRST_FRAME, min(FIRST_FRAME + nframes, self.nframes))
+        if end > self.backed:
+            populate(self.data[self.backed : end])
+            populate(self.packed_pages[self.backed : end])
+            self.backed = end
 
     # -- tags as pages ---------------------------------------------------------------
 
@@ -144,7 +154,7 @@ class FrameTable:
         with self._flags:
             free = np.zeros(self.nframes, dtype=bool)
             free[self._free_small] = True
-            for head in range(0, self.nframes - HUGE_PAGE_FRAMES + 1, HUGE_PAGE_FRAMES):
+            for head in range(FIRST_FRAME, self.nframes - HUGE_PAGE_FRAMES + 1, HUGE_PAGE_FRAMES):
                 if free[head : head + HUGE_PAGE_FRAMES].all():
                     pfns = np.arange(head, head + HUGE_PAGE_FRAMES, dtype=np.int64)
                     taken = set(pfns.tolist())

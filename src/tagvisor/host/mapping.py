@@ -34,8 +34,10 @@ MAP_FIXED: Final = 0x10
 MAP_ANONYMOUS: Final = 0x20
 MAP_HUGETLB: Final = 0x40000
 
-NO_FRAME: Final = -1
-NO_SLOT: Final = -1
+#: "Not present" and "not in swap" are 0, so a mapping's tables start as lazily backed
+#: zeros (see FIRST_FRAME and FIRST_SLOT: no page has frame 0 or swap slot 0).
+NO_FRAME: Final = 0
+NO_SLOT: Final = 0
 
 
 class BackingKind(enum.Enum):
@@ -75,8 +77,8 @@ class Backing:
     swap_slots: NDArray[np.int64] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pfns = np.full(self.npages, NO_FRAME, dtype=np.int64)
-        self.swap_slots = np.full(self.npages, NO_SLOT, dtype=np.int64)
+        self.pfns = np.zeros(self.npages, dtype=np.int64)  # NO_FRAME everywhere
+        self.swap_slots = np.zeros(self.npages, dtype=np.int64)  # NO_SLOT everywhere
 
     @classmethod
     def of_size(cls, kind: BackingKind, length: int, name: str = "") -> Backing:

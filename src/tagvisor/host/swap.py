@@ -12,6 +12,7 @@ PROT_MTE again.
 from __future__ import annotations
 
 import errno
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,16 +23,24 @@ from tagvisor.host.frames import FrameTable, Pfns
 from tagvisor.host.mapping import NO_FRAME, BackingKind
 from tagvisor.host.process import HostProcess
 
+#: The first swap slot handed out (see SwapDevice).
+FIRST_SLOT: Final = 1
+
 
 class SwapDevice:
-    """``nslots`` page-sized swap slots, and the saved tags of tagged pages."""
+    """``nslots`` page-sized swap slots, and the saved tags of tagged pages.
+
+    Slots are numbered from FIRST_SLOT: slot 0 is never used, so that a page table's
+    zeros mean "not in swap" (tagvisor.host.mapping.NO_SLOT)."""
 
     def __init__(self, frames: FrameTable, nslots: int) -> None:
         self.frames = frames
-        self.data = np.zeros((nslots, PAGE_SIZE), dtype=np.uint8)
-        self.saved_tags = np.zeros((nslots, PACKED_TAGS_PER_PAGE), dtype=np.uint8)
-        self.has_tags = np.zeros(nslots, dtype=bool)
-        self.used = np.zeros(nslots, dtype=bool)
+        total = nslots + FIRST_SLOT
+        self.data = np.zeros((total, PAGE_SIZE), dtype=np.uint8)
+        self.saved_tags = np.zeros((total, PACKED_TAGS_PER_PAGE), dtype=np.uint8)
+        self.has_tags = np.zeros(total, dtype=bool)
+        self.used = np.zeros(total, dtype=bool)
+        self.used[:FIRST_SLOT] = True  # reserved for good
 
     @property
     def tag_bytes_saved(self) -> int:

@@ -19,7 +19,9 @@ from tagvisor.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 #: A guest physical address (an IPA, in Arm terms).
 GuestPhysAddr = NewType("GuestPhysAddr", int)
 
-NOT_MAPPED: Final = -1
+#: No host frame is numbered 0 (tagvisor.host.frames.FIRST_FRAME), so 0 is "no stage-2
+#: entry" and a memslot's table starts as zeros the OS backs lazily.
+NOT_MAPPED: Final = 0
 
 
 @dataclass(eq=False)
@@ -36,7 +38,7 @@ class Memslot:
     dirty: NDArray[np.bool_] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.s2_pfn = np.full(self.npages, NOT_MAPPED, dtype=np.int64)
+        self.s2_pfn = np.zeros(self.npages, dtype=np.int64)  # NOT_MAPPED everywhere
         self.s2_writable = np.zeros(self.npages, dtype=bool)
 
     @property
