@@ -5,12 +5,16 @@ import time
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
+from tagvisor.arch.constants import PAGE_SIZE
+from tagvisor.kvm.model import ModelKvm
 from tagvisor.kvm.model.guest import GeneratorGuest
 from tagvisor.migration import IncomingError, MigrationRefused, migrate
 from tagvisor.snapshot.guestpages import memory_digest
-from tagvisor.vmm import RunState
+from tagvisor.vmm import MachineBuilder, RunState
 from tagvisor.vmm.builder import RAM_BASE
+from tagvisor.vmm.memory import GuestMemory
 from tests.migration.churner import CHECK, churner
 from tests.migration.conftest import Destination, source_machine
 
@@ -218,3 +222,37 @@ def test_registers_wider_than_64_bits_travel_in_a_vreg_section(
     destination.join()
     assert destination.machine is not None
     assert dict(applied[0].registers)[v0] == wide
+
+
+def test_a_paused_guest_is_sent_from_its_memory_in_place_where_its_frames_break(
+    destination: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: a paused guest whose only data, 512 tagged pages in a row, sits in
+    host frames that are not consecutive (its second page was written first).
+
+    The source sends the run from guest memory in place, a section per span of
+    consecutive frames, and copies no page into a staging buffer; memory and tags
+    arrive whole."""
+    kvm = ModelKvm(160 << 20)
+    source = MachineBuilder(kvm).memory(128 << 20).python_guest(churner(1)).build()
+    base = RAM_BASE + (96 << 20)  # far enough from anything else to be a window alone
+    order = [1, 0, *range(2, 512)]
+    for page in order:
+        source.memory.write(base + page * PAGE_SIZE, bytes([page % 251 + 1]) * PAGE_SIZE)
+    source.tags.write_tags(base, np.arange(512 * 256, dtype=np.uint8) % 15 + 1)
+    spans = source.memory.view_spans(base, 512)
+    assert spans == [(0, 1), (1, 1), (2, 510)]
+    copied: list[int] = []
+    read_pages = GuestMemory.read_pages
+
+    def spy(self: GuestMemory, gpa: int, pages: NDArray[np.intp], out: NDArray[np.uint8]) -> None:
+        copied.append(gpa)
+        read_pages(self, gpa, pages, out)
+
+    monkeypatch.setattr(GuestMemory, "read_pages", spy)
+    destination.start()
+    migrate(source, destination.address, run_guest=False)
+    destination.join()
+    assert destination.machine is not None, destination.error
+    assert not copied, [hex(g) for g in copied]
+    assert memory_digest(source) == memory_digest(destination.machine)

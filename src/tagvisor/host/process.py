@@ -14,6 +14,7 @@ KVM needs them to drop stage-2 entries.
 from __future__ import annotations
 
 import errno
+import itertools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -345,6 +346,14 @@ class HostProcess:
         first = int(pfns[0])
         flat = self.frames.data[first : first + pfns.size].reshape(-1)
         return flat[offset : offset + length]
+
+    def contiguous_spans(self, address: int, npages: int) -> list[tuple[int, int]]:
+        """The ``npages`` pages from page-aligned ``address`` as (first page, pages)
+        spans whose frames are consecutive, each one :meth:`contiguous_view` can show
+        (faulting the pages in for reading, as it does)."""
+        pfns = self.fault_in(address, npages * PAGE_SIZE, write=False)
+        bounds = [0, *(np.flatnonzero(np.diff(pfns) != 1) + 1).tolist(), npages]
+        return [(first, end - first) for first, end in itertools.pairwise(bounds)]
 
     # -- residency and whole-page bulk I/O (a VMM's snapshot and migration paths) --------
 

@@ -169,6 +169,12 @@ SECTION_PAGES = 4096
 #: (a window of up to MAX_PAGES pages) for a byte per page left out (SKIP), which costs
 #: far less than a section of their own.
 MAX_GAP = MAX_PAGES
+#: A paused guest's whole window is sent from its memory in place, split into a section
+#: per span of it the VMM can view at once (tagvisor.vmm.memory.view_spans), when the
+#: spans are this many pages long on average; else it is copied into a staging buffer
+#: first. A copy into a buffer used for the first time costs that buffer's page faults:
+#: 16 MiB, 40 ms on a VM whose hypervisor reclaims freed memory.
+MIN_SPAN = 64
 #: Sections queued for sending at most, beyond the one being sent.
 SEND_DEPTH = 3
 #: Auto-converge: a pass should find at most this share of the previous pass's pages
@@ -377,11 +383,25 @@ class _Pass:
             remaining = int(np.count_nonzero(mask))
             for start, count in windows_of(mask, MAX_PAGES, MAX_GAP, SECTION_PAGES):
                 window = mask[start : start + count]
-                pages = None if window.all() else np.flatnonzero(window)
-                self._send(region.gpa + start * PAGE_SIZE, count, pages, first, live)
-                remaining -= count if pages is None else int(pages.size)
+                gpa = region.gpa + start * PAGE_SIZE
+                if not window.all():
+                    pages = np.flatnonzero(window)
+                    self._send(gpa, count, pages, first, live)
+                    remaining -= int(pages.size)
+                else:
+                    for span, length in self._spans(gpa, count, live):
+                        self._send(gpa + span * PAGE_SIZE, length, None, first, live)
+                    remaining -= count
                 if self.progress is not None:
                     self.progress(iteration, self.report.pages_sent, remaining)
+
+    def _spans(self, gpa: int, count: int, live: bool) -> list[tuple[int, int]]:
+        """How to send the whole window of ``count`` pages from ``gpa``: as one section,
+        or (a paused guest) as one per span that can be read in place (MIN_SPAN)."""
+        if live:
+            return [(0, count)]
+        spans = self.machine.memory.view_spans(gpa, count)
+        return spans if len(spans) * MIN_SPAN <= count else [(0, count)]
 
     def _send(
         self, gpa: int, count: int, pages: NDArray[np.intp] | None, first: bool, live: bool

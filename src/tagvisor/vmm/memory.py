@@ -119,6 +119,17 @@ class GuestMemory:
         result: NDArray[np.uint8] = array
         return result
 
+    def view_spans(self, gpa: int, npages: int) -> list[tuple[int, int]]:
+        """The ``npages`` pages from ``gpa`` as (first page, pages) spans that
+        :meth:`mapped_view` can show in one view each: one span, unless the backend's
+        views need consecutive host frames (the model) and the pages' are not."""
+        region = self.region_of(gpa, npages * PAGE_SIZE)
+        spans = getattr(self.user, "view_spans", None)
+        if spans is None:
+            return [(0, npages)]
+        result: list[tuple[int, int]] = spans(region.hva + gpa - region.gpa, npages)
+        return result
+
     def write(self, gpa: int, data: bytes | memoryview) -> None:
         """Write guest memory from the VMM side; the pages count as dirty."""
         region = self.region_of(gpa, len(data))

@@ -66,6 +66,11 @@ class ModelUserMemory:
         """Zero-copy access for the model's VMM (not part of the UserMemory protocol)."""
         return self.process.contiguous_view(address, length, write=False)
 
+    def view_spans(self, address: int, npages: int) -> list[tuple[int, int]]:
+        """How :meth:`view` can show ``npages`` pages from ``address``: (first page,
+        pages) spans of consecutive host frames."""
+        return self.process.contiguous_spans(address, npages)
+
     def write(self, address: int, data: bytes | memoryview) -> None:
         self.process.write(address, data)
 
