@@ -315,26 +315,36 @@ class HostProcess:
 
     def read(self, address: int, length: int) -> bytes:
         """Read bytes as the process would through its page tables (no tag check)."""
-        view = self.contiguous_view(address, length, write=False)
-        if view is not None:
-            return view.tobytes()
-        pfns = self.fault_in(address, length, write=False)
-        offset = address % PAGE_SIZE
-        flat = self.frames.data[pfns].reshape(-1)
-        return flat[offset : offset + length].tobytes()
+        views = self.span_views(address, length, write=False)
+        return views[0].tobytes() if len(views) == 1 else b"".join(view.data for view in views)
 
     def write(self, address: int, data: bytes | memoryview) -> None:
         """Write bytes through the process's page tables (no tag check)."""
         source = np.frombuffer(data, np.uint8)
-        view = self.contiguous_view(address, source.size, write=True)
-        if view is not None:
-            view[:] = source
-            return
-        pfns = self.fault_in(address, source.size, write=True)
+        done = 0
+        for view in self.span_views(address, source.size, write=True):
+            view[:] = source[done : done + view.size]
+            done += view.size
+
+    def span_views(self, address: int, length: int, *, write: bool) -> list[U8]:
+        """[address, address + length) as views of host memory, one per run of
+        consecutive frames (faulting the pages in as an access would): what the kernel's
+        user copies walk page by page, in as few pieces as the frames allow, with no
+        copy (a buffer whose frames are scattered cost two temporary copies per access,
+        each of fresh memory)."""
+        pfns = self.fault_in(address, length, write=write)
+        if not length:
+            return [self.frames.data[0, :0]]
+        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
         offset = address % PAGE_SIZE
-        flat = self.frames.data[pfns].reshape(-1)
-        flat[offset : offset + source.size] = source
-        self.frames.data[pfns] = flat.reshape(-1, PAGE_SIZE)
+        views = []
+        for first, end in itertools.pairwise([0, *breaks.tolist(), pfns.size]):
+            run = int(pfns[first])
+            flat = self.frames.data[run : run + end - first].reshape(-1)
+            start = offset if first == 0 else 0
+            stop = min(flat.size, offset + length - first * PAGE_SIZE)
+            views.append(flat[start:stop])
+        return views
 
     def contiguous_view(self, address: int, length: int, *, write: bool) -> U8 | None:
         """[address, address + length) as a view of host memory, if its frames are

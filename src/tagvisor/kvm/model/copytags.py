@@ -182,7 +182,7 @@ def _from_guest(
     if view is not None:
         _read_guest_tags(frames, pfns, out=view)  # straight into the user's pages
     else:
-        process.write(buffer, _read_guest_tags(frames, pfns).tobytes())
+        process.write(buffer, _read_guest_tags(frames, pfns).data)
 
 
 def _read_user(process: HostProcess, buffer: int, length: int) -> NDArray[np.uint8]:
@@ -201,18 +201,24 @@ def _to_guest(
 ) -> None:
     if not pfns.size:
         return
-    raw = _read_user(process, buffer, pfns.size * TAG_BYTES_PER_PAGE)
+    # The user buffer piece by piece where its frames break (none of it copied), as
+    # long as every piece holds whole bytes of packed tags; else in one copy.
+    parts = process.span_views(buffer, pfns.size * TAG_BYTES_PER_PAGE, write=False)
+    if any(part.size % 2 for part in parts):
+        parts = [np.concatenate(parts)]
     # 6.2+: try_page_mte_tagging (result ignored), copy, set_page_mte_tagged. Earlier:
     # copy, then set the flag because the whole page copied. Either way: tagged.
     frames.try_mte_tagging(pfns)
     if consecutive(pfns):  # pack straight into the frames' tag storage
         first = int(pfns[0])
-        pack_tags(
-            raw, frames.packed_pages[first : first + pfns.size].reshape(-1), low_nibble_only=True
-        )
+        packed = frames.packed_pages[first : first + pfns.size].reshape(-1)
     else:
-        packed = np.empty(raw.size // 2, np.uint8)
-        pack_tags(raw, packed, low_nibble_only=True)
+        packed = np.empty(pfns.size * PACKED_TAGS_PER_PAGE, np.uint8)
+    done = 0
+    for part in parts:
+        pack_tags(part, packed[done : done + part.size // 2], low_nibble_only=True)
+        done += part.size // 2
+    if not consecutive(pfns):
         frames.packed_pages[pfns] = packed.reshape(-1, PACKED_TAGS_PER_PAGE)
     frames.tag_inits[pfns] += 1
     frames.set_mte_tagged(frames.folio_head[pfns])
