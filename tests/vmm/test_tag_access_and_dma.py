@@ -9,6 +9,7 @@ from tagvisor.vmm import Machine, MachineBuilder
 from tagvisor.vmm.builder import DMA_BASE, RAM_BASE
 from tagvisor.vmm.devices import dma
 from tagvisor.vmm.tag_access import TagAccessError
+from tests.migration.churner import churner
 from tests.vmm.guests import Exits
 
 SRC = RAM_BASE + 0x10_0000
@@ -86,3 +87,22 @@ def test_vmm_writes_count_as_dirty_alongside_kvms_log() -> None:
     memory.write(RAM_BASE + 3 * 4096, b"device")
     assert np.flatnonzero(memory.take_dirty(region)).tolist() == [1, 3]
     assert not memory.take_dirty(region).any()
+
+
+def test_a_clean_log_is_one_shared_read_only_mask() -> None:
+    """Scenario: dirty logging on and nothing written since the last look (a paused
+    guest's last pass). take_dirty() hands back the region's one clean mask, which
+    nobody can write to, instead of building a fresh one; a write makes it report
+    again."""
+    machine = MachineBuilder(ModelKvm(64 << 20)).memory(16 << 20).python_guest(churner(1)).build()
+    memory = machine.memory
+    memory.start_dirty_log()
+    region = memory.regions[0]
+    memory.take_dirty(region)
+    first, second = memory.take_dirty(region), memory.take_dirty(region)
+    assert first is second is region.clean
+    assert not first.any()
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = True
+    memory.write(RAM_BASE + 5 * 4096, b"device")
+    assert np.flatnonzero(memory.take_dirty(region)).tolist() == [5]

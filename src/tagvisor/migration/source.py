@@ -277,8 +277,9 @@ def migrate(
             pending = [memory.take_dirty(region) for region in memory.regions]
         else:
             dirty = pass_.collect(first=False)
-            pass_.send(dirty, report.iterations, first=False, live=False)
-            report.dirty_per_iteration.append(_count(dirty))
+            report.dirty_per_iteration.append(
+                pass_.send(dirty, report.iterations, first=False, live=False)
+            )
         # The guest's state and the stream's end, sent from here in one system call.
         final: list[tuple[bytes, bytes | list[bytes | memoryview]]] = [
             section
@@ -370,17 +371,21 @@ class _Pass:
         for region in memory.regions:
             dirty = memory.take_dirty(region)
             if first:
-                dirty &= memory.populated(region.gpa, region.npages)
+                dirty = dirty & memory.populated(region.gpa, region.npages)
             masks.append(dirty)
         return masks
 
     def send(
         self, dirty: list[NDArray[np.bool_]], iteration: int, *, first: bool, live: bool
-    ) -> None:
+    ) -> int:
         """Send the pages set in ``dirty`` (per region), a section per window of them;
-        on the ``first`` pass zero pages are left out."""
+        on the ``first`` pass zero pages are left out. Returns how many were set."""
+        total = 0
         for region, mask in zip(self.machine.memory.regions, dirty, strict=True):
             remaining = int(np.count_nonzero(mask))
+            total += remaining
+            if not remaining:
+                continue
             for start, count in windows_of(mask, MAX_PAGES, MAX_GAP, SECTION_PAGES):
                 window = mask[start : start + count]
                 gpa = region.gpa + start * PAGE_SIZE
@@ -394,6 +399,7 @@ class _Pass:
                     remaining -= count
                 if self.progress is not None:
                     self.progress(iteration, self.report.pages_sent, remaining)
+        return total
 
     def _spans(self, gpa: int, count: int, live: bool) -> list[tuple[int, int]]:
         """How to send the whole window of ``count`` pages from ``gpa``: as one section,

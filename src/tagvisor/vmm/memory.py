@@ -39,9 +39,14 @@ class GuestRegion:
     hva: int
     logging: bool = False
     vmm_dirty: NDArray[np.bool_] = field(init=False)
+    #: What take_dirty returns when nothing changed: one read-only mask of zeros that
+    #: the OS never backs, rather than a fresh one to write and then read.
+    clean: NDArray[np.bool_] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.vmm_dirty = np.zeros(self.npages, dtype=bool)
+        self.clean = np.zeros(self.npages, dtype=bool)
+        self.clean.flags.writeable = False
 
     @property
     def npages(self) -> int:
@@ -235,10 +240,16 @@ class GuestMemory:
         region.logging = on
 
     def take_dirty(self, region: GuestRegion) -> NDArray[np.bool_]:
-        """Pages changed since the last call: KVM's log OR the VMM's own writes."""
+        """Pages changed since the last call: KVM's log OR the VMM's own writes (when
+        none did, ``region.clean``, which is read-only)."""
         # Done in place, a GiB of guest RAM being 32 KiB of bitmap: this runs while the
-        # guest is paused for the last pass of a migration.
+        # guest is paused for the last pass of a migration, when nothing has changed
+        # more often than not (a paused guest's last pass), and finding that out costs
+        # a look at the bitmap's words and the VMM's mask, nothing written.
         bitmap = np.frombuffer(self.vm.get_dirty_log(region.slot), np.uint8)
+        words = bitmap.view(np.uint64) if bitmap.size % 8 == 0 else bitmap
+        if not words.any() and not region.vmm_dirty.any():
+            return region.clean
         dirty = np.unpackbits(bitmap, count=region.npages, bitorder="little").view(np.bool_)
         np.logical_or(dirty, region.vmm_dirty, out=dirty)
         region.vmm_dirty.fill(False)

@@ -36,6 +36,7 @@ class Memslot:
     s2_pfn: NDArray[np.int64] = field(init=False)
     s2_writable: NDArray[np.bool_] = field(init=False)
     dirty: NDArray[np.bool_] | None = field(init=False, default=None)
+    _clean_bitmap: bytes | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.s2_pfn = np.zeros(self.npages, dtype=np.int64)  # NOT_MAPPED everywhere
@@ -72,6 +73,13 @@ class Memslot:
         """Drop stage-2 entries (MMU notifier, memslot change)."""
         self.s2_pfn[pages] = NOT_MAPPED
         self.s2_writable[pages] = False
+
+    def clean_bitmap_bytes(self) -> bytes:
+        """A bitmap with no page dirty, made once (a paused guest's log, read again
+        and again while it migrates)."""
+        if self._clean_bitmap is None:
+            self._clean_bitmap = bytes(-(-self.npages // 64) * 8)
+        return self._clean_bitmap
 
     def dirty_bitmap_bytes(self) -> bytes:
         """The dirty bitmap as KVM_GET_DIRTY_LOG returns it: ALIGN(npages, 64) / 8 bytes."""

@@ -210,11 +210,9 @@ class ModelVm:
     def _get_dirty_log(self, slot: int) -> bytes:
         memslot = self._logging_slot(slot, "KVM_GET_DIRTY_LOG")
         assert memslot.dirty is not None
-        bitmap = memslot.dirty_bitmap_bytes()
-        if (
-            not self.manual_dirty_protect & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
-            and memslot.dirty.any()
-        ):
+        dirty = bool(memslot.dirty.any())
+        bitmap = memslot.dirty_bitmap_bytes() if dirty else memslot.clean_bitmap_bytes()
+        if not self.manual_dirty_protect & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE and dirty:
             reported = np.flatnonzero(memslot.dirty)
             memslot.dirty[reported] = False
             memslot.s2_writable[reported] = False
