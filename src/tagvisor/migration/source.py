@@ -382,7 +382,9 @@ class _Pass:
         on the ``first`` pass zero pages are left out. Returns how many were set."""
         total = 0
         for region, mask in zip(self.machine.memory.regions, dirty, strict=True):
-            remaining = int(np.count_nonzero(mask))
+            # (The shared clean mask is known empty: not counting it saves a read of
+            # a byte per page of guest RAM in a paused guest's last pass.)
+            remaining = 0 if mask is region.clean else int(np.count_nonzero(mask))
             total += remaining
             if not remaining:
                 continue

@@ -43,10 +43,18 @@ class GuestRegion:
     #: the OS never backs, rather than a fresh one to write and then read.
     clean: NDArray[np.bool_] = field(init=False, repr=False)
 
+    #: Whether any bit of ``vmm_dirty`` may be set: a clean last pass need not read it.
+    vmm_written: bool = field(init=False, default=False)
+
     def __post_init__(self) -> None:
         self.vmm_dirty = np.zeros(self.npages, dtype=bool)
         self.clean = np.zeros(self.npages, dtype=bool)
         self.clean.flags.writeable = False
+
+    def mark_dirty(self, pages: slice | NDArray[np.intp]) -> None:
+        """The VMM wrote these pages behind KVM's back: the next take_dirty reports them."""
+        self.vmm_dirty[pages] = True
+        self.vmm_written = True
 
     @property
     def npages(self) -> int:
@@ -142,7 +150,7 @@ class GuestMemory:
         if data:
             first = (gpa - region.gpa) // PAGE_SIZE
             last = (gpa - region.gpa + len(data) - 1) // PAGE_SIZE
-            region.vmm_dirty[first : last + 1] = True
+            region.mark_dirty(slice(first, last + 1))
 
     # -- whole pages in bulk (snapshots and migration) ----------------------------------
 
@@ -174,7 +182,7 @@ class GuestMemory:
         if view is not None:
             first = (gpa - region.gpa) // PAGE_SIZE
             last = (gpa - region.gpa + length - 1) // PAGE_SIZE
-            region.vmm_dirty[first : last + 1] = True
+            region.mark_dirty(slice(first, last + 1))
         return view
 
     def read_pages(self, gpa: int, pages: NDArray[np.intp], out: NDArray[np.uint8]) -> None:
@@ -213,7 +221,7 @@ class GuestMemory:
                     else np.ascontiguousarray(rows[index : index + count]).data
                 )
                 self.user.write(hva + first * PAGE_SIZE, part)
-        region.vmm_dirty[(gpa - region.gpa) // PAGE_SIZE + pages] = True
+        region.mark_dirty((gpa - region.gpa) // PAGE_SIZE + pages)
 
     # -- dirty tracking --------------------------------------------------------------
 
@@ -221,7 +229,7 @@ class GuestMemory:
         """Turn on KVM_MEM_LOG_DIRTY_PAGES on every region; everything starts dirty."""
         for region in self.regions:
             self._set_logging(region, True)
-            region.vmm_dirty[:] = True
+            region.mark_dirty(slice(None))
 
     def stop_dirty_log(self) -> None:
         for region in self.regions:
@@ -245,14 +253,16 @@ class GuestMemory:
         # Done in place, a GiB of guest RAM being 32 KiB of bitmap: this runs while the
         # guest is paused for the last pass of a migration, when nothing has changed
         # more often than not (a paused guest's last pass), and finding that out costs
-        # a look at the bitmap's words and the VMM's mask, nothing written.
+        # a look at the bitmap's words and a flag, nothing written.
         bitmap = np.frombuffer(self.vm.get_dirty_log(region.slot), np.uint8)
         words = bitmap.view(np.uint64) if bitmap.size % 8 == 0 else bitmap
-        if not words.any() and not region.vmm_dirty.any():
+        if not words.any() and not region.vmm_written:
             return region.clean
         dirty = np.unpackbits(bitmap, count=region.npages, bitorder="little").view(np.bool_)
-        np.logical_or(dirty, region.vmm_dirty, out=dirty)
-        region.vmm_dirty.fill(False)
+        if region.vmm_written:
+            np.logical_or(dirty, region.vmm_dirty, out=dirty)
+            region.vmm_dirty.fill(False)
+            region.vmm_written = False
         return dirty
 
 

@@ -215,7 +215,7 @@ class ProcessMteAccess:
         region = self.memory.region_of(gpa)
         first = (gpa - region.gpa) // PAGE_SIZE
         last = (gpa - region.gpa + tags.size * TAG_GRANULE - 1) // PAGE_SIZE
-        region.vmm_dirty[first : last + 1] = True
+        region.mark_dirty(slice(first, last + 1))
 
 
 class _ProcessTags:

@@ -36,6 +36,8 @@ class Memslot:
     s2_pfn: NDArray[np.int64] = field(init=False)
     s2_writable: NDArray[np.bool_] = field(init=False)
     dirty: NDArray[np.bool_] | None = field(init=False, default=None)
+    #: False only when no bit of ``dirty`` is set, so a clean log is found unread.
+    dirty_pending: bool = field(init=False, default=False)
     _clean_bitmap: bytes | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -144,6 +144,7 @@ class Stage2Mmu:
                 memslot.s2_writable[protected] = True
             if memslot.dirty is not None:
                 memslot.dirty[pages] = True
+                memslot.dirty_pending = True
         return memslot.s2_pfn[pages]
 
     def _translation_fault(

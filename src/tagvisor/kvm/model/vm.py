@@ -151,6 +151,7 @@ class ModelVm:
         if memslot.logging and not was_logging:
             initially_set = self.manual_dirty_protect & KVM_DIRTY_LOG_INITIALLY_SET
             memslot.dirty = np.full(memslot.npages, bool(initially_set))
+            memslot.dirty_pending = bool(initially_set)
             if not initially_set:
                 memslot.s2_writable[:] = False  # kvm_mmu_wp_memory_region
                 self.memslots.changed()
@@ -210,13 +211,17 @@ class ModelVm:
     def _get_dirty_log(self, slot: int) -> bytes:
         memslot = self._logging_slot(slot, "KVM_GET_DIRTY_LOG")
         assert memslot.dirty is not None
-        dirty = bool(memslot.dirty.any())
+        # A paused guest's log is clean pass after pass: found so from a flag, with
+        # no read of a bit per page (its last pass is part of a migration's downtime).
+        dirty = memslot.dirty_pending and bool(memslot.dirty.any())
         bitmap = memslot.dirty_bitmap_bytes() if dirty else memslot.clean_bitmap_bytes()
         if not self.manual_dirty_protect & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE and dirty:
             reported = np.flatnonzero(memslot.dirty)
             memslot.dirty[reported] = False
             memslot.s2_writable[reported] = False
             self.memslots.changed()
+            dirty = False
+        memslot.dirty_pending = dirty
         return bitmap
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
