@@ -361,9 +361,11 @@ class HostProcess:
         """The ``npages`` pages from page-aligned ``address`` as (first page, pages)
         spans whose frames are consecutive, each one :meth:`contiguous_view` can show
         (faulting the pages in for reading, as it does)."""
-        pfns = self.fault_in(address, npages * PAGE_SIZE, write=False)
-        bounds = [0, *(np.flatnonzero(np.diff(pfns) != 1) + 1).tolist(), npages]
-        return [(first, end - first) for first, end in itertools.pairwise(bounds)]
+        spans, first = [], 0
+        for view in self.span_views(address, npages * PAGE_SIZE, write=False):
+            spans.append((first, view.size // PAGE_SIZE))
+            first += view.size // PAGE_SIZE
+        return spans
 
     # -- residency and whole-page bulk I/O (a VMM's snapshot and migration paths) --------
 
