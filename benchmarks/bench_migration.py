@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import socket
 import statistics
 import subprocess
@@ -98,14 +99,19 @@ print(total, flush=True)
 #: -incoming is ready before a migration starts (with --dest-memory prealloc, after
 #: faulting in memory for the guest, as ``tagvisor incoming --prealloc``).
 DESTINATION = """
-import json, sys
+import json, resource, sys
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration import Listener, TcpAddress, incoming
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 kvm = ModelKvm(host_memory=int(sys.argv[1]), prealloc=int(sys.argv[2]))
 listener = Listener(TcpAddress("127.0.0.1", 0))
 print(listener.address.port, flush=True)
+before = cpu()
 machine, report = incoming(kvm, listener, timeout=120)
-print(json.dumps({"pages": report.pages_received, "bytes": report.bytes_received}), flush=True)
+print(json.dumps({"pages": report.pages_received, "bytes": report.bytes_received,
+                  "cpu_seconds": cpu() - before}), flush=True)
 """
 
 
@@ -177,6 +183,12 @@ def guest(guest_bytes: int, fill: int, churn_rate: int | None) -> Machine:
     return machine
 
 
+def process_cpu() -> float:
+    """User and system CPU seconds of this process so far, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def one_migration(
     guest_bytes: int, fill: int, churn_rate: int | None, *, prealloc: bool
 ) -> dict[str, Any]:
@@ -197,13 +209,19 @@ def one_migration(
     assert destination.stdout is not None
     port = int(destination.stdout.readline())
     churning = churn_rate != 0
+    before = process_cpu()
     report = migrate(
         machine, TcpAddress("127.0.0.1", port), run_guest=churning, max_iterations=6, stop_pages=256
     )
+    source_cpu = process_cpu() - before
     received = json.loads(destination.stdout.readline())
     destination.wait()
     result = report.as_dict()
     result["destination_pages"] = received["pages"]
+    # CPU time of both processes while migrating (the source's includes a churning
+    # guest's): on two cores, total time is at least half their sum.
+    result["source_cpu_seconds"] = source_cpu
+    result["destination_cpu_seconds"] = received["cpu_seconds"]
     del machine
     gc.collect()  # give this guest's memory back before the next scenario builds one
     return result
@@ -350,6 +368,8 @@ def run_line(side: str, case: str, run: dict[str, Any]) -> str:
         f"passes {run['iterations']}  {run['wire_bytes'] / GiB:.2f} GiB  "
         f"tags/data {run['tag_share']:.4f}"
     )
+    if "source_cpu_seconds" in run:
+        line += f"  cpu {run['source_cpu_seconds']:.2f}+{run['destination_cpu_seconds']:.2f} s"
     if run.get("guest_share", 1.0) < 1.0:
         line += f"  guest ran {run['guest_share']:.0%}"
     if run.get("status", "completed") != "completed":
