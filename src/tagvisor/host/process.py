@@ -315,8 +315,7 @@ class HostProcess:
 
     def read(self, address: int, length: int) -> bytes:
         """Read bytes as the process would through its page tables (no tag check)."""
-        views = self.span_views(address, length, write=False)
-        return views[0].tobytes() if len(views) == 1 else b"".join(view.data for view in views)
+        return b"".join(view.data for view in self.span_views(address, length, write=False))
 
     def write(self, address: int, data: bytes | memoryview) -> None:
         """Write bytes through the process's page tables (no tag check)."""

@@ -209,7 +209,8 @@ def _to_guest(
     # 6.2+: try_page_mte_tagging (result ignored), copy, set_page_mte_tagged. Earlier:
     # copy, then set the flag because the whole page copied. Either way: tagged.
     frames.try_mte_tagging(pfns)
-    if consecutive(pfns):  # pack straight into the frames' tag storage
+    in_place = consecutive(pfns)
+    if in_place:  # pack straight into the frames' tag storage
         first = int(pfns[0])
         packed = frames.packed_pages[first : first + pfns.size].reshape(-1)
     else:
@@ -218,7 +219,7 @@ def _to_guest(
     for part in parts:
         pack_tags(part, packed[done : done + part.size // 2], low_nibble_only=True)
         done += part.size // 2
-    if not consecutive(pfns):
+    if not in_place:
         frames.packed_pages[pfns] = packed.reshape(-1, PACKED_TAGS_PER_PAGE)
     frames.tag_inits[pfns] += 1
     frames.set_mte_tagged(frames.folio_head[pfns])
