@@ -12,8 +12,8 @@ import tagvisor.host.populate as populating
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.cli.main import main
 from tagvisor.host.frames import FIRST_FRAME, FrameTable
+from tagvisor.host.prefault import CHUNK_FRAMES, Prefaulter
 from tagvisor.kvm.model import ModelKvm
-from tagvisor.migration.prefault import CHUNK_FRAMES, Prefaulter
 from tagvisor.vmm import MachineBuilder
 from tagvisor.vmm.builder import RAM_BASE
 from tests.migration.churner import churner

@@ -58,6 +58,11 @@ class Userfaultfd:
         self._asleep: set[int] = set()
         process.userfaults.append(self)
 
+    @property
+    def places_tags(self) -> bool:
+        """Whether :meth:`copy_with_tags` works here (the host enables the proposal)."""
+        return PROPOSAL_UFFDIO_COPY_MTE in self.process.proposals
+
     def covers(self, address: int) -> bool:
         return self.start <= address < self.end
 

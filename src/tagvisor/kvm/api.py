@@ -8,22 +8,38 @@ raises :class:`~tagvisor.kvm.errors.KvmError` with the kernel's errno. Convenien
 Userspace addresses (memslot ``userspace_addr``, the COPY_TAGS buffer) live in the
 address space of the process that owns the VM: :class:`UserMemory` maps and reaches
 them, so the same VMM code works whether that process is modelled or real.
+
+What only some backends can do is a *capability*: a method of these protocols with a
+default that is correct everywhere (bulk views of guest RAM, residency, page gathers,
+the VMM's own tag instructions, userfaultfd, pre-faulting, Python guests). Backends
+subclass the protocols and override what they do better; the VMM, snapshots and
+migration call the methods and never ask which backend they have.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.uapi import (
+    Cap,
     ExitReason,
     kvm_arm_copy_mte_tags,
     kvm_userspace_memory_region,
     kvm_vcpu_init,
 )
+
+if TYPE_CHECKING:  # numpy stays out of the real backend's imports (a minimal image)
+    import numpy as np
+    from numpy.typing import NDArray
+
+    U8 = NDArray[np.uint8]
+
+#: The host page size the capabilities' defaults step by (arm64 and x86 Linux: 4 KiB).
+PAGE_BYTES: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -47,8 +63,87 @@ class VcpuExit:
     internal_suberror: int | None = None
 
 
+#: Called, on the faulting thread, with the page-aligned address of a missing page.
+FaultHandler = Callable[[int], None]
+
+#: A guest written in Python: called with its VCPU's context, it yields the exits a
+#: real guest's MMIO or PSCI calls would make (the model runs them: kvm.model.guest).
+GuestProgram = Callable[[Any], Generator[VcpuExit, "bytes | None", None]]
+
+
+class TaggedMapping(Protocol):
+    """The VMM's own PROT_MTE mapping of guest RAM, reached as the process would reach
+    it: LDG/STG on its own addresses, and the tags its own accesses are checked against.
+    Only a backend whose VMM can issue those instructions has one (the model's)."""
+
+    def is_tagged(self, address: int) -> bool:
+        """Whether ``address`` lies in a PROT_MTE mapping of this process."""
+        ...
+
+    def load_tags(self, address: int, count: int) -> U8:
+        """LDG of ``count`` granules from ``address`` (EIO outside PROT_MTE)."""
+        ...
+
+    def store_tags(self, address: int, tags: U8) -> None:
+        """STG of one tag per granule from ``address``."""
+        ...
+
+    def checked_tags(self, address: int, count: int) -> U8:
+        """Tags as the process's own tag check sees them (NO_TAG outside PROT_MTE)."""
+        ...
+
+
+class UserFaultRange(Protocol):
+    """A range registered with userfaultfd (MISSING mode) and its placing calls."""
+
+    @property
+    def places_tags(self) -> bool:
+        """Whether :meth:`copy_with_tags` exists here (a modelled proposal, not Linux)."""
+        ...
+
+    def copy(self, address: int, data: bytes, *, wake: bool = True) -> None:
+        """UFFDIO_COPY of whole pages (``wake=False``: UFFDIO_COPY_MODE_DONTWAKE)."""
+        ...
+
+    def wake(self, address: int, length: int) -> None:
+        """UFFDIO_WAKE."""
+        ...
+
+    def copy_with_tags(self, address: int, data: bytes, tags: U8) -> None:
+        """Place pages already tagged, then wake (only where :attr:`places_tags`)."""
+        ...
+
+    def present(self, address: int) -> bool:
+        """Whether the page at ``address`` has been placed."""
+        ...
+
+    def unregister(self) -> None:
+        """UFFDIO_UNREGISTER."""
+        ...
+
+
+class Background(Protocol):
+    """Work a capability started on a thread of its own."""
+
+    def stop(self, *, wait: bool = False) -> None: ...
+
+
+class _Idle:
+    """The :class:`Background` of a capability a backend does not have."""
+
+    def stop(self, *, wait: bool = False) -> None:
+        return None
+
+
 class UserMemory(Protocol):
-    """Mappings in the VMM's own address space (what memslots and buffers point at)."""
+    """Mappings in the VMM's own address space (what memslots and buffers point at).
+
+    The mapping calls are required. The rest are capabilities, each with a default
+    that is correct on any backend, if slow or absent, in the way rust-vmm's
+    vm-memory gives a trait's optional methods a default: a backend overrides what it
+    can do better (the model's bulk views of host frames, the real backend's own
+    mmap), and callers never ask which backend they have.
+    """
 
     def map_anonymous(self, length: int, *, shared: bool = False, mte: bool = False) -> int:
         """mmap(MAP_ANONYMOUS | MAP_PRIVATE or MAP_SHARED), PROT_MTE if ``mte``."""
@@ -76,6 +171,80 @@ class UserMemory(Protocol):
 
     def write(self, address: int, data: bytes | memoryview) -> None: ...
 
+    # -- capabilities: bulk access to guest RAM ------------------------------------------
+
+    def view(self, address: int, length: int) -> U8 | None:
+        """[address, address + length) as an array over the mapping itself (no copy),
+        or None where the backend cannot show that range in one piece."""
+        return None
+
+    def writable_view(self, address: int, length: int) -> U8 | None:
+        """Like :meth:`view`, writable; the pages are faulted in for writing."""
+        return None
+
+    def view_spans(self, address: int, npages: int) -> list[tuple[int, int]]:
+        """The ``npages`` pages from ``address`` as (first page, pages) spans that
+        :meth:`view` can show one each: one span unless the backend's views need
+        consecutive host frames and these pages' are not."""
+        return [(0, npages)]
+
+    def populated(self, address: int, npages: int) -> NDArray[np.bool_]:
+        """Which of ``npages`` pages from page-aligned ``address`` may hold data or
+        tags (memory behind them, in RAM or in swap); a backend that cannot tell says
+        every page may."""
+        import numpy as np  # here: the real backend's image imports this module without it
+
+        return np.ones(npages, dtype=bool)
+
+    def gather_pages(self, address: int, pages: NDArray[np.intp], out: U8) -> None:
+        """Copy whole pages ``address + pages[i] * PAGE_SIZE`` (ascending) into rows
+        ``out[i]``: through :meth:`view` a run of pages at a time, else :meth:`read`."""
+        import numpy as np
+
+        for index, first, count in page_runs(pages):
+            start, length = address + first * PAGE_BYTES, count * PAGE_BYTES
+            view = self.view(start, length)
+            rows = view if view is not None else np.frombuffer(self.read(start, length), np.uint8)
+            out[index : index + count] = rows.reshape(count, PAGE_BYTES)
+
+    def scatter_pages(self, address: int, pages: NDArray[np.intp], rows: U8 | None) -> None:
+        """Write rows of PAGE_SIZE bytes (zeros if ``rows`` is None) to whole pages
+        ``address + pages[i] * PAGE_SIZE`` (ascending)."""
+        import numpy as np
+
+        for index, first, count in page_runs(pages):
+            start, length = address + first * PAGE_BYTES, count * PAGE_BYTES
+            part = None if rows is None else rows[index : index + count].reshape(-1)
+            view = self.writable_view(start, length)
+            if view is not None:
+                view[:] = 0 if part is None else part
+            else:
+                self.write(
+                    start, bytes(length) if part is None else np.ascontiguousarray(part).data
+                )
+
+    def discard(self, address: int, pages: NDArray[np.intp]) -> None:
+        """MADV_DONTNEED of ``pages`` (indices from ``address``): they read as zeros
+        afterwards. The default writes the zeros."""
+        self.scatter_pages(address, pages, None)
+
+    # -- capabilities: what only some backends' VMM processes can do -----------------------
+
+    def tagged_mapping(self) -> TaggedMapping | None:
+        """The VMM's own tag instructions on its PROT_MTE mappings, if it has them."""
+        return None
+
+    def userfaultfd(self, start: int, length: int, handler: FaultHandler) -> UserFaultRange | None:
+        """Register [start, start + length) with userfaultfd in MISSING mode, faults
+        going to ``handler``; None where the backend has no userfaultfd."""
+        return None
+
+    def prefault(self, npages: int) -> Background:
+        """Start faulting in fresh memory for about ``npages`` pages that are about to
+        be written (a migration's first pass), ahead of the writes; a backend that
+        cannot gains nothing from it and does nothing."""
+        return _Idle()
+
 
 class Vcpu(Protocol):
     """A VCPU file descriptor's ioctls."""
@@ -101,6 +270,13 @@ class Vcpu(Protocol):
         VCPU thread. Any thread may call it.
         """
         ...
+
+    # -- capabilities --------------------------------------------------------------------
+
+    def attach_program(self, program: GuestProgram) -> bool:
+        """Run ``program`` on this VCPU instead of guest code in memory; False where
+        the backend cannot run Python guests (only the model can)."""
+        return False
 
 
 class Vm(Protocol):
@@ -143,8 +319,35 @@ class Kvm(Protocol):
 
     def get_vcpu_mmap_size(self) -> int: ...
 
+    # -- capabilities --------------------------------------------------------------------
+
+    def mte_feature_level(self) -> int:
+        """The MTE feature level a VM on this host would see (ID_AA64PFR1_EL1.MTE: 0
+        none, 2 FEAT_MTE2, 3 FEAT_MTE3). The default knows only whether the cap
+        exists, and then says FEAT_MTE2, the least KVM_CAP_ARM_MTE needs."""
+        return 2 if self.check_extension(Cap.ARM_MTE) else 0
+
+    def abi_profile(self) -> str:
+        """Whose KVM ABI this is: "linux" for a real kernel, a profile's name for the
+        model (snapshots and streams record it)."""
+        return "linux"
+
 
 T = TypeVar("T")
+
+
+def page_runs(pages: NDArray[np.intp]) -> list[tuple[int, int, int]]:
+    """(index into ``pages``, first page, count) of each run of consecutive pages in
+    ascending ``pages``: a bulk call per run instead of one per page."""
+    import numpy as np
+
+    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [pages.size]))
+    return [
+        (start, int(pages[start]), stop - start)
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+    ]
 
 
 def raw_ioctl(call: Callable[[], T]) -> T | int:

@@ -255,6 +255,10 @@ CORE_REG_PC: Final = arm64_core_reg(32 * 2)
 CORE_REG_PSTATE: Final = arm64_core_reg(33 * 2)
 
 
+#: ID_AA64PFR1_EL1: its MTE field (bits 11:8) is the MTE level a VCPU sees.
+ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
+
+
 def core_reg_x(n: int) -> int:
     """ONE_REG id of general-purpose register Xn (0 to 30)."""
     if not 0 <= n <= 30:

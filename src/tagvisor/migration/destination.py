@@ -17,7 +17,8 @@ and its checksum right after: a damaged section fails the migration like any oth
 and the guest it was written into is discarded. Each ITER is echoed once every page
 before it is applied, so the source pauses the guest only when this side has caught up.
 During the first pass a thread faults in fresh memory just ahead of the pages
-(tagvisor.migration.prefault), so the receiving thread does not take those faults.
+(the backend's UserMemory.prefault), so the receiving thread does not take those
+faults.
 """
 
 from __future__ import annotations
@@ -32,13 +33,11 @@ from numpy.typing import NDArray
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
-from tagvisor.host.process import HostProcess
-from tagvisor.kvm.api import Kvm
+from tagvisor.kvm.api import Background, Kvm
 from tagvisor.kvm.uapi import Cap
 from tagvisor.migration import protocol
 from tagvisor.migration.pipeline import Placer, SectionReader
 from tagvisor.migration.postcopy import PostcopyReceiver, decode_pending
-from tagvisor.migration.prefault import Prefaulter
 from tagvisor.migration.transport import Connection, Listener, TcpAddress
 from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import (
@@ -79,14 +78,6 @@ class IncomingReport:
     postcopy: PostcopyReceiver | None = None
 
 
-def host_mte_level(kvm: Kvm) -> int:
-    """The MTE feature level a VM on this host would see (ID_AA64PFR1_EL1.MTE)."""
-    level = getattr(kvm, "host_mte_level", None)
-    if isinstance(level, int):
-        return level
-    return 2 if kvm.check_extension(Cap.ARM_MTE) else 0
-
-
 def refusal(
     machine: MachineState, kvm: Kvm, *, max_memory: int, require_mte: bool | None
 ) -> str | None:
@@ -98,10 +89,10 @@ def refusal(
         return f"MTE is on at {side} only (source mte={config.mte}, required={require_mte})"
     if config.mte and not host_mte:
         return "the guest uses MTE but this host's KVM has no KVM_CAP_ARM_MTE"
-    if config.mte and machine.mte_level != host_mte_level(kvm):
+    if config.mte and machine.mte_level != kvm.mte_feature_level():
         return (
             f"MTE feature level differs: the guest saw {machine.mte_level}, this host "
-            f"offers {host_mte_level(kvm)}"
+            f"offers {kvm.mte_feature_level()}"
         )
     if config.ram_size > max_memory:
         return f"the guest has {config.ram_size} bytes of RAM; this side allows {max_memory}"
@@ -147,7 +138,7 @@ def receive(
     reader = SectionReader(conn, protocol.LIMITS, placer=_placer(machine))
     sections = iter(reader)
     buffers = PageBuffers(pages.MAX_PAGES, data=False)
-    prefaulter = _prefaulter(kvm, config, hello.pages)
+    prefaulter = _prefault(machine, hello.pages)
     previous = b""
     try:
         for section in sections:
@@ -189,11 +180,8 @@ def receive(
             apply_vcpu(state, machine.vcpus[state.vcpu_id])
         apply_devices(devices, machine)
         if post is not None:
-            process = getattr(kvm, "process", None)
-            if not isinstance(process, HostProcess):
-                raise FormatError("post-copy needs userfaultfd, which tagvisor models only")
             receiver = PostcopyReceiver(
-                conn, machine, process, decode_pending(post.payload, machine), sections
+                conn, machine, decode_pending(post.payload, machine), sections
             )
             receiver.start()
             report.postcopy = receiver
@@ -255,15 +243,12 @@ def _placer(machine: Machine) -> Placer:
     return place
 
 
-def _prefaulter(kvm: Kvm, config: MachineConfig, pages: int | None) -> Prefaulter:
-    """A started thread that faults in the model host's fresh memory just ahead of
-    the pages as they arrive (tagvisor.migration.prefault), for as many pages as the
-    source said the first pass brings and never more than the guest's RAM; one that
-    does nothing for other backends."""
-    process = getattr(kvm, "process", None)
-    frames = process.frames if isinstance(process, HostProcess) else None
-    limit = config.ram_size // PAGE_SIZE
-    return Prefaulter(frames, limit if pages is None else min(pages, limit)).start()
+def _prefault(machine: Machine, pages: int | None) -> Background:
+    """Fault in fresh memory just ahead of the pages as they arrive (the backend's
+    UserMemory.prefault), for as many pages as the source said the first pass brings
+    and never more than the guest's RAM."""
+    limit = machine.config.ram_size // PAGE_SIZE
+    return machine.memory.user.prefault(limit if pages is None else min(pages, limit))
 
 
 def incoming(

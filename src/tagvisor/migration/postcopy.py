@@ -27,8 +27,7 @@ from numpy.typing import NDArray
 
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PAGE_SIZE
 from tagvisor.errors import TagvisorError
-from tagvisor.host.process import HostProcess
-from tagvisor.host.userfault import PROPOSAL_UFFDIO_COPY_MTE, Userfaultfd
+from tagvisor.kvm.api import UserFaultRange
 from tagvisor.migration.transport import Connection
 from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import (
@@ -128,24 +127,28 @@ class PostcopyReceiver:
         self,
         conn: Connection,
         machine: Machine,
-        process: HostProcess,
         pending: list[NDArray[np.bool_]],
         sections: object,
     ) -> None:
         self.conn = conn
         self.machine = machine
-        self.process = process
         self.pending = pending
         self.sections = sections
-        self.atomic = PROPOSAL_UFFDIO_COPY_MTE in process.proposals
         self.requests = 0
         self.error: BaseException | None = None
         self._send = threading.Lock()
         self._place = threading.Lock()
-        self.uffds: list[Userfaultfd] = []
+        self.uffds: list[UserFaultRange] = []
+        user = machine.memory.user
         for index, region in enumerate(machine.memory.regions):
-            process.discard(region.hva, np.flatnonzero(pending[index]))
-            self.uffds.append(Userfaultfd(process, region.hva, region.size, self._fault))
+            uffd = user.userfaultfd(region.hva, region.size, self._fault)
+            if uffd is None:
+                self._unregister()
+                raise FormatError("post-copy needs userfaultfd, which this backend lacks")
+            user.discard(region.hva, np.flatnonzero(pending[index]))
+            self.uffds.append(uffd)
+        #: Pages are placed with their tags at once (the modelled proposal).
+        self.atomic = all(uffd.places_tags for uffd in self.uffds)
         self.thread = threading.Thread(target=self._receive, name="postcopy", daemon=True)
 
     def start(self) -> None:
@@ -189,14 +192,17 @@ class PostcopyReceiver:
                     break
                 else:
                     raise FormatError(f"unexpected {section.tag!r} during post-copy")
-            for uffd in self.uffds:
-                uffd.unregister()
+            self._unregister()
             with self._send:
                 write_section(self.conn, b"DONE", b"{}")
         except BaseException as error:  # handed to join()
             self.error = error
         finally:
             self.conn.close()
+
+    def _unregister(self) -> None:
+        for uffd in self.uffds:
+            uffd.unregister()
 
     def _apply(self, run: PageRun) -> None:
         if run.pages is not None:

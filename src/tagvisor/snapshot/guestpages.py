@@ -16,9 +16,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PAGE_SIZE
+from tagvisor.kvm.api import page_runs
 from tagvisor.snapshot.pages import MAX_PAGES, Kind, PageRun, PageSection
 from tagvisor.vmm.machine import Machine
-from tagvisor.vmm.memory import GuestRegion, page_runs
+from tagvisor.vmm.memory import GuestRegion
 
 #: Pages read at once when scanning all of memory (16 MiB of data).
 SCAN_PAGES = 4096

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Final
 
 from tagvisor.kvm.api import Vcpu
-from tagvisor.kvm.model.vcpu_regs import ID_AA64PFR1_EL1
 from tagvisor.kvm.uapi import (
+    ID_AA64PFR1_EL1,
     KVM_REG_ARM64_SYSREG,
     KVM_REG_ARM_COPROC_MASK,
     arm64_core_reg,
@@ -260,7 +260,7 @@ def _field(raw: dict[str, Any], name: str, kind: type) -> Any:
 
 
 def capture_machine(machine: Machine) -> MachineState:
-    profile = getattr(getattr(machine.kvm, "profile", None), "name", "linux")
+    profile = machine.kvm.abi_profile()
     level = machine.vcpus[0].get_one_reg(ID_AA64PFR1_EL1) >> 8 & 0xF
     return MachineState(machine.config, profile, level)
 

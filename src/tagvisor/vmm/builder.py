@@ -24,11 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Self
 
-from tagvisor.kvm.api import Kvm
+from tagvisor.kvm.api import GuestProgram, Kvm
 from tagvisor.kvm.errors import KvmError
-from tagvisor.kvm.model.guest import GeneratorGuest, GuestProgram
-from tagvisor.kvm.model.system import ModelKvm
-from tagvisor.kvm.model.vcpu import ModelVcpu
 from tagvisor.kvm.uapi import CORE_REG_PC, Cap, VcpuFeature
 from tagvisor.vmm.devices import dma as dma_device
 from tagvisor.vmm.devices import pl011, progress, ucall
@@ -192,8 +189,7 @@ class MachineBuilder:
                 init.features[0] |= 1 << VcpuFeature.POWER_OFF  # started by PSCI CPU_ON
             vcpu.arm_vcpu_init(init)
             vcpus.append(vcpu)
-        process = kvm.process if isinstance(kvm, ModelKvm) else None
-        tags = make_tag_access(self._tag_access, vm, memory, user, process)
+        tags = make_tag_access(self._tag_access, vm, memory, user)
         console = pl011.Pl011(self._console_sink)
         calls = ucall.UcallDevice(memory)
         engine = dma_device.DmaEngine(tags)
@@ -220,9 +216,8 @@ class MachineBuilder:
         if self._image is not None:
             vcpus[0].set_one_reg(CORE_REG_PC, load(self._image, memory))
         elif self._program is not None:
-            if not isinstance(vcpus[0], ModelVcpu):
+            if not vcpus[0].attach_program(self._program):
                 raise MachineError("Python guests run only on the model backend")
-            vcpus[0].attach(GeneratorGuest(self._program))
         else:
             raise MachineError("the machine has no guest: give it an image or a Python guest")
         return machine

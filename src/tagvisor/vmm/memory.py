@@ -17,7 +17,6 @@ from numpy.typing import NDArray
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
-from tagvisor.host.process import HostProcess
 from tagvisor.kvm.api import UserMemory, Vm
 from tagvisor.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region
 
@@ -109,96 +108,68 @@ class GuestMemory:
         region = self.region_of(gpa, length)
         return self.user.read(region.hva + gpa - region.gpa, length)
 
+    def _hva(self, gpa: int, length: int) -> tuple[GuestRegion, int]:
+        region = self.region_of(gpa, length)
+        return region, region.hva + gpa - region.gpa
+
     def view(self, gpa: int, length: int) -> NDArray[np.uint8]:
         """Guest memory as a read-only array: a view of the mapping when the backend can
-        give one (the model, for contiguous frames), else a copy. Read it before the
-        guest changes the range again."""
+        give one, else a copy. Read it before the guest changes the range again."""
         array = self.mapped_view(gpa, length)
         if array is None:
-            region = self.region_of(gpa, length)
-            array = np.frombuffer(self.user.read(region.hva + gpa - region.gpa, length), np.uint8)
+            _, hva = self._hva(gpa, length)
+            array = np.frombuffer(self.user.read(hva, length), np.uint8)
         return array
 
     def mapped_view(self, gpa: int, length: int) -> NDArray[np.uint8] | None:
         """Guest memory as a read-only view of the mapping, if the backend can give one
-        (the model, for contiguous frames); else None."""
-        region = self.region_of(gpa, length)
-        viewer = getattr(self.user, "view", None)
-        array = viewer(region.hva + gpa - region.gpa, length) if viewer is not None else None
+        (UserMemory.view); else None."""
+        _, hva = self._hva(gpa, length)
+        array = self.user.view(hva, length)
         if array is None:
             return None
         array = array.view()
         array.flags.writeable = False
-        result: NDArray[np.uint8] = array
-        return result
+        return array
 
     def view_spans(self, gpa: int, npages: int) -> list[tuple[int, int]]:
         """The ``npages`` pages from ``gpa`` as (first page, pages) spans that
-        :meth:`mapped_view` can show in one view each: one span, unless the backend's
-        views need consecutive host frames (the model) and the pages' are not."""
-        region = self.region_of(gpa, npages * PAGE_SIZE)
-        spans = getattr(self.user, "view_spans", None)
-        if spans is None:
-            return [(0, npages)]
-        result: list[tuple[int, int]] = spans(region.hva + gpa - region.gpa, npages)
-        return result
+        :meth:`mapped_view` can show in one view each (UserMemory.view_spans)."""
+        _, hva = self._hva(gpa, npages * PAGE_SIZE)
+        return self.user.view_spans(hva, npages)
 
     def write(self, gpa: int, data: bytes | memoryview) -> None:
         """Write guest memory from the VMM side; the pages count as dirty."""
-        region = self.region_of(gpa, len(data))
-        self.user.write(region.hva + gpa - region.gpa, data)
+        region, hva = self._hva(gpa, len(data))
+        self.user.write(hva, data)
         if data:
-            first = (gpa - region.gpa) // PAGE_SIZE
-            last = (gpa - region.gpa + len(data) - 1) // PAGE_SIZE
-            region.mark_dirty(slice(first, last + 1))
+            region.mark_dirty(_pages_of(region, gpa, len(data)))
 
     # -- whole pages in bulk (snapshots and migration) ----------------------------------
 
-    def _process(self) -> HostProcess | None:
-        """The modelled VMM process behind the mappings, for vectorised page I/O."""
-        process = getattr(self.user, "process", None)
-        return process if isinstance(process, HostProcess) else None
-
     def populated(self, gpa: int, npages: int) -> NDArray[np.bool_]:
         """Which of ``npages`` pages from ``gpa`` (inside one region) may hold data or
-        tags: those with memory behind them in the VMM's mapping, in RAM or in swap
-        (/proc/self/pagemap). The others were never touched and read as zeros with zero
-        tags. A backend that cannot tell says every page may."""
-        region = self.region_of(gpa, npages * PAGE_SIZE)
-        process = self._process()
-        if process is None:
-            return np.ones(npages, dtype=bool)
-        return process.populated(region.hva + gpa - region.gpa, npages)
+        tags (UserMemory.populated). The others were never touched and read as zeros
+        with zero tags."""
+        _, hva = self._hva(gpa, npages * PAGE_SIZE)
+        return self.user.populated(hva, npages)
 
     def writable_view(self, gpa: int, length: int) -> NDArray[np.uint8] | None:
         """Guest memory [gpa, gpa + length) as a writable array, if the backend can give
-        one (the model, where the pages' frames are consecutive), else None. Its pages
-        are faulted in for writing and count as dirty, as for :meth:`write`."""
-        region = self.region_of(gpa, length)
-        process = self._process()
-        if process is None or not length:
-            return None
-        view = process.contiguous_view(region.hva + gpa - region.gpa, length, write=True)
+        one (UserMemory.writable_view), else None. Its pages count as dirty, as for
+        :meth:`write`."""
+        region, hva = self._hva(gpa, length)
+        view = self.user.writable_view(hva, length)
         if view is not None:
-            first = (gpa - region.gpa) // PAGE_SIZE
-            last = (gpa - region.gpa + length - 1) // PAGE_SIZE
-            region.mark_dirty(slice(first, last + 1))
+            region.mark_dirty(_pages_of(region, gpa, length))
         return view
 
     def read_pages(self, gpa: int, pages: NDArray[np.intp], out: NDArray[np.uint8]) -> None:
         """Copy guest pages ``gpa + pages[i] * PAGE_SIZE`` (ascending, inside one region)
         into rows ``out[i]`` of PAGE_SIZE bytes: a copy the guest cannot change."""
-        if not pages.size:
-            return
-        region = self.region_of(gpa, (int(pages[-1]) + 1) * PAGE_SIZE)
-        hva = region.hva + gpa - region.gpa
-        process = self._process()
-        if process is not None:
-            process.gather_pages(hva, pages, out)
-            return
-        for index, first, count in page_runs(pages):
-            raw = self.user.read(hva + first * PAGE_SIZE, count * PAGE_SIZE)
-            out[index : index + count] = np.frombuffer(raw, np.uint8).reshape(count, PAGE_SIZE)
+        if pages.size:
+            _, hva = self._hva(gpa, (int(pages[-1]) + 1) * PAGE_SIZE)
+            self.user.gather_pages(hva, pages, out)
 
     def write_pages(
         self, gpa: int, pages: NDArray[np.intp], rows: NDArray[np.uint8] | None
@@ -206,22 +177,10 @@ class GuestMemory:
         """Write rows of PAGE_SIZE bytes (zeros if ``rows`` is None) to guest pages
         ``gpa + pages[i] * PAGE_SIZE`` (ascending, inside one region); they count as
         dirty, as for :meth:`write`."""
-        if not pages.size:
-            return
-        region = self.region_of(gpa, (int(pages[-1]) + 1) * PAGE_SIZE)
-        hva = region.hva + gpa - region.gpa
-        process = self._process()
-        if process is not None:
-            process.scatter_pages(hva, pages, rows)
-        else:
-            for index, first, count in page_runs(pages):
-                part = (
-                    bytes(count * PAGE_SIZE)
-                    if rows is None
-                    else np.ascontiguousarray(rows[index : index + count]).data
-                )
-                self.user.write(hva + first * PAGE_SIZE, part)
-        region.mark_dirty((gpa - region.gpa) // PAGE_SIZE + pages)
+        if pages.size:
+            region, hva = self._hva(gpa, (int(pages[-1]) + 1) * PAGE_SIZE)
+            self.user.scatter_pages(hva, pages, rows)
+            region.mark_dirty((gpa - region.gpa) // PAGE_SIZE + pages)
 
     # -- dirty tracking --------------------------------------------------------------
 
@@ -266,13 +225,7 @@ class GuestMemory:
         return dirty
 
 
-def page_runs(pages: NDArray[np.intp]) -> list[tuple[int, int, int]]:
-    """(index into ``pages``, first page, count) of each run of consecutive pages in
-    ascending ``pages``: a bulk call per run instead of one per page."""
-    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-    starts = np.concatenate(([0], breaks))
-    stops = np.concatenate((breaks, [pages.size]))
-    return [
-        (start, int(pages[start]), stop - start)
-        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
-    ]
+def _pages_of(region: GuestRegion, gpa: int, length: int) -> slice:
+    """The region's pages that [gpa, gpa + length) touches."""
+    first = (gpa - region.gpa) // PAGE_SIZE
+    return slice(first, (gpa - region.gpa + length - 1) // PAGE_SIZE + 1)

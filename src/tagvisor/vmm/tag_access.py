@@ -15,8 +15,9 @@ without tripping its own tag checks, and how it can read the tags at all:
 Plus ``prot-mte-naive``: a PROT_MTE mapping with checks on and nothing done about them,
 which is what the seed warned against: the VMM faults on the guest's own tags.
 
-The PROT_MTE ways need a modelled VMM process (:class:`~tagvisor.host.process.
-HostProcess`): on a real host Python cannot issue LDG or set TCO, so only ``copy-tags``
+The PROT_MTE ways need a VMM that can issue LDG/STG on its own mappings (the
+backend's :meth:`~tagvisor.kvm.api.UserMemory.tagged_mapping` capability, which the
+model has): on a real host Python cannot issue LDG or set TCO, so only ``copy-tags``
 runs there.
 """
 
@@ -33,9 +34,7 @@ from tagvisor.arch.sysregs import TagCheckMode, TcrMte
 from tagvisor.arch.tagcheck import check_access
 from tagvisor.arch.tagformat import U8
 from tagvisor.errors import TagvisorError
-from tagvisor.host.errors import SegmentationFault
-from tagvisor.host.process import HostProcess
-from tagvisor.kvm.api import UserMemory, Vm
+from tagvisor.kvm.api import TaggedMapping, UserMemory, Vm
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.uapi import KVM_ARM_TAGS_FROM_GUEST, KVM_ARM_TAGS_TO_GUEST, kvm_arm_copy_mte_tags
 from tagvisor.vmm.memory import GuestMemory
@@ -47,6 +46,16 @@ COPY_CHUNK: Final = 1 << 30
 
 class TagAccessError(TagvisorError):
     """The VMM could not read or write guest tags the way it was configured to."""
+
+
+class VmmTagFault(TagvisorError):
+    """The VMM's own untagged access met a guest tag: SIGSEGV with ``si_code``
+    SEGV_MTESERR, as Linux delivers a synchronous tag check fault to user space."""
+
+    def __init__(self, address: int, detail: str) -> None:
+        super().__init__(f"SIGSEGV (si_code {SEGV_MTESERR}) at {address:#x}: {detail}")
+        self.address = address
+        self.si_code = SEGV_MTESERR
 
 
 class TagAccess(Protocol):
@@ -123,9 +132,8 @@ class CopyTagsAccess:
         buffer = self._copy(first, pages, to_guest=False)
         skip = (gpa - first) // TAG_GRANULE
         # One copy out of the bounce buffer, through a view of it where the backend
-        # gives one (the model does), else through read().
-        viewer = getattr(self.user, "view", None)
-        bounced = viewer(buffer + skip, granules) if viewer is not None else None
+        # gives one, else through read().
+        bounced = self.user.view(buffer + skip, granules)
         if bounced is None:
             bounced = np.frombuffer(self.user.read(buffer + skip, granules), np.uint8)
         if out is None:
@@ -148,7 +156,7 @@ class CopyTagsAccess:
 
 
 class ProcessMteAccess:
-    """Guest RAM mapped PROT_MTE in a modelled VMM process that checks its own accesses.
+    """Guest RAM mapped PROT_MTE in a VMM process that checks its own accesses.
 
     ``avoid_checks`` is how the VMM keeps its untagged pointers from faulting on the
     guest's tags: ``"tco"`` (PSTATE.TCO set around each access), ``"tcma"`` (TCMA0 with
@@ -156,19 +164,21 @@ class ProcessMteAccess:
     proposal) or ``"none"`` (the naive way: faults become SIGSEGV/SEGV_MTESERR).
     """
 
-    def __init__(self, process: HostProcess, memory: GuestMemory, avoid_checks: str) -> None:
+    def __init__(
+        self, tagging: TaggedMapping, memory: GuestMemory, user: UserMemory, avoid_checks: str
+    ) -> None:
         if avoid_checks not in ("tco", "tcma", "none"):
             raise ValueError(f"unknown way to avoid tag checks: {avoid_checks!r}")
-        self.process = process
+        self.tagging = tagging
         self.memory = memory
+        self.user = user
         self.avoid_checks = avoid_checks
         self.name = "prot-mte-naive" if avoid_checks == "none" else f"prot-mte+{avoid_checks}"
         self.state = MteState.linux_user(TagCheckMode.SYNC)
         if avoid_checks == "tcma":
             self.state.tcr = TcrMte(tbi0=True, tcma0=True)
         for region in memory.regions:
-            vma = process.find_vma(region.hva)
-            if vma is None or not vma.mte:
+            if not tagging.is_tagged(region.hva):
                 raise TagAccessError(
                     f"{self.name} needs guest RAM mapped PROT_MTE in the VMM "
                     "(MachineBuilder.memory(..., vmm_prot_mte=True))"
@@ -181,14 +191,12 @@ class ProcessMteAccess:
     def _check(self, hva: int, length: int, *, write: bool) -> None:
         """The VMM process's own tag check of a data access through its pointer."""
         self.state.tco = self.avoid_checks == "tco"
-        memory = _ProcessTags(self.process)
+        memory = _CheckedTags(self.tagging, self.user)
         try:
             check_access(self.state, memory, hva, length, write=write)
         except TagCheckFault as fault:
-            raise SegmentationFault(
-                fault.address,
-                SEGV_MTESERR,
-                "the VMM's untagged pointer met a guest tag (tag check fault)",
+            raise VmmTagFault(
+                fault.address, "the VMM's untagged pointer met a guest tag (tag check fault)"
             ) from None
         finally:
             self.state.tco = False
@@ -196,7 +204,7 @@ class ProcessMteAccess:
     def read_data(self, gpa: int, length: int) -> bytes:
         hva = self._hva(gpa, length)
         self._check(hva, length, write=False)
-        return self.process.read(hva, length)
+        return self.user.read(hva, length)
 
     def write_data(self, gpa: int, data: bytes) -> None:
         hva = self._hva(gpa, len(data))
@@ -204,51 +212,52 @@ class ProcessMteAccess:
         self.memory.write(gpa, data)
 
     def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
-        tags = self.process.load_tags(self._hva(gpa, granules * TAG_GRANULE), granules)
+        tags = self.tagging.load_tags(self._hva(gpa, granules * TAG_GRANULE), granules)
         if out is None:
             return tags
         np.copyto(out, tags)
         return out
 
     def write_tags(self, gpa: int, tags: U8) -> None:
-        self.process.store_tags(self._hva(gpa, tags.size * TAG_GRANULE), tags)
+        self.tagging.store_tags(self._hva(gpa, tags.size * TAG_GRANULE), tags)
         region = self.memory.region_of(gpa)
         first = (gpa - region.gpa) // PAGE_SIZE
         last = (gpa - region.gpa + tags.size * TAG_GRANULE - 1) // PAGE_SIZE
         region.mark_dirty(slice(first, last + 1))
 
 
-class _ProcessTags:
-    """The arch TagMemory over a host process's mappings (untagged outside PROT_MTE)."""
+class _CheckedTags:
+    """The arch TagMemory over the VMM's mappings (untagged outside PROT_MTE)."""
 
-    def __init__(self, process: HostProcess) -> None:
-        self.process = process
+    def __init__(self, tagging: TaggedMapping, user: UserMemory) -> None:
+        self.tagging = tagging
+        self.user = user
 
     def load_tags(self, address: int, count: int) -> U8:
-        return self.process.tags_or_untagged(address, count)
+        return self.tagging.checked_tags(address, count)
 
     def store_tags(self, address: int, tags: U8) -> None:
-        self.process.store_tags(address, tags)
+        self.tagging.store_tags(address, tags)
 
     def write_data(self, address: int, data: bytes) -> None:
-        self.process.write(address, data)
+        self.user.write(address, data)
 
 
 WAYS: Final = ("copy-tags", "prot-mte+tco", "prot-mte+tcma", "prot-mte-naive")
 
 
-def make_tag_access(
-    way: str, vm: Vm, memory: GuestMemory, user: UserMemory, process: HostProcess | None
-) -> TagAccess:
-    """The configured way; the PROT_MTE ones need the modelled VMM process."""
+def make_tag_access(way: str, vm: Vm, memory: GuestMemory, user: UserMemory) -> TagAccess:
+    """The configured way; the PROT_MTE ones need the VMM's own tag instructions
+    (UserMemory.tagged_mapping)."""
     if way == "copy-tags":
         return CopyTagsAccess(vm, memory, user)
     if way not in WAYS:
         raise ValueError(f"unknown tag access way {way!r}; choose from {', '.join(WAYS)}")
-    if process is None:
+    tagging = user.tagged_mapping()
+    if tagging is None:
         raise TagAccessError(
             f"{way} needs LDG/STG and PSTATE.TCO from the VMM, which Python cannot do on a "
             "real host; use copy-tags"
         )
     avoid = {"prot-mte+tco": "tco", "prot-mte+tcma": "tcma", "prot-mte-naive": "none"}[way]
-    return ProcessMteAccess(process, memory, avoid)
+    return ProcessMteAccess(tagging, memory, user, avoid)

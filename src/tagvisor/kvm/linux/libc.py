@@ -27,6 +27,8 @@ MAP_ANONYMOUS: Final = 0x20
 MAP_NORESERVE: Final = 0x4000
 MAP_HUGETLB: Final = 0x40000
 
+MADV_DONTNEED: Final = 4
+
 MFD_CLOEXEC: Final = 0x0001
 MFD_HUGETLB: Final = 0x0004
 
@@ -50,6 +52,8 @@ def libc() -> ctypes.CDLL:
     lib.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
     lib.mprotect.restype = ctypes.c_int
     lib.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    lib.madvise.restype = ctypes.c_int
+    lib.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     return lib
 
 
@@ -74,6 +78,11 @@ def munmap(address: int, length: int) -> None:
 def mprotect(address: int, length: int, prot: int) -> None:
     if libc().mprotect(address, length, prot) != 0:
         raise _fail("mprotect")
+
+
+def madvise(address: int, length: int, advice: int) -> None:
+    if libc().madvise(address, length, advice) != 0:
+        raise _fail("madvise")
 
 
 def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:

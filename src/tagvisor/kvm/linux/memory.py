@@ -14,10 +14,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from tagvisor.errors import TagvisorError
+from tagvisor.kvm.api import UserMemory, page_runs
 from tagvisor.kvm.linux import libc
 from tagvisor.kvm.linux.libc import (
+    MADV_DONTNEED,
     MAP_ANONYMOUS,
     MAP_PRIVATE,
     MAP_SHARED,
@@ -28,8 +31,16 @@ from tagvisor.kvm.linux.libc import (
     PROT_WRITE,
 )
 
+if TYPE_CHECKING:  # numpy is imported where a capability needs it, not by the image
+    import numpy as np
+    from numpy.typing import NDArray
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 HUGE_PAGE_SIZE = 2 << 20
+#: /proc/self/pagemap, one u64 per page: bit 63 present in RAM, bit 62 in swap
+#: (Documentation/admin-guide/mm/pagemap.rst).
+PAGEMAP: Final = "/proc/self/pagemap"
+PAGEMAP_PRESENT_OR_SWAPPED: Final = (1 << 63) | (1 << 62)
 
 
 class UserMemoryError(TagvisorError, OSError):
@@ -58,11 +69,16 @@ class Mapping:
         return self.address + self.length
 
 
+def _raw(address: int, length: int) -> memoryview:
+    """[address, address + length) of this process as a buffer, without a copy."""
+    return memoryview((ctypes.c_uint8 * length).from_address(address)).cast("B")
+
+
 def _round_up(value: int, granule: int) -> int:
     return -(-value // granule) * granule
 
 
-class LinuxUserMemory:
+class LinuxUserMemory(UserMemory):
     """Mappings in the VMM process, made with the real mmap.
 
     ``file_dir`` is where :meth:`map_file` creates its backing file (default: the
@@ -197,6 +213,61 @@ class LinuxUserMemory:
         if not mapping.prot & PROT_WRITE:
             raise UserMemoryError(errno.EFAULT, "write", "the mapping is read-only")
         ctypes.memmove(address, raw, len(raw))
+
+    # -- capabilities ----------------------------------------------------------------
+
+    def view(self, address: int, length: int) -> NDArray[np.uint8]:
+        """The mapping itself, as an array: this process's memory is contiguous."""
+        import numpy as np
+
+        self._find(address, length, "read")
+        return np.frombuffer(_raw(address, length), np.uint8)
+
+    def writable_view(self, address: int, length: int) -> NDArray[np.uint8] | None:
+        import numpy as np
+
+        mapping = self._find(address, length, "write")
+        if not mapping.prot & PROT_WRITE or not length:
+            return None
+        return np.frombuffer(_raw(address, length), np.uint8)
+
+    def populated(self, address: int, npages: int) -> NDArray[np.bool_]:
+        """Pages of a private anonymous mapping with memory behind them, in RAM or in
+        swap, from /proc/self/pagemap. Any other mapping's pages all count: a shared
+        page may live in the page cache with no entry in this process's page tables
+        (mincore would miss shmem pages in swap), and sending a zero page costs
+        little, losing one a guest."""
+        import numpy as np
+
+        mapping = self._find(address, npages * PAGE_SIZE, "pagemap")
+        if mapping.kind != "anonymous" or PAGE_SIZE != 4096:
+            return np.ones(npages, dtype=bool)
+        try:
+            with open(PAGEMAP, "rb") as pagemap:
+                pagemap.seek(address // PAGE_SIZE * 8)
+                raw = pagemap.read(npages * 8)
+        except OSError:
+            return np.ones(npages, dtype=bool)
+        if len(raw) != npages * 8:
+            return np.ones(npages, dtype=bool)
+        entries = np.frombuffer(raw, np.uint64)
+        present: NDArray[np.bool_] = (entries & PAGEMAP_PRESENT_OR_SWAPPED) != 0
+        return present
+
+    def discard(self, address: int, pages: NDArray[np.intp]) -> None:
+        """madvise(MADV_DONTNEED), a run of pages per call, for private anonymous
+        memory; a shared mapping keeps its file's data through that, so its pages are
+        zeroed instead."""
+        if self._find(address, PAGE_SIZE, "madvise").kind != "anonymous":
+            super().discard(address, pages)
+            return
+        for _, first, count in page_runs(pages):
+            start, length = address + first * PAGE_SIZE, count * PAGE_SIZE
+            self._find(start, length, "madvise")
+            try:
+                libc.madvise(start, length, MADV_DONTNEED)
+            except OSError as exc:
+                raise UserMemoryError(exc.errno or errno.EIO, "madvise") from None
 
     def close(self) -> None:
         for mapping in list(self.mappings.values()):

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
-from tagvisor.kvm.api import VcpuExit
+from tagvisor.kvm.api import Kvm, Vcpu, VcpuExit
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.linux.memory import LinuxUserMemory
 from tagvisor.kvm.linux.run import decode_exit, fill_mmio_read
@@ -118,7 +118,7 @@ class _Fd:
             self.close()
 
 
-class LinuxVcpu(_Fd):
+class LinuxVcpu(_Fd, Vcpu):
     """A VCPU file descriptor and its mmapped kvm_run page."""
 
     def __init__(self, fd: int, mmap_size: int) -> None:
@@ -259,7 +259,7 @@ class LinuxVm(_Fd):
         return ioctl(self.fd, KVM_ARM_MTE_COPY_TAGS, copy)
 
 
-class LinuxKvm(_Fd):
+class LinuxKvm(_Fd, Kvm):
     """``/dev/kvm`` and this process's memory (:class:`LinuxUserMemory`)."""
 
     def __init__(self, device: str = DEFAULT_DEVICE, *, file_dir: str | None = None) -> None:

@@ -2,80 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-from numpy.typing import NDArray
-
 from tagvisor.host.frames import FrameTable
-from tagvisor.host.mapping import (
-    MAP_ANONYMOUS,
-    MAP_PRIVATE,
-    MAP_SHARED,
-    PROT_MTE,
-    PROT_READ,
-    PROT_WRITE,
-    Backing,
-    BackingKind,
-)
 from tagvisor.host.process import HostProcess
 from tagvisor.host.swap import SwapDevice
+from tagvisor.kvm.api import Kvm
 from tagvisor.kvm.model.guest import GuestExecutor
 from tagvisor.kvm.model.profiles import DEFAULT_PROFILE, KernelProfile, profile_named
+from tagvisor.kvm.model.user_memory import ModelUserMemory
 from tagvisor.kvm.model.vm import ModelVm
 from tagvisor.kvm.uapi import KVM_API_VERSION, KVM_RUN_SIZE, Cap
 
-RW = PROT_READ | PROT_WRITE
 
-
-class ModelUserMemory:
-    """:class:`~tagvisor.kvm.api.UserMemory` over the modelled VMM process."""
-
-    def __init__(self, process: HostProcess) -> None:
-        self.process = process
-
-    def _prot(self, mte: bool) -> int:
-        return RW | (PROT_MTE if mte else 0)
-
-    def map_anonymous(self, length: int, *, shared: bool = False, mte: bool = False) -> int:
-        flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
-        return self.process.mmap(length, self._prot(mte), flags)
-
-    def map_memfd(self, length: int, *, mte: bool = False) -> int:
-        backing = Backing.of_size(BackingKind.MEMFD, length, "memfd:tagvisor")
-        return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
-
-    def map_file(self, length: int) -> int:
-        backing = Backing.of_size(BackingKind.FILE, length, "guest-ram.img")
-        return self.process.mmap(length, RW, MAP_SHARED, backing)
-
-    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
-        backing = Backing.of_size(BackingKind.HUGETLB, length, "hugetlbfs:tagvisor")
-        return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
-
-    def unmap(self, address: int, length: int) -> None:
-        self.process.munmap(address, length)
-
-    def protect(self, address: int, length: int, *, writable: bool) -> None:
-        vma = self.process.find_vma(address)
-        mte = PROT_MTE if vma is not None and vma.mte else 0
-        self.process.mprotect(address, length, (RW if writable else PROT_READ) | mte)
-
-    def read(self, address: int, length: int) -> bytes:
-        return self.process.read(address, length)
-
-    def view(self, address: int, length: int) -> NDArray[np.uint8] | None:
-        """Zero-copy access for the model's VMM (not part of the UserMemory protocol)."""
-        return self.process.contiguous_view(address, length, write=False)
-
-    def view_spans(self, address: int, npages: int) -> list[tuple[int, int]]:
-        """How :meth:`view` can show ``npages`` pages from ``address``: (first page,
-        pages) spans of consecutive host frames."""
-        return self.process.contiguous_spans(address, npages)
-
-    def write(self, address: int, data: bytes | memoryview) -> None:
-        self.process.write(address, data)
-
-
-class ModelKvm:
+class ModelKvm(Kvm):
     """``/dev/kvm`` of a modelled arm64 host.
 
     ``host_memory`` bytes of RAM back every VM and the VMM's buffers; the OS gives the
@@ -143,3 +81,9 @@ class ModelKvm:
 
     def get_vcpu_mmap_size(self) -> int:
         return KVM_RUN_SIZE
+
+    def mte_feature_level(self) -> int:
+        return self.host_mte_level
+
+    def abi_profile(self) -> str:
+        return self.profile.name

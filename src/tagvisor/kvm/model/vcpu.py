@@ -6,9 +6,9 @@ import errno
 import threading
 from typing import TYPE_CHECKING
 
-from tagvisor.kvm.api import VcpuExit
+from tagvisor.kvm.api import GuestProgram, Vcpu, VcpuExit
 from tagvisor.kvm.errors import KvmError
-from tagvisor.kvm.model.guest import GuestContext, GuestExecutor
+from tagvisor.kvm.model.guest import GeneratorGuest, GuestContext, GuestExecutor
 from tagvisor.kvm.model.psci import handle_psci
 from tagvisor.kvm.model.vcpu_regs import (
     CORE_IDS,
@@ -39,7 +39,7 @@ SUPPORTED_FEATURES = {VcpuFeature.POWER_OFF, VcpuFeature.EL1_32BIT, VcpuFeature.
 KNOWN_FEATURE_BITS = (1 << (max(VcpuFeature) + 1)) - 1
 
 
-class ModelVcpu:
+class ModelVcpu(Vcpu):
     """One VCPU of a :class:`ModelVm`."""
 
     def __init__(self, vm: ModelVm, vcpu_id: int) -> None:
@@ -58,6 +58,10 @@ class ModelVcpu:
     def attach(self, executor: GuestExecutor) -> None:
         """Give the VCPU something to run (the model's stand-in for guest RAM code)."""
         self.executor = executor
+
+    def attach_program(self, program: GuestProgram) -> bool:
+        self.attach(GeneratorGuest(program))
+        return True
 
     @property
     def tag_access(self) -> bool:

@@ -15,7 +15,6 @@ from typing import Final
 
 from tagvisor.arch.constants import TAG_GRANULE
 from tagvisor.errors import TagvisorError
-from tagvisor.host.errors import SegmentationFault
 from tagvisor.vmm.tag_access import TagAccess
 
 WINDOW: Final = 0x1000
@@ -60,7 +59,7 @@ class DmaEngine:
             self.access.write_data(dst, data)
             if tags is not None:
                 self.access.write_tags(dst, tags)
-        except (TagvisorError, SegmentationFault) as error:
+        except TagvisorError as error:  # a VmmTagFault or an unmapped address too
             self.last_error = str(error)
             return False
         return True

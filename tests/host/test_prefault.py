@@ -11,9 +11,9 @@ import pytest
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.host.frames import FIRST_FRAME, FrameTable
+from tagvisor.host.prefault import CHUNK_FRAMES, Prefaulter, available
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration import protocol
-from tagvisor.migration.prefault import CHUNK_FRAMES, Prefaulter, available
 from tagvisor.snapshot.container import FormatError
 from tagvisor.snapshot.state import MachineState, capture_machine
 from tagvisor.vmm import MachineBuilder

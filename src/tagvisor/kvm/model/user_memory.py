@@ -1,0 +1,122 @@
+""":class:`~tagvisor.kvm.api.UserMemory` over the modelled VMM process, with every
+capability the model has: views of host frames, residency from the page tables,
+vectorised page copies, the VMM's own tag instructions, userfaultfd and pre-faulting."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tagvisor.arch.tagformat import U8
+from tagvisor.host.mapping import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_MTE,
+    PROT_READ,
+    PROT_WRITE,
+    Backing,
+    BackingKind,
+)
+from tagvisor.host.prefault import Prefaulter
+from tagvisor.host.process import HostProcess
+from tagvisor.host.userfault import Userfaultfd
+from tagvisor.kvm.api import Background, FaultHandler, TaggedMapping, UserMemory
+
+RW = PROT_READ | PROT_WRITE
+
+
+class ProcessTagging(TaggedMapping):
+    """The modelled VMM process's LDG/STG on its own PROT_MTE mappings."""
+
+    def __init__(self, process: HostProcess) -> None:
+        self.process = process
+
+    def is_tagged(self, address: int) -> bool:
+        vma = self.process.find_vma(address)
+        return vma is not None and vma.mte
+
+    def load_tags(self, address: int, count: int) -> U8:
+        return self.process.load_tags(address, count)
+
+    def store_tags(self, address: int, tags: U8) -> None:
+        self.process.store_tags(address, tags)
+
+    def checked_tags(self, address: int, count: int) -> U8:
+        return self.process.tags_or_untagged(address, count)
+
+
+class ModelUserMemory(UserMemory):
+    """The mapping calls and every bulk capability, over a :class:`HostProcess`."""
+
+    def __init__(self, process: HostProcess) -> None:
+        self.process = process
+
+    def _prot(self, mte: bool) -> int:
+        return RW | (PROT_MTE if mte else 0)
+
+    def map_anonymous(self, length: int, *, shared: bool = False, mte: bool = False) -> int:
+        flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
+        return self.process.mmap(length, self._prot(mte), flags)
+
+    def map_memfd(self, length: int, *, mte: bool = False) -> int:
+        backing = Backing.of_size(BackingKind.MEMFD, length, "memfd:tagvisor")
+        return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
+
+    def map_file(self, length: int) -> int:
+        backing = Backing.of_size(BackingKind.FILE, length, "guest-ram.img")
+        return self.process.mmap(length, RW, MAP_SHARED, backing)
+
+    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
+        backing = Backing.of_size(BackingKind.HUGETLB, length, "hugetlbfs:tagvisor")
+        return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
+
+    def unmap(self, address: int, length: int) -> None:
+        self.process.munmap(address, length)
+
+    def protect(self, address: int, length: int, *, writable: bool) -> None:
+        vma = self.process.find_vma(address)
+        mte = PROT_MTE if vma is not None and vma.mte else 0
+        self.process.mprotect(address, length, (RW if writable else PROT_READ) | mte)
+
+    def read(self, address: int, length: int) -> bytes:
+        return self.process.read(address, length)
+
+    def write(self, address: int, data: bytes | memoryview) -> None:
+        self.process.write(address, data)
+
+    # -- capabilities ----------------------------------------------------------------
+
+    def view(self, address: int, length: int) -> U8 | None:
+        """A view of host memory where the range's frames are consecutive."""
+        return self.process.contiguous_view(address, length, write=False)
+
+    def writable_view(self, address: int, length: int) -> U8 | None:
+        if not length:
+            return None
+        return self.process.contiguous_view(address, length, write=True)
+
+    def view_spans(self, address: int, npages: int) -> list[tuple[int, int]]:
+        """Spans of consecutive host frames: what one :meth:`view` each can show."""
+        return self.process.contiguous_spans(address, npages)
+
+    def populated(self, address: int, npages: int) -> NDArray[np.bool_]:
+        return self.process.populated(address, npages)
+
+    def gather_pages(self, address: int, pages: NDArray[np.intp], out: U8) -> None:
+        self.process.gather_pages(address, pages, out)
+
+    def scatter_pages(self, address: int, pages: NDArray[np.intp], rows: U8 | None) -> None:
+        self.process.scatter_pages(address, pages, rows)
+
+    def discard(self, address: int, pages: NDArray[np.intp]) -> None:
+        self.process.discard(address, pages)
+
+    def tagged_mapping(self) -> TaggedMapping:
+        return ProcessTagging(self.process)
+
+    def userfaultfd(self, start: int, length: int, handler: FaultHandler) -> Userfaultfd:
+        return Userfaultfd(self.process, start, length, handler)
+
+    def prefault(self, npages: int) -> Background:
+        return Prefaulter(self.process.frames, npages).start()
