@@ -197,8 +197,7 @@ def test_registers_wider_than_64_bits_travel_in_a_vreg_section(
     The destination receives it whole, next to the 64-bit ones, instead of the source
     leaving it out of the stream.
     """
-    import tagvisor.migration.destination as incoming_side
-    import tagvisor.migration.source as outgoing_side
+    import tagvisor.snapshot.registry as registry
     from tagvisor.kvm.uapi import KVM_REG_ARM64, KVM_REG_ARM_CORE, KVM_REG_SIZE_U128
     from tagvisor.snapshot.state import VcpuState, apply_vcpu, capture_vcpu
 
@@ -215,8 +214,9 @@ def test_registers_wider_than_64_bits_travel_in_a_vreg_section(
         narrow = VcpuState(state.vcpu_id, tuple(r for r in state.registers if r[0] != v0))
         return apply_vcpu(narrow, vcpu)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(outgoing_side, "capture_vcpu", capture_with_v0)
-    monkeypatch.setattr(incoming_side, "apply_vcpu", record)
+    # Both sides save and apply VCPU state through the registry's VCPU kind.
+    monkeypatch.setattr(registry, "capture_vcpu", capture_with_v0)
+    monkeypatch.setattr(registry, "apply_vcpu", record)
     destination.start()
     migrate(source_machine(), destination.address, run_guest=False, max_iterations=1)
     destination.join()

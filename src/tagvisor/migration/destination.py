@@ -49,14 +49,8 @@ from tagvisor.snapshot.container import (
     read_header,
 )
 from tagvisor.snapshot.guestpages import PageBuffers, apply_section
-from tagvisor.snapshot.state import (
-    DeviceState,
-    MachineState,
-    VcpuState,
-    add_wide,
-    apply_devices,
-    apply_vcpu,
-)
+from tagvisor.snapshot.registry import REGISTRY, Loaded
+from tagvisor.snapshot.state import MachineState
 from tagvisor.vmm.builder import MachineBuilder
 from tagvisor.vmm.machine import Machine, MachineConfig
 
@@ -109,12 +103,12 @@ def receive(
     """Run the destination side over an accepted connection."""
     report = IncomingReport()
     try:
-        read_header(conn, protocol.MAGIC, protocol.VERSION.major)
+        version = read_header(conn, protocol.MAGIC, protocol.VERSION.major)
     except FormatError as error:
         protocol.send_json(conn, b"RFSE", {"reason": str(error)})
         raise IncomingError(f"refused the source: {error}") from error
     try:
-        first = next(iter_sections(conn, protocol.LIMITS))
+        first = next(iter_sections(conn, protocol.limits()))
         if first.tag != b"HELO":
             raise FormatError(f"the stream starts with {first.tag!r}, not HELO")
         hello = protocol.Hello.decode(first.payload)
@@ -129,17 +123,15 @@ def receive(
     protocol.send_json(conn, b"ACPT", {})
     config = hello.machine.config
     machine = MachineBuilder.from_config(kvm, config).build()
-    vcpus: list[VcpuState] = []
-    devices: DeviceState | None = None
+    loaded = Loaded(version)
     post: Section | None = None
     # From here sections are received and verified on a thread of their own while
     # the previous one is applied: PAGE payloads land in reused buffers, or their page
     # data straight in the paused guest's memory (see _placer).
-    reader = SectionReader(conn, protocol.LIMITS, placer=_placer(machine))
+    reader = SectionReader(conn, protocol.limits(), placer=_placer(machine))
     sections = iter(reader)
     buffers = PageBuffers(pages.MAX_PAGES, data=False)
     prefaulter = _prefault(machine, hello.pages)
-    previous = b""
     try:
         for section in sections:
             if section.tag == b"PAGE":
@@ -156,36 +148,23 @@ def receive(
                 # Every page before it is applied: tell the source, which pauses the
                 # guest only once the destination has caught up.
                 protocol.send_json(conn, b"ITER", {"iteration": _iteration(section.payload)})
-            elif section.tag == b"VCPU":
-                state = VcpuState.decode(section.payload)
-                if not 0 <= state.vcpu_id < config.vcpus:
-                    raise FormatError(f"the source sent state for VCPU {state.vcpu_id}")
-                vcpus.append(state)
-            elif section.tag == b"VREG":
-                add_wide(vcpus, section.payload, previous)
-            elif section.tag == b"DEVS":
-                devices = DeviceState.decode(section.payload)
             elif section.tag in (END_TAG, b"POST"):
                 post = section if section.tag == b"POST" else None
                 prefaulter.stop()
                 break
             else:
-                raise FormatError(f"unexpected section {section.tag!r} after HELO")
-            previous = section.tag
+                REGISTRY.load(section, loaded)
         else:
             raise FormatError("the stream ended without END!")
-        if sorted(v.vcpu_id for v in vcpus) != list(range(config.vcpus)) or devices is None:
-            raise FormatError("the stream ended without every VCPU's and the devices' state")
-        for state in vcpus:
-            apply_vcpu(state, machine.vcpus[state.vcpu_id])
-        apply_devices(devices, machine)
+        REGISTRY.check(loaded, config)
+        REGISTRY.apply(loaded, machine)
         if post is not None:
             receiver = PostcopyReceiver(
                 conn, machine, decode_pending(post.payload, machine), sections
             )
             receiver.start()
             report.postcopy = receiver
-            report.vcpus = len(vcpus)
+            report.vcpus = len(loaded.vcpus)
             return machine, report
     except TagvisorError as error:
         prefaulter.stop()
@@ -199,7 +178,7 @@ def receive(
         raise
     protocol.send_json(conn, b"DONE", {"pages": report.pages_received})
     report.bytes_received = conn.received
-    report.vcpus = len(vcpus)
+    report.vcpus = len(loaded.vcpus)
     return machine, report
 
 

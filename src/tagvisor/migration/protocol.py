@@ -1,8 +1,8 @@
 """The migration stream: sections on the snapshot container, with a handshake.
 
-    source -> destination: HEADER("TAGVMIGR", 1.1) HELO
+    source -> destination: HEADER("TAGVMIGR", 1.2) HELO
     destination -> source: ACPT | RFSE(reason)           (before any page is sent)
-    source -> destination: (PAGE* ITER)* (VCPU VREG?)* DEVS END!
+    source -> destination: (PAGE* ITER)* (VCPU VREG?)* DEVICE* END!
     destination -> source: ITER* (DONE | FAIL(reason))
 
 or, post-copy, after the VCPUs and devices:
@@ -16,8 +16,10 @@ that much fresh memory ahead of them, and no more; older sources leave it out);
 ITER marks the end of a pre-copy iteration ({"iteration": n, "pages": dirty pages});
 the destination echoes it ({"iteration": n}) once it has applied every page before it,
 and the source pauses the guest only after the echo of its last iteration, so that the
-pause does not wait for a backlog. VCPU and VREG are the snapshot's (VREG, since 1.1,
-holds a real VCPU's registers that are not 64 bits wide). END! carries page counts.
+pause does not wait for a backlog. VCPU, VREG and the device sections (one per device
+since 1.2; one DEVS before) are the snapshot's, from tagvisor.snapshot.registry's
+COMPLETE phase (VREG, since 1.1, holds a real VCPU's registers that are not 64 bits
+wide). END! carries page counts.
 PAGE sections are the snapshot's: each page travels with its tags, and a section may
 carry a scattered set of pages (SKIP kinds).
 """
@@ -28,7 +30,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import (
     END_TAG,
     ByteSink,
@@ -39,20 +40,26 @@ from tagvisor.snapshot.container import (
     read_section,
     write_section,
 )
+from tagvisor.snapshot.registry import MAJOR, REGISTRY, Phase
 from tagvisor.snapshot.state import MachineState
 
 MAGIC: Final = b"TAGVMIGR"
-VERSION: Final = Version(1, 1)
-LIMITS: Final = {
+VERSION: Final = Version(MAJOR, 2)
+#: The stream's own sections (the machine's state is the registry's).
+CONTROL_LIMITS: Final = {
     b"HELO": 64 << 10,
-    b"PAGE": pages.HEAD.size + pages.MAX_BODY,
     b"ITER": 4 << 10,
-    b"VCPU": 128 << 10,
-    b"VREG": 128 << 10,
-    b"DEVS": 16 << 20,
     b"POST": 8 << 20,
     END_TAG: 64 << 10,
 }
+
+
+def limits() -> dict[bytes, int]:
+    """Every section a stream may hold: its own, and the registry's memory and
+    COMPLETE states (read when used: device kinds may be added)."""
+    return {**REGISTRY.limits(Phase.ITERATE, Phase.COMPLETE), **CONTROL_LIMITS}
+
+
 REPLY_LIMIT: Final = 16 << 10
 
 

@@ -43,12 +43,8 @@ from tagvisor.migration.transport import Connection, TcpAddress, connect
 from tagvisor.snapshot.container import END_TAG, write_header, write_section
 from tagvisor.snapshot.guestpages import PageBuffers, read_window, windows_of
 from tagvisor.snapshot.pages import MAX_PAGES, EncodeStats, encode_parts
-from tagvisor.snapshot.state import (
-    capture_devices,
-    capture_machine,
-    capture_vcpu,
-    vcpu_sections,
-)
+from tagvisor.snapshot.registry import REGISTRY, Phase
+from tagvisor.snapshot.state import capture_machine
 from tagvisor.vmm.machine import Machine, RunResult, RunState
 
 #: Called with (iteration, pages sent so far, dirty pages left) after each batch.
@@ -282,11 +278,8 @@ def migrate(
             )
         # The guest's state and the stream's end, sent from here in one system call.
         final: list[tuple[bytes, bytes | list[bytes | memoryview]]] = [
-            section
-            for index, vcpu in enumerate(machine.vcpus)
-            for section in vcpu_sections(capture_vcpu(index, vcpu))
+            *REGISTRY.save(machine, Phase.COMPLETE)
         ]
-        final.append((b"DEVS", capture_devices(machine).encode()))
         if postcopy:
             sender.send_now([*final, (b"POST", encode_pending(pending))])
             report.downtime_seconds = time.perf_counter() - paused

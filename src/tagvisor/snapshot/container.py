@@ -27,21 +27,35 @@ from typing import Final, Protocol
 
 from crc32c import crc32c
 
-from tagvisor.errors import TagvisorError
+from tagvisor.wire import FormatError, Payload
+
+__all__ = [
+    "CRC",
+    "END_TAG",
+    "HEADER",
+    "OPTIONAL",
+    "SECTION_HEAD",
+    "ByteSink",
+    "ByteSource",
+    "FormatError",
+    "Payload",
+    "Section",
+    "Version",
+    "iter_sections",
+    "read_exactly",
+    "read_header",
+    "read_section",
+    "section_frame",
+    "section_head",
+    "write_header",
+    "write_section",
+]
 
 HEADER: Final = struct.Struct("<8sHHI")
 SECTION_HEAD: Final = struct.Struct("<4sIQ")
 CRC: Final = struct.Struct("<I")
 OPTIONAL: Final = 1 << 0
 END_TAG: Final = b"END!"
-
-
-#: What a reader hands on: bytes, or the buffer it filled in place (no copy).
-Payload = bytes | bytearray | memoryview
-
-
-class FormatError(TagvisorError):
-    """The input is damaged, truncated, foreign or from an unknown version."""
 
 
 class ByteSink(Protocol):

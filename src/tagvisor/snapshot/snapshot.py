@@ -1,12 +1,14 @@
 """Snapshot files: save a paused machine with every tag, and restore it.
 
-    file := HEADER("TAGVSNAP", 1.1) CONF (VCPU VREG?)* DEVS PAGE* END!
+    file := HEADER("TAGVSNAP", 1.2) CONF (VCPU VREG?)* DEVICE* PAGE* END!
 
-CONF is the machine's shape (MachineState), one VCPU section per VCPU (its registers
-wider or narrower than 64 bits in a VREG section after it, since 1.1), DEVS the device
-state, PAGE sections the guest's non-zero pages with their tags (pages whose data and
-tags are all zero are not stored), END! a summary with the SHA-256 of all memory and
-tags. See docs/snapshot.md for the compatibility rule.
+The sections are those of tagvisor.snapshot.registry, in its order: CONF the
+machine's shape (MachineState), one VCPU section per VCPU (its registers wider or
+narrower than 64 bits in a VREG section after it, since 1.1), one section per device
+(UART, UCAL, DMA, and any registered kind; since 1.2, before which one DEVS section
+held them), PAGE sections the guest's non-zero pages with their tags (pages whose data
+and tags are all zero are not stored), END! a summary with the SHA-256 of all memory
+and tags. See docs/snapshot.md for the compatibility rule.
 
 Restore reads the file twice: first to verify every checksum, size and address without
 touching anything, then to build the machine and fill it. Tags are written with
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from tagvisor import wire
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
 from tagvisor.kvm.api import Kvm
@@ -33,6 +36,7 @@ from tagvisor.snapshot.container import (
     END_TAG,
     ByteSink,
     FormatError,
+    Payload,
     Version,
     iter_sections,
     read_header,
@@ -41,31 +45,23 @@ from tagvisor.snapshot.container import (
 )
 from tagvisor.snapshot.guestpages import iter_runs, runs_of, write_run
 from tagvisor.snapshot.pages import EncodeStats, Kind, PageRun
-from tagvisor.snapshot.state import (
-    DeviceState,
-    MachineState,
-    VcpuState,
-    add_wide,
-    apply_devices,
-    apply_vcpu,
-    capture_devices,
-    capture_machine,
-    capture_vcpu,
-    vcpu_sections,
-)
+from tagvisor.snapshot.registry import MAJOR, MEMORY, REGISTRY, Loaded, Phase
+from tagvisor.snapshot.state import MachineState, VcpuState
 from tagvisor.vmm.builder import MachineBuilder
 from tagvisor.vmm.machine import Machine, RunState
 
 MAGIC: Final = b"TAGVSNAP"
-VERSION: Final = Version(1, 1)
-LIMITS: Final = {
-    b"CONF": 64 << 10,
-    b"VCPU": 128 << 10,
-    b"VREG": 128 << 10,
-    b"DEVS": 16 << 20,
-    b"PAGE": pages.HEAD.size + pages.MAX_BODY,
-    END_TAG: 64 << 10,
-}
+VERSION: Final = Version(MAJOR, 2)
+#: The summary at the end.
+END_LIMIT: Final = 64 << 10
+
+
+def _limits() -> dict[bytes, int]:
+    """Every section a snapshot may hold (read when used: device kinds may be added)."""
+    limits = REGISTRY.limits(Phase.SETUP, Phase.ITERATE, Phase.COMPLETE)
+    limits[END_TAG] = END_LIMIT
+    return limits
+
 
 Progress = Callable[[int, int], None]
 
@@ -89,10 +85,14 @@ class Snapshot:
 
     version: Version
     machine: MachineState
-    vcpus: list[VcpuState]
-    devices: DeviceState
+    #: Every state but memory, checked, ready for REGISTRY.apply.
+    loaded: Loaded
     digest: str
     pages_stored: int
+
+    @property
+    def vcpus(self) -> list[VcpuState]:
+        return [state for _, state in sorted(self.loaded.vcpus.items())]
 
 
 def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None) -> SnapshotReport:
@@ -106,11 +106,11 @@ def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None
     done = 0
     with temporary.open("wb") as sink:
         write_header(sink, MAGIC, VERSION)
-        write_section(sink, b"CONF", capture_machine(machine).encode())
-        for index, vcpu in enumerate(machine.vcpus):
-            for tag, payload in vcpu_sections(capture_vcpu(index, vcpu)):
-                write_section(sink, tag, payload)
-        write_section(sink, b"DEVS", capture_devices(machine).encode())
+        for tag, payload in [
+            *REGISTRY.save(machine, Phase.SETUP),
+            *REGISTRY.save(machine, Phase.COMPLETE),
+        ]:
+            write_section(sink, tag, payload)
         for region in machine.memory.regions:
             for run in iter_runs(machine, region):
                 digest.update(run.data.tobytes())
@@ -151,50 +151,35 @@ def _write_nonzero(sink: ByteSink, run: PageRun, stats: EncodeStats) -> int:
 
 
 def read_snapshot(path: Path) -> Snapshot:
-    """Verify the whole file (checksums, sizes, addresses) and return its states."""
-    machine: MachineState | None = None
-    vcpus: list[VcpuState] = []
-    devices: DeviceState | None = None
-    summary: dict[str, object] = {}
+    """Verify the whole file (checksums, sizes, addresses, every state's fields) and
+    return its states."""
+    summary: dict[str, object] | None = None
     stored = 0
-    previous = b""
     with path.open("rb") as source:
-        version = read_header(source, MAGIC, VERSION.major)
-        for section in iter_sections(source, LIMITS):
-            if section.tag == b"CONF":
-                machine = MachineState.decode(section.payload)
-            elif section.tag == b"VCPU":
-                vcpus.append(VcpuState.decode(section.payload))
-            elif section.tag == b"VREG":
-                add_wide(vcpus, section.payload, previous)
-            elif section.tag == b"DEVS":
-                devices = DeviceState.decode(section.payload)
-            elif section.tag == b"PAGE":
-                if machine is None:
-                    raise FormatError("a PAGE section comes before the machine's configuration")
-                run = pages.decode(section.payload)
-                _check_in_ram(run, machine)
-                stored += run.count
+        loaded = Loaded(read_header(source, MAGIC, VERSION.major))
+        for section in iter_sections(source, _limits()):
+            if section.tag == MEMORY.tag:
+                stored += _verify_pages(section.payload, loaded)
+            elif section.tag == END_TAG:
+                summary = wire.loads(section.payload, "the END! summary")
             else:
-                try:
-                    summary = json.loads(bytes(section.payload))
-                except ValueError:
-                    raise FormatError("the END! section is not valid JSON") from None
-            previous = section.tag
-    if machine is None or devices is None or not isinstance(summary, dict):
-        raise FormatError("the snapshot lacks its CONF, DEVS or END! section")
-    if len(vcpus) != machine.config.vcpus or sorted(v.vcpu_id for v in vcpus) != list(
-        range(machine.config.vcpus)
-    ):
-        raise FormatError(
-            f"the snapshot has {len(vcpus)} VCPU sections for {machine.config.vcpus} VCPUs"
-        )
+                REGISTRY.load(section, loaded)
+    if loaded.machine is None or summary is None:
+        raise FormatError("the snapshot lacks its CONF or END! section")
+    REGISTRY.check(loaded, loaded.machine.config)
     digest = summary.get("digest")
     if not isinstance(digest, str) or summary.get("pages_stored") != stored:
         raise FormatError("the END! summary does not match the PAGE sections")
-    return Snapshot(
-        version, machine, sorted(vcpus, key=lambda v: v.vcpu_id), devices, digest, stored
-    )
+    return Snapshot(loaded.version, loaded.machine, loaded, digest, stored)
+
+
+def _verify_pages(payload: Payload, loaded: Loaded) -> int:
+    """Check a PAGE section against the machine's RAM; return its pages."""
+    if loaded.machine is None:
+        raise FormatError("a PAGE section comes before the machine's configuration")
+    run = pages.decode(payload)
+    _check_in_ram(run, loaded.machine)
+    return run.count
 
 
 def _check_in_ram(run: PageRun, machine: MachineState) -> None:
@@ -220,14 +205,12 @@ def restore_snapshot(
     done = 0
     with path.open("rb") as source:
         read_header(source, MAGIC, VERSION.major)
-        for section in iter_sections(source, LIMITS):
-            if section.tag == b"PAGE":
+        for section in iter_sections(source, _limits()):
+            if section.tag == MEMORY.tag:
                 run = pages.decode(section.payload)
                 write_run(machine, run, with_tags=with_tags)
                 done += run.count
                 if progress is not None:
                     progress(done, snapshot.pages_stored)
-    for state in snapshot.vcpus:
-        apply_vcpu(state, machine.vcpus[state.vcpu_id])
-    apply_devices(snapshot.devices, machine)
+    REGISTRY.apply(snapshot.loaded, machine)
     return machine

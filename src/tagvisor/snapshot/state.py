@@ -8,11 +8,11 @@ so save -> load -> save gives the same bytes. Decoders validate every field.
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Final
+from typing import Final
 
+from tagvisor import wire
 from tagvisor.kvm.api import Vcpu
 from tagvisor.kvm.uapi import (
     ID_AA64PFR1_EL1,
@@ -23,7 +23,6 @@ from tagvisor.kvm.uapi import (
     reg_size,
 )
 from tagvisor.snapshot.container import FormatError, Payload
-from tagvisor.vmm.devices.ucall import Ucall, UcallCmd
 from tagvisor.vmm.machine import Machine, MachineConfig
 
 VCPU_HEAD: Final = struct.Struct("<II")
@@ -100,20 +99,22 @@ class MachineState:
     mte_level: int
 
     def encode(self) -> bytes:
-        return _json(
-            {"config": asdict(self.config), "profile": self.profile, "mte_level": self.mte_level}
-        )
+        config = asdict(self.config)
+        if not config["devices"]:
+            del config["devices"]  # a machine without extra devices reads as before 1.2
+        return wire.dumps({"config": config, "profile": self.profile, "mte_level": self.mte_level})
 
     @classmethod
     def decode(cls, payload: Payload) -> MachineState:
-        raw = _parse(payload, "machine state")
-        config_raw = _field(raw, "config", dict)
-        names = {f.name: f.type for f in fields(MachineConfig)}
-        if set(config_raw) != set(names):
+        raw = wire.loads(payload, "machine state")
+        config = wire.field(raw, "config", dict)
+        devices = _devices(config.pop("devices", []))
+        names = {f.name: f.type for f in fields(MachineConfig) if f.name != "devices"}
+        if set(config) != set(names):
             raise FormatError(
-                f"machine config has fields {sorted(config_raw)}, expected {sorted(names)}"
+                f"machine config has fields {sorted(config)}, expected {sorted(names)}"
             )
-        for name, value in config_raw.items():
+        for name, value in config.items():
             expected = (
                 bool
                 if names[name] in ("bool", bool)
@@ -122,8 +123,24 @@ class MachineState:
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise FormatError(f"machine config field {name!r} has the wrong type")
         return cls(
-            MachineConfig(**config_raw), _field(raw, "profile", str), _field(raw, "mte_level", int)
+            MachineConfig(**config, devices=devices),
+            wire.field(raw, "profile", str),
+            wire.field(raw, "mte_level", int),
         )
+
+
+def _devices(raw: object) -> tuple[tuple[str, int], ...]:
+    """The extra devices of a machine config: [[kind, base], ...] (absent before 1.2)."""
+    if not isinstance(raw, list) or not all(
+        isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and type(entry[1]) is int
+        and 0 <= entry[1] < 1 << 64
+        for entry in raw
+    ):
+        raise FormatError("the machine config's devices are not [[kind, base], ...]")
+    return tuple((name, base) for name, base in raw)
 
 
 @dataclass(frozen=True)
@@ -200,62 +217,6 @@ class VcpuState:
         return cls(vcpu_id, registers)
 
 
-@dataclass(frozen=True)
-class DeviceState:
-    """The console so far, the ucall log, and the DMA engine's registers."""
-
-    console: str
-    ucalls: tuple[tuple[int, tuple[int, ...], str], ...]
-    dma_registers: tuple[int, int, int]
-    dma_status: int
-
-    def encode(self) -> bytes:
-        return _json(
-            {
-                "console": self.console,
-                "ucalls": [[cmd, list(args), text] for cmd, args, text in self.ucalls],
-                "dma": {"registers": list(self.dma_registers), "status": self.dma_status},
-            }
-        )
-
-    @classmethod
-    def decode(cls, payload: Payload) -> DeviceState:
-        raw = _parse(payload, "device state")
-        dma = _field(raw, "dma", dict)
-        registers = _field(dma, "registers", list)
-        ucalls = _field(raw, "ucalls", list)
-        try:
-            calls = tuple(
-                (int(UcallCmd(cmd)), tuple(int(a) for a in args), str(text))
-                for cmd, args, text in ucalls
-            )
-            regs = (int(registers[0]), int(registers[1]), int(registers[2]))
-        except (ValueError, TypeError, IndexError) as error:
-            raise FormatError(f"device state is malformed: {error}") from None
-        return cls(_field(raw, "console", str), calls, regs, _field(dma, "status", int))
-
-
-def _json(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _parse(payload: Payload, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(bytes(payload))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{what} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise FormatError(f"{what} is not a JSON object")
-    return value
-
-
-def _field(raw: dict[str, Any], name: str, kind: type) -> Any:
-    value = raw.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise FormatError(f"field {name!r} is missing or not a {kind.__name__}")
-    return value
-
-
 # -- capture and apply ----------------------------------------------------------------
 
 
@@ -263,13 +224,6 @@ def capture_machine(machine: Machine) -> MachineState:
     profile = machine.kvm.abi_profile()
     level = machine.vcpus[0].get_one_reg(ID_AA64PFR1_EL1) >> 8 & 0xF
     return MachineState(machine.config, profile, level)
-
-
-def add_wide(vcpus: list[VcpuState], payload: Payload, previous: bytes) -> None:
-    """Merge a VREG section into the VCPU state read just before it."""
-    if previous != b"VCPU" or not vcpus:
-        raise FormatError("a VREG section does not follow a VCPU section")
-    vcpus[-1] = vcpus[-1].with_wide(payload)
 
 
 def vcpu_sections(state: VcpuState) -> list[tuple[bytes, bytes]]:
@@ -308,20 +262,3 @@ def apply_vcpu(state: VcpuState, vcpu: Vcpu) -> list[int]:
         if reg in listed and reg not in READ_ONLY:
             vcpu.set_one_reg(reg, value)
     return left
-
-
-def capture_devices(machine: Machine) -> DeviceState:
-    registers = machine.dma.registers
-    return DeviceState(
-        console=machine.console.text,
-        ucalls=tuple((int(c.cmd), c.args, c.text) for c in machine.ucall.calls),
-        dma_registers=(registers[0x00], registers[0x08], registers[0x10]),
-        dma_status=machine.dma.status,
-    )
-
-
-def apply_devices(state: DeviceState, machine: Machine) -> None:
-    machine.console.output[:] = state.console.encode()
-    machine.ucall.calls[:] = [Ucall(UcallCmd(cmd), args, text) for cmd, args, text in state.ucalls]
-    machine.dma.registers.update(zip((0x00, 0x08, 0x10), state.dma_registers, strict=True))
-    machine.dma.status = state.dma_status

@@ -22,18 +22,20 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Self
+from typing import Any, Final, Self, cast
 
-from tagvisor.kvm.api import GuestProgram, Kvm
+from tagvisor.kvm.api import GuestProgram, Kvm, Vcpu, Vm
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.uapi import CORE_REG_PC, Cap, VcpuFeature
 from tagvisor.vmm.devices import dma as dma_device
 from tagvisor.vmm.devices import pl011, progress, ucall
 from tagvisor.vmm.devices.bus import MmioBus
+from tagvisor.vmm.devices.kinds import CONSOLE, DMA, UCALL
+from tagvisor.vmm.devices.persist import DEVICE_KINDS, DeviceParts, Persistent
 from tagvisor.vmm.loader import GuestImage, load, parse_elf
 from tagvisor.vmm.machine import Machine, MachineConfig, MachineError
 from tagvisor.vmm.memory import GuestMemory
-from tagvisor.vmm.tag_access import make_tag_access
+from tagvisor.vmm.tag_access import TagAccess, make_tag_access
 
 RAM_BASE: Final = 0x4000_0000
 DEFAULT_RAM: Final = 128 << 20
@@ -45,6 +47,8 @@ BOOT_CONFIG_OFFSET: Final = 0x1000
 BOOT_CONFIG_MAGIC: Final = 0x47435654  # "TVCG"
 TCF_MODES: Final = {"none": 0, "sync": 1, "async": 2, "asymm": 3}
 BACKINGS: Final = ("anonymous", "memfd", "hugetlb")
+#: The device kinds every machine has, at their fixed bases (docs/guest-abi.md).
+BUILT_IN: Final = {CONSOLE.name: UART_BASE, UCALL.name: UCALL_BASE, DMA.name: DMA_BASE}
 
 
 def boot_config(tcf: int, mte: bool, ram_size: int, argument: int = 0, irg_seed: int = 0) -> bytes:
@@ -71,6 +75,7 @@ class MachineBuilder:
         self._program: GuestProgram | None = None
         self._console_sink: Callable[[bytes], None] | None = None
         self._restoring = False
+        self._devices: list[tuple[str, int]] = []
         self._argument = 0
         self._irg_seed = 0
 
@@ -93,6 +98,8 @@ class MachineBuilder:
             .vcpus(config.vcpus)
             .tag_access(config.tag_access)
         )
+        for kind, base in config.devices:
+            builder.device(kind, base)
         builder._restoring = True
         return builder
 
@@ -160,14 +167,51 @@ class MachineBuilder:
         self._program = program
         return self
 
+    def device(self, kind: str, base: int) -> Self:
+        """A device of a registered extra kind (tagvisor.vmm.devices.persist) at
+        ``base``; snapshots and migrations carry its state."""
+        if kind not in DEVICE_KINDS or kind in BUILT_IN:
+            raise ValueError(f"no extra device kind {kind!r}; registered: {sorted(DEVICE_KINDS)}")
+        self._devices.append((kind, base))
+        return self
+
     def build(self) -> Machine:
-        kvm = self._kvm
-        vm = kvm.create_vm()
+        """The recipe: VM, MTE, RAM, VCPUs, devices, then the guest; nothing runs."""
+        vm = self._create_vm()
+        memory = self._map_ram(vm)
+        vcpus = self._create_vcpus(vm)
+        tags = make_tag_access(self._tag_access, vm, memory, self._kvm.user_memory)
+        bus, devices = self._attach_devices(memory, tags)
+        machine = Machine(
+            self._kvm,
+            vm,
+            vcpus,
+            memory,
+            bus,
+            cast(pl011.Pl011, devices["pl011"]),
+            cast(ucall.UcallDevice, devices["ucall"]),
+            cast(dma_device.DmaEngine, devices["dma"]),
+            tags,
+            self._config(),
+            devices,
+        )
+        if not self._restoring:
+            self._load_guest(machine)
+        return machine
+
+    def _create_vm(self) -> Vm:
+        """KVM_CREATE_VM, then KVM_CAP_ARM_MTE: Linux takes it only before any VCPU."""
+        vm = self._kvm.create_vm()
         if self._mte:
-            if not kvm.check_extension(Cap.ARM_MTE):
+            if not self._kvm.check_extension(Cap.ARM_MTE):
                 raise MachineError("this host's KVM has no MTE (KVM_CAP_ARM_MTE): use --no-mte")
             vm.enable_cap(Cap.ARM_MTE)
-        user = kvm.user_memory
+        return vm
+
+    def _map_ram(self, vm: Vm) -> GuestMemory:
+        """Guest RAM mapped in the VMM and registered as a memslot (an MTE VM refuses
+        memory that cannot hold tags)."""
+        user = self._kvm.user_memory
         mappers: dict[str, Callable[..., int]] = {
             "anonymous": user.map_anonymous,
             "memfd": user.map_memfd,
@@ -179,6 +223,10 @@ class MachineBuilder:
             memory.add_region(self._ram_base, self._ram_size, hva)
         except KvmError as error:
             raise MachineError(f"guest RAM ({self._backing}) was refused: {error}") from error
+        return memory
+
+    def _create_vcpus(self, vm: Vm) -> list[Vcpu]:
+        """VCPUs with PSCI 0.2; all but VCPU 0 start off, for PSCI CPU_ON to start."""
         vcpus = []
         target = vm.arm_preferred_target()
         for index in range(self._vcpus):
@@ -186,19 +234,27 @@ class MachineBuilder:
             init = type(target).from_buffer_copy(target)
             init.features[0] = 1 << VcpuFeature.PSCI_0_2
             if index:
-                init.features[0] |= 1 << VcpuFeature.POWER_OFF  # started by PSCI CPU_ON
+                init.features[0] |= 1 << VcpuFeature.POWER_OFF
             vcpu.arm_vcpu_init(init)
             vcpus.append(vcpu)
-        tags = make_tag_access(self._tag_access, vm, memory, user)
-        console = pl011.Pl011(self._console_sink)
-        calls = ucall.UcallDevice(memory)
-        engine = dma_device.DmaEngine(tags)
+        return vcpus
+
+    def _attach_devices(
+        self, memory: GuestMemory, tags: TagAccess
+    ) -> tuple[MmioBus, dict[str, Persistent[Any]]]:
+        """Every device on the MMIO bus: the built-in ones, then the extra kinds."""
+        parts = DeviceParts(memory, tags, self._console_sink)
         bus = MmioBus()
-        bus.attach(UART_BASE, pl011.WINDOW, console)
         bus.attach(PROGRESS_BASE, progress.WINDOW, progress.ProgressRegister())
-        bus.attach(UCALL_BASE, ucall.WINDOW, calls)
-        bus.attach(DMA_BASE, dma_device.WINDOW, engine)
-        config = MachineConfig(
+        devices: dict[str, Persistent[Any]] = {}
+        for name, base in [*BUILT_IN.items(), *self._devices]:
+            kind = DEVICE_KINDS[name]
+            devices[name] = kind.make(parts)
+            bus.attach(base, kind.window, devices[name])
+        return bus, devices
+
+    def _config(self) -> MachineConfig:
+        return MachineConfig(
             ram_base=self._ram_base,
             ram_size=self._ram_size,
             ram_backing=self._backing,
@@ -207,17 +263,18 @@ class MachineBuilder:
             vcpus=self._vcpus,
             tag_access=self._tag_access,
             vmm_prot_mte=self._vmm_prot_mte,
+            devices=tuple(self._devices),
         )
-        machine = Machine(kvm, vm, vcpus, memory, bus, console, calls, engine, tags, config)
-        if self._restoring:
-            return machine
+
+    def _load_guest(self, machine: Machine) -> None:
+        """The boot configuration block, then the image (VCPU 0 at its entry) or the
+        Python guest."""
         block = boot_config(self._tcf, self._mte, self._ram_size, self._argument, self._irg_seed)
-        memory.write(self._ram_base + BOOT_CONFIG_OFFSET, block)
+        machine.memory.write(self._ram_base + BOOT_CONFIG_OFFSET, block)
         if self._image is not None:
-            vcpus[0].set_one_reg(CORE_REG_PC, load(self._image, memory))
+            machine.vcpus[0].set_one_reg(CORE_REG_PC, load(self._image, machine.memory))
         elif self._program is not None:
-            if not vcpus[0].attach_program(self._program):
+            if not machine.vcpus[0].attach_program(self._program):
                 raise MachineError("Python guests run only on the model backend")
         else:
             raise MachineError("the machine has no guest: give it an image or a Python guest")
-        return machine

@@ -11,13 +11,14 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from tagvisor.errors import TagvisorError
 from tagvisor.kvm.api import Kvm, Vcpu, VcpuExit, Vm
 from tagvisor.kvm.uapi import ExitReason, SystemEvent
 from tagvisor.vmm.devices.bus import BusError, MmioBus
 from tagvisor.vmm.devices.dma import DmaEngine
+from tagvisor.vmm.devices.persist import Persistent
 from tagvisor.vmm.devices.pl011 import Pl011
 from tagvisor.vmm.devices.ucall import Ucall, UcallCmd, UcallDevice, UcallError
 from tagvisor.vmm.memory import GuestMemory
@@ -49,6 +50,8 @@ class MachineConfig:
     vcpus: int
     tag_access: str
     vmm_prot_mte: bool = False
+    #: Devices of extra kinds (tagvisor.vmm.devices.persist): (kind, MMIO base) each.
+    devices: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Machine:
         dma: DmaEngine,
         tags: TagAccess,
         config: MachineConfig,
+        devices: dict[str, Persistent[Any]],
     ) -> None:
         self.kvm = kvm
         self.vm = vm
@@ -89,6 +93,8 @@ class Machine:
         self.dma = dma
         self.tags = tags
         self.config = config
+        #: Every device with state, by kind name, in the order its state is applied.
+        self.devices = devices
         self.state = RunState.PAUSED
         self.system_event: int | None = None
         self._pause = threading.Event()

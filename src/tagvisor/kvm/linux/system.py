@@ -287,6 +287,9 @@ class LinuxKvm(_Fd, Kvm):
     def get_vcpu_mmap_size(self) -> int:
         return ioctl(self.fd, KVM_GET_VCPU_MMAP_SIZE)
 
+    def mte_feature_level(self) -> int:
+        return self.host_mte_level
+
     @functools.cached_property
     def host_mte_level(self) -> int:
         """ID_AA64PFR1_EL1.MTE as an MTE guest here sees it (0 without KVM's MTE).

@@ -11,8 +11,10 @@ copy data and tags, everything 16-byte aligned), STATUS 0x20 (0 done, 1 error).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
+from tagvisor import wire
 from tagvisor.arch.constants import TAG_GRANULE
 from tagvisor.errors import TagvisorError
 from tagvisor.vmm.tag_access import TagAccess
@@ -23,6 +25,33 @@ COPY_DATA: Final = 1
 COPY_WITH_TAGS: Final = 2
 #: One request moves at most this much, so a guest cannot make the VMM allocate freely.
 MAX_LENGTH: Final = 16 << 20
+
+
+@dataclass(frozen=True)
+class DmaState:
+    """The engine's SRC, DST and LEN registers and its STATUS."""
+
+    registers: tuple[int, int, int]
+    status: int
+
+    def encode(self) -> bytes:
+        return wire.dumps({"registers": list(self.registers), "status": self.status})
+
+    @classmethod
+    def decode(cls, payload: wire.Payload) -> DmaState:
+        return cls.from_json(wire.loads(payload, "the DMA engine's state"))
+
+    @classmethod
+    def from_json(cls, raw: dict[str, object]) -> DmaState:
+        registers = wire.field(raw, "registers", list)
+        if len(registers) != 3 or not all(_is_u64(value) for value in registers):
+            raise wire.FormatError("the DMA engine's registers are not three u64 values")
+        status = wire.integer(raw, "status", 0, 1)
+        return cls((registers[0], registers[1], registers[2]), status)
+
+
+def _is_u64(value: object) -> bool:
+    return type(value) is int and 0 <= value < 1 << 64
 
 
 class DmaEngine:
@@ -63,3 +92,11 @@ class DmaEngine:
             self.last_error = str(error)
             return False
         return True
+
+    def save(self) -> DmaState:
+        registers = self.registers
+        return DmaState((registers[SRC], registers[DST], registers[LEN]), self.status)
+
+    def restore(self, state: DmaState) -> None:
+        self.registers.update(zip((SRC, DST, LEN), state.registers, strict=True))
+        self.status = state.status

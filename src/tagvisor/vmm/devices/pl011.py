@@ -8,11 +8,28 @@ polls it never waits. Everything else reads 0 and ignores writes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
+
+from tagvisor import wire
 
 UARTDR: Final = 0x000
 UARTFR: Final = 0x018
 WINDOW: Final = 0x1000
+
+
+@dataclass(frozen=True)
+class ConsoleState:
+    """What the guest has written to its console so far."""
+
+    text: str
+
+    def encode(self) -> bytes:
+        return wire.dumps({"text": self.text})
+
+    @classmethod
+    def decode(cls, payload: wire.Payload) -> ConsoleState:
+        return cls(wire.field(wire.loads(payload, "the console's state"), "text", str))
 
 
 class Pl011:
@@ -35,3 +52,9 @@ class Pl011:
     @property
     def text(self) -> str:
         return self.output.decode("utf-8", errors="replace")
+
+    def save(self) -> ConsoleState:
+        return ConsoleState(self.text)
+
+    def restore(self, state: ConsoleState) -> None:
+        self.output[:] = state.text.encode()

@@ -13,8 +13,9 @@ import enum
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from tagvisor import wire
 from tagvisor.errors import TagvisorError
 from tagvisor.vmm.memory import GuestMemory, GuestMemoryError
 
@@ -46,6 +47,43 @@ class Ucall:
             return f"print: {self.text}"
         values = " ".join(f"{arg:#x}" for arg in self.args)
         return f"{self.cmd.name.lower()} {values}".rstrip()
+
+
+@dataclass(frozen=True)
+class UcallLog:
+    """Every ucall the guest has made, in order."""
+
+    calls: tuple[Ucall, ...]
+
+    def encode(self) -> bytes:
+        return wire.dumps({"calls": self.to_json()})
+
+    def to_json(self) -> list[list[Any]]:
+        return [[int(call.cmd), list(call.args), call.text] for call in self.calls]
+
+    @classmethod
+    def decode(cls, payload: wire.Payload) -> UcallLog:
+        return cls.from_json(wire.field(wire.loads(payload, "the ucall log"), "calls", list))
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> UcallLog:
+        return cls(tuple(_ucall(entry) for entry in raw))
+
+
+def _ucall(entry: object) -> Ucall:
+    """One logged ucall, [cmd, [args], text], as the guest could have made it."""
+    if not isinstance(entry, list) or len(entry) != 3:
+        raise wire.FormatError("a logged ucall is not [cmd, args, text]")
+    cmd, args, text = entry
+    if type(cmd) is not int or cmd not in set(UcallCmd):
+        raise wire.FormatError(f"a logged ucall has an unknown command {cmd!r}")
+    if not isinstance(args, list) or len(args) > MAX_ARGS:
+        raise wire.FormatError(f"a logged ucall has more than {MAX_ARGS} arguments")
+    if not all(type(arg) is int and 0 <= arg < 1 << 64 for arg in args):
+        raise wire.FormatError("a logged ucall's arguments are not u64 values")
+    if not isinstance(text, str) or len(text) > MAX_STRING:
+        raise wire.FormatError(f"a logged ucall's text is not a string of {MAX_STRING} at most")
+    return Ucall(UcallCmd(cmd), tuple(args), text)
 
 
 class UcallDevice:
@@ -107,3 +145,9 @@ class UcallDevice:
             if call.cmd is UcallCmd.DONE:
                 return call.args[0] if call.args else 0
         return None
+
+    def save(self) -> UcallLog:
+        return UcallLog(tuple(self.calls))
+
+    def restore(self, state: UcallLog) -> None:
+        self.calls[:] = state.calls

@@ -1,0 +1,282 @@
+"""One registry of every kind of state a snapshot or a migration stream carries.
+
+Each kind declares its section tag, the format minor version that introduced it (and
+the last that writes it, for a kind that is only read now), its size limit, its phase,
+and how it is saved, loaded and applied; as QEMU's ``VMStateDescription`` does per
+device, and Firecracker's ``Persist`` per component. Snapshots and migration are loops
+over this table, so a new kind of state (a device: ``register_device`` in
+tagvisor.vmm.devices.persist) travels in both without touching either.
+
+Phases, in the order a machine moves:
+
+- ``SETUP``: the machine's shape, read before anything is built (CONF; a migration
+  carries it in its HELO greeting instead).
+- ``ITERATE``: guest memory, page by page (PAGE); snapshots write it once, pre-copy
+  pass after pass.
+- ``COMPLETE``: what a paused machine holds besides memory: VCPU registers and device
+  state, saved after the pause and applied last.
+
+Loading checks every field into a :class:`Loaded` without touching any machine; only
+:meth:`Registry.apply` writes to one, after :meth:`Registry.check` found everything.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tagvisor import wire
+from tagvisor.snapshot import pages
+from tagvisor.snapshot.container import END_TAG, FormatError, Payload, Section, Version
+from tagvisor.snapshot.state import (
+    MachineState,
+    VcpuState,
+    apply_vcpu,
+    capture_machine,
+    capture_vcpu,
+    vcpu_sections,
+)
+from tagvisor.vmm.devices import kinds
+from tagvisor.vmm.devices.dma import DmaState
+from tagvisor.vmm.devices.persist import DEVICE_KINDS, DeviceKind
+from tagvisor.vmm.devices.pl011 import ConsoleState
+from tagvisor.vmm.devices.ucall import UcallLog
+from tagvisor.vmm.machine import Machine, MachineConfig
+
+#: The major version of both formats; minors count from 0 within it.
+MAJOR: Final = 1
+
+
+class Phase(enum.Enum):
+    SETUP = "setup"
+    ITERATE = "iterate"
+    COMPLETE = "complete"
+
+
+@dataclass
+class Loaded:
+    """States read and checked from one snapshot or stream, not yet applied."""
+
+    version: Version
+    machine: MachineState | None = None
+    vcpus: dict[int, VcpuState] = field(default_factory=dict)
+    devices: dict[str, Any] = field(default_factory=dict)
+
+
+class StateKind(ABC):
+    """One kind of state and its section."""
+
+    tag: bytes
+    phase: Phase
+    limit: int
+    #: The format minor version that introduced the section.
+    since: int = 0
+    #: The last minor version that writes it (None: still written).
+    until: int | None = None
+
+    @abstractmethod
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """(tag, payload) of its sections for ``machine``: none, one, one per VCPU."""
+
+    @abstractmethod
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Check one section's payload into ``loaded`` (FormatError if it is bad)."""
+
+    def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        """Everything this kind needs is in ``loaded`` for a machine shaped ``config``
+        (by default it needs nothing)."""
+        return
+
+    def apply(self, loaded: Loaded, machine: Machine) -> None:
+        """Write the loaded state into ``machine`` (by default another kind does)."""
+        return
+
+
+class MachineShape(StateKind):
+    """CONF: the machine's layout, MTE mode, profile and MTE level."""
+
+    tag, phase, limit = b"CONF", Phase.SETUP, 64 << 10
+
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        return [(self.tag, capture_machine(machine).encode())]
+
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        if loaded.machine is not None:
+            raise FormatError("a second CONF section: the machine's shape is given twice")
+        loaded.machine = MachineState.decode(payload)
+
+
+class VcpuRegisters(StateKind):
+    """VCPU: each VCPU's 64-bit registers (the others travel in VREG)."""
+
+    tag, phase, limit = b"VCPU", Phase.COMPLETE, 128 << 10
+
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """Each VCPU's VCPU section, then its VREG section if it has wide registers:
+        the registers are read once (a real VCPU has some 250) for both."""
+        return [
+            section
+            for index, vcpu in enumerate(machine.vcpus)
+            for section in vcpu_sections(capture_vcpu(index, vcpu))
+        ]
+
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        state = VcpuState.decode(payload)
+        if state.vcpu_id in loaded.vcpus:
+            raise FormatError(f"VCPU {state.vcpu_id}'s registers are given twice")
+        loaded.vcpus[state.vcpu_id] = state
+
+    def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        if sorted(loaded.vcpus) != list(range(config.vcpus)):
+            raise FormatError(
+                f"registers of VCPUs {sorted(loaded.vcpus)} for a machine of {config.vcpus}"
+            )
+
+    def apply(self, loaded: Loaded, machine: Machine) -> None:
+        for vcpu_id, state in sorted(loaded.vcpus.items()):
+            apply_vcpu(state, machine.vcpus[vcpu_id])
+
+
+class WideRegisters(StateKind):
+    """VREG (since 1.1): a VCPU's registers that are not 64 bits wide (a real KVM's
+    FPSR, FPCR and V0-V31), after that VCPU's VCPU section."""
+
+    tag, phase, limit, since = b"VREG", Phase.COMPLETE, 128 << 10, 1
+
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        return []  # written by VcpuRegisters.save beside each VCPU, from one reading
+
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        if len(payload) < 4:
+            raise FormatError("a VREG section is shorter than its header")
+        vcpu_id = int.from_bytes(payload[:4], "little")
+        if vcpu_id not in loaded.vcpus:
+            raise FormatError(f"a VREG section for VCPU {vcpu_id} comes before its VCPU section")
+        loaded.vcpus[vcpu_id] = loaded.vcpus[vcpu_id].with_wide(payload)
+
+
+class DeviceSection(StateKind):
+    """One device's state, in the section its kind names (since 1.2)."""
+
+    phase = Phase.COMPLETE
+
+    def __init__(self, kind: DeviceKind[Any]) -> None:
+        self.kind = kind
+        self.tag, self.limit, self.since = kind.tag, kind.limit, kind.since
+
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        device = machine.devices.get(self.kind.name)
+        return [] if device is None else [(self.tag, device.save().encode())]
+
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        _keep(loaded, self.kind.name, self.kind.decode(payload))
+
+    def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        wanted = self.kind.name in _device_names(config)
+        if wanted != (self.kind.name in loaded.devices):
+            raise FormatError(
+                f"the {self.kind.name} device's state is missing"
+                if wanted
+                else f"state for a {self.kind.name} device, which this machine does not have"
+            )
+
+    def apply(self, loaded: Loaded, machine: Machine) -> None:
+        machine.devices[self.kind.name].restore(loaded.devices[self.kind.name])
+
+
+class LegacyDevices(StateKind):
+    """DEVS (1.0 and 1.1, read only): the console, the ucall log and the DMA engine's
+    registers in one JSON object, now each device's own section."""
+
+    tag, phase, limit, until = b"DEVS", Phase.COMPLETE, 16 << 20, 1
+
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        return []
+
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        raw = wire.loads(payload, "device state")
+        _keep(loaded, kinds.CONSOLE.name, ConsoleState(wire.field(raw, "console", str)))
+        _keep(loaded, kinds.UCALL.name, UcallLog.from_json(wire.field(raw, "ucalls", list)))
+        _keep(loaded, kinds.DMA.name, DmaState.from_json(wire.field(raw, "dma", dict)))
+
+
+def _keep(loaded: Loaded, name: str, state: object) -> None:
+    if name in loaded.devices:
+        raise FormatError(f"the {name} device's state is given twice")
+    loaded.devices[name] = state
+
+
+def _device_names(config: MachineConfig) -> set[str]:
+    return {kinds.CONSOLE.name, kinds.UCALL.name, kinds.DMA.name} | {
+        name for name, _ in config.devices
+    }
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """PAGE: runs of guest pages with their tags (tagvisor.snapshot.pages), written
+    and applied as they stream (tagvisor.snapshot.guestpages, the migration passes),
+    never held whole: the registry names its section and limit."""
+
+    tag: bytes = b"PAGE"
+    phase: Phase = Phase.ITERATE
+    limit: int = pages.HEAD.size + pages.MAX_BODY
+    since: int = 0
+
+
+MEMORY: Final = MemorySpec()
+
+
+class Registry:
+    """The kinds of state, in the order they are saved and applied."""
+
+    def __init__(self, kinds_: list[StateKind]) -> None:
+        self._fixed = kinds_
+
+    def kinds(self) -> list[StateKind]:
+        """The fixed kinds, then one per registered device kind (read each time, so a
+        device registered later is carried too)."""
+        devices: list[StateKind] = [DeviceSection(kind) for kind in DEVICE_KINDS.values()]
+        return [*self._fixed, *devices]
+
+    def limits(self, *phases: Phase) -> dict[bytes, int]:
+        """Section tag to size limit for every kind in ``phases``, memory included."""
+        limits = {kind.tag: kind.limit for kind in self.kinds() if kind.phase in phases}
+        if MEMORY.phase in phases:
+            limits[MEMORY.tag] = MEMORY.limit
+        return limits
+
+    def save(self, machine: Machine, phase: Phase) -> list[tuple[bytes, bytes]]:
+        """(tag, payload) of every section of ``phase`` for ``machine``."""
+        return [
+            section
+            for kind in self.kinds()
+            if kind.phase is phase and kind.until is None
+            for section in kind.save(machine)
+        ]
+
+    def load(self, section: Section, loaded: Loaded) -> None:
+        """Check ``section`` into ``loaded``: its kind must exist in that version."""
+        kind = next((k for k in self.kinds() if k.tag == section.tag), None)
+        if kind is None:
+            raise FormatError(f"unexpected section {section.tag!r}")
+        minor = loaded.version.minor
+        if minor < kind.since or (kind.until is not None and minor > kind.until):
+            raise FormatError(f"a {section.tag!r} section has no place in format {loaded.version}")
+        kind.load(section.payload, loaded)
+
+    def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        """Every kind found all it needs (call before building anything)."""
+        for kind in self.kinds():
+            kind.check(loaded, config)
+
+    def apply(self, loaded: Loaded, machine: Machine) -> None:
+        for kind in self.kinds():
+            kind.apply(loaded, machine)
+
+
+REGISTRY: Final = Registry([MachineShape(), VcpuRegisters(), WideRegisters(), LegacyDevices()])
+
+__all__ = ["END_TAG", "MAJOR", "MEMORY", "REGISTRY", "Loaded", "Phase", "Registry", "StateKind"]
