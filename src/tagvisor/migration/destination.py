@@ -24,19 +24,19 @@ faults.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
+from tagvisor import wire
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
 from tagvisor.kvm.api import Background, Kvm
 from tagvisor.kvm.uapi import Cap
 from tagvisor.migration import protocol
-from tagvisor.migration.pipeline import Placer, SectionReader
+from tagvisor.migration.pipeline import Placer, ReadSection, SectionReader
 from tagvisor.migration.postcopy import PostcopyReceiver, decode_pending
 from tagvisor.migration.transport import Connection, Listener, TcpAddress
 from tagvisor.snapshot import pages
@@ -45,11 +45,12 @@ from tagvisor.snapshot.container import (
     FormatError,
     Payload,
     Section,
+    Version,
     iter_sections,
     read_header,
 )
 from tagvisor.snapshot.guestpages import PageBuffers, apply_section
-from tagvisor.snapshot.registry import REGISTRY, Loaded
+from tagvisor.snapshot.registry import MEMORY, REGISTRY, Loaded
 from tagvisor.snapshot.state import MachineState
 from tagvisor.vmm.builder import MachineBuilder
 from tagvisor.vmm.machine import Machine, MachineConfig
@@ -100,96 +101,124 @@ def receive(
     max_memory: int = DEFAULT_MAX_MEMORY,
     require_mte: bool | None = None,
 ) -> tuple[Machine, IncomingReport]:
-    """Run the destination side over an accepted connection."""
-    report = IncomingReport()
+    """Run the destination side over an accepted connection: the handshake, then the
+    passes' pages and the machine's state, then the guest, complete or (post-copy)
+    still fetching."""
+    incoming = _Incoming(conn, kvm)
+    hello = incoming.handshake(max_memory=max_memory, require_mte=require_mte)
+    incoming.setup(hello)
     try:
-        version = read_header(conn, protocol.MAGIC, protocol.VERSION.major)
-    except FormatError as error:
-        protocol.send_json(conn, b"RFSE", {"reason": str(error)})
-        raise IncomingError(f"refused the source: {error}") from error
-    try:
-        first = next(iter_sections(conn, protocol.limits()))
-        if first.tag != b"HELO":
-            raise FormatError(f"the stream starts with {first.tag!r}, not HELO")
-        hello = protocol.Hello.decode(first.payload)
-    except FormatError as error:
-        with contextlib.suppress(TagvisorError):
-            protocol.send_json(conn, b"RFSE", {"reason": f"malformed greeting: {error}"})
-        raise IncomingError(f"the source's greeting is malformed: {error}") from error
-    reason = refusal(hello.machine, kvm, max_memory=max_memory, require_mte=require_mte)
-    if reason is not None:
-        protocol.send_json(conn, b"RFSE", {"reason": reason})
-        raise IncomingError(f"refused the source: {reason}")
-    protocol.send_json(conn, b"ACPT", {})
-    config = hello.machine.config
-    machine = MachineBuilder.from_config(kvm, config).build()
-    loaded = Loaded(version)
-    post: Section | None = None
-    # From here sections are received and verified on a thread of their own while
-    # the previous one is applied: PAGE payloads land in reused buffers, or their page
-    # data straight in the paused guest's memory (see _placer).
-    reader = SectionReader(conn, protocol.limits(), placer=_placer(machine))
-    sections = iter(reader)
-    buffers = PageBuffers(pages.MAX_PAGES, data=False)
-    prefaulter = _prefault(machine, hello.pages)
-    try:
-        for section in sections:
-            if section.tag == b"PAGE":
-                _check_in_ram(section.payload, config)
-                run = pages.decode_section(section.payload, section.placed)
-                if not config.mte and not run.tags_are_zero():
-                    raise FormatError("the source sent tags for a guest without MTE")
-                report.pages_received += apply_section(machine, run, buffers=buffers)
-            elif section.tag == b"ITER":
-                # After the first pass pages land where pages are already, and the
-                # thread would only take CPU time from the pause that comes.
-                prefaulter.stop()
-                report.iterations += 1
-                # Every page before it is applied: tell the source, which pauses the
-                # guest only once the destination has caught up.
-                protocol.send_json(conn, b"ITER", {"iteration": _iteration(section.payload)})
-            elif section.tag in (END_TAG, b"POST"):
-                post = section if section.tag == b"POST" else None
-                prefaulter.stop()
-                break
-            else:
-                REGISTRY.load(section, loaded)
-        else:
-            raise FormatError("the stream ended without END!")
-        REGISTRY.check(loaded, config)
-        REGISTRY.apply(loaded, machine)
-        if post is not None:
-            receiver = PostcopyReceiver(
-                conn, machine, decode_pending(post.payload, machine), sections
-            )
-            receiver.start()
-            report.postcopy = receiver
-            report.vcpus = len(loaded.vcpus)
-            return machine, report
+        post = incoming.iterate()
+        return incoming.complete(post)
     except TagvisorError as error:
-        prefaulter.stop()
-        reader.close()
+        incoming.stop()
         with contextlib.suppress(TagvisorError):  # the source may be gone; nothing to tell
             protocol.send_json(conn, b"FAIL", {"reason": str(error)})
         raise IncomingError(f"incoming migration failed, no guest was resumed: {error}") from error
     except BaseException:
-        prefaulter.stop()
-        reader.close()
+        incoming.stop()
         raise
-    protocol.send_json(conn, b"DONE", {"pages": report.pages_received})
-    report.bytes_received = conn.received
-    report.vcpus = len(loaded.vcpus)
-    return machine, report
+
+
+class _Incoming:
+    """The destination side of one migration, phase by phase (see :func:`receive`)."""
+
+    def __init__(self, conn: Connection, kvm: Kvm) -> None:
+        self.conn = conn
+        self.kvm = kvm
+        self.report = IncomingReport()
+        self.loaded = Loaded(Version(0, 0))
+
+    def handshake(self, *, max_memory: int, require_mte: bool | None) -> protocol.Hello:
+        """HEADER and HELO, checked; ACPT, or RFSE with the reason, before any page."""
+        conn = self.conn
+        try:
+            self.loaded = Loaded(read_header(conn, protocol.MAGIC, protocol.VERSION.major))
+        except FormatError as error:
+            protocol.send_json(conn, b"RFSE", {"reason": str(error)})
+            raise IncomingError(f"refused the source: {error}") from error
+        try:
+            first = next(iter_sections(conn, protocol.limits()))
+            if first.tag != b"HELO":
+                raise FormatError(f"the stream starts with {first.tag!r}, not HELO")
+            hello = protocol.Hello.decode(first.payload)
+        except FormatError as error:
+            with contextlib.suppress(TagvisorError):
+                protocol.send_json(conn, b"RFSE", {"reason": f"malformed greeting: {error}"})
+            raise IncomingError(f"the source's greeting is malformed: {error}") from error
+        reason = refusal(hello.machine, self.kvm, max_memory=max_memory, require_mte=require_mte)
+        if reason is not None:
+            protocol.send_json(conn, b"RFSE", {"reason": reason})
+            raise IncomingError(f"refused the source: {reason}")
+        protocol.send_json(conn, b"ACPT", {})
+        return hello
+
+    def setup(self, hello: protocol.Hello) -> None:
+        """The machine, paused, and the reading thread. From here sections are received
+        and verified on a thread of their own while the previous one is applied: PAGE
+        payloads land in reused buffers, or their page data straight in the paused
+        guest's memory (see _placer)."""
+        self.config = hello.machine.config
+        self.machine = MachineBuilder.from_config(self.kvm, self.config).build()
+        self.reader = SectionReader(self.conn, protocol.limits(), placer=_placer(self.machine))
+        self.sections = iter(self.reader)
+        self.buffers = PageBuffers(pages.MAX_PAGES, data=False)
+        self.prefaulter = _prefault(self.machine, hello.pages)
+
+    def iterate(self) -> Section | None:
+        """Every section up to END! (None) or POST (returned): pages applied as they
+        come, each ITER echoed, the machine's state loaded and checked."""
+        for section in self.sections:
+            if section.tag == MEMORY.tag:
+                self._apply_pages(section)
+            elif section.tag == b"ITER":
+                # After the first pass pages land where pages are already, and the
+                # thread would only take CPU time from the pause that comes.
+                self.prefaulter.stop()
+                self.report.iterations += 1
+                # Every page before it is applied: tell the source, which pauses the
+                # guest only once the destination has caught up.
+                echo = {"iteration": _iteration(section.payload)}
+                protocol.send_json(self.conn, b"ITER", echo)
+            elif section.tag in (END_TAG, b"POST"):
+                self.prefaulter.stop()
+                return section if section.tag == b"POST" else None
+            else:
+                REGISTRY.load(section, self.loaded)
+        raise FormatError("the stream ended without END!")
+
+    def _apply_pages(self, section: ReadSection) -> None:
+        config = self.config
+        _check_in_ram(section.payload, config)
+        run = pages.decode_section(section.payload, section.placed)
+        if not config.mte and not run.tags_are_zero():
+            raise FormatError("the source sent tags for a guest without MTE")
+        self.report.pages_received += apply_section(self.machine, run, buffers=self.buffers)
+
+    def complete(self, post: Section | None) -> tuple[Machine, IncomingReport]:
+        """Registers and devices into the machine once all of them are there; then
+        DONE, or (post-copy) the receiver that fetches the pages still missing."""
+        machine, report = self.machine, self.report
+        REGISTRY.check(self.loaded, self.config)
+        REGISTRY.apply(self.loaded, machine)
+        report.vcpus = len(self.loaded.vcpus)
+        if post is not None:
+            pending = decode_pending(post.payload, machine)
+            receiver = PostcopyReceiver(self.conn, machine, pending, self.sections)
+            receiver.start()
+            report.postcopy = receiver
+            return machine, report
+        protocol.send_json(self.conn, b"DONE", {"pages": report.pages_received})
+        report.bytes_received = self.conn.received
+        return machine, report
+
+    def stop(self) -> None:
+        self.prefaulter.stop()
+        self.reader.close()
 
 
 def _iteration(payload: Payload) -> int:
-    try:
-        iteration = json.loads(bytes(payload))["iteration"]
-    except (ValueError, KeyError, TypeError):
-        raise FormatError("an ITER section is malformed") from None
-    if not isinstance(iteration, int):
-        raise FormatError("an ITER section is malformed")
-    return iteration
+    return wire.integer(wire.loads(payload, "an ITER section"), "iteration", 0, 2**32)
 
 
 def _check_in_ram(payload: Payload, config: MachineConfig) -> None:

@@ -196,6 +196,19 @@ class _Staging:
         self._free.put(buffers)
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a migration runs (the keyword arguments of :func:`migrate`)."""
+
+    run_guest: bool = True
+    max_iterations: int = 8
+    stop_pages: int = 64
+    compress: bool = False
+    postcopy: bool = False
+    auto_converge: bool = True
+    progress: Progress | None = None
+
+
 def migrate(
     machine: Machine,
     address: TcpAddress,
@@ -218,97 +231,154 @@ def migrate(
     """
     if machine.state is RunState.STOPPED:
         raise MigrationError("the guest has stopped; there is nothing to migrate")
-    report = MigrationReport(compressed=compress)
-    started = time.perf_counter()
-    conn = connect(address)
-    runner: _GuestRunner | None = None
-    sender: SectionSender | None = None
+    options = Options(
+        run_guest, max_iterations, stop_pages, compress, postcopy, auto_converge, progress
+    )
+    outgoing = _Outgoing(machine, connect(address), options)
     try:
-        write_header(conn, protocol.MAGIC, protocol.VERSION)
+        outgoing.handshake()
+        outgoing.precopy()
+        outgoing.switchover()
+        return outgoing.complete()
+    except MigrationError:
+        outgoing.back_out()
+        raise
+    except TagvisorError as error:
+        outgoing.back_out()
+        raise MigrationError(f"migration failed, the guest is intact here: {error}") from error
+    finally:
+        outgoing.close()
+
+
+class _Outgoing:
+    """The source side of one migration, in QEMU's phases: the handshake (setup),
+    pre-copy passes while the guest runs (iterate), the switchover (the pause and the
+    last pass) and completion (registers, devices, the destination's DONE)."""
+
+    def __init__(self, machine: Machine, conn: Connection, options: Options) -> None:
+        self.machine = machine
+        self.conn = conn
+        self.options = options
+        self.report = MigrationReport(compressed=options.compress)
+        self.started = time.perf_counter()
+        self.runner: _GuestRunner | None = None
+        self.sender: SectionSender | None = None
+        self.paused = 0.0
+        self.pending: list[NDArray[np.bool_]] = []
+        self.exits_before = machine.exits
+
+    def handshake(self) -> None:
+        """HEADER and HELO; the destination accepts or refuses before any page moves."""
+        write_header(self.conn, protocol.MAGIC, protocol.VERSION)
         # The first pass sends the pages with memory behind them (less the zero ones):
         # the destination faults in that much fresh memory ahead of them.
+        memory = self.machine.memory
         expected = sum(
-            int(np.count_nonzero(machine.memory.populated(region.gpa, region.npages)))
-            for region in machine.memory.regions
+            int(np.count_nonzero(memory.populated(region.gpa, region.npages)))
+            for region in memory.regions
         )
-        hello = protocol.Hello(capture_machine(machine), compress, expected)
-        write_section(conn, b"HELO", hello.encode())
-        tag, reply = protocol.read_reply(conn, (b"ACPT", b"RFSE"))
+        hello = protocol.Hello(capture_machine(self.machine), self.options.compress, expected)
+        write_section(self.conn, b"HELO", hello.encode())
+        tag, reply = protocol.read_reply(self.conn, (b"ACPT", b"RFSE"))
         if tag == b"RFSE":
             raise MigrationRefused(f"the destination refused: {reply.get('reason')}")
-        sender = SectionSender(conn, SEND_DEPTH)
-        pass_ = _Pass(sender, machine, report, compress, progress)
-        memory = machine.memory
-        memory.start_dirty_log()
-        if run_guest:
-            runner = _GuestRunner(machine)
-            runner.start()
-        exits_before = machine.exits
-        for iteration in range(max_iterations):
-            dirty = pass_.collect(first=iteration == 0)
-            sent = _count(dirty)
-            if auto_converge and runner is not None and report.dirty_per_iteration:
-                ratio = sent / max(1, report.dirty_per_iteration[-1])
-                if sent > stop_pages and ratio > CONVERGE_RATIO:
-                    runner.throttle(max(MIN_SHARE, runner.share * CONVERGE_RATIO / ratio))
-            pass_.send(dirty, iteration, first=iteration == 0, live=runner is not None)
-            report.dirty_per_iteration.append(sent)
-            report.iterations += 1
-            sender.send(b"ITER", _json({"iteration": iteration, "pages": sent}))
-            if iteration and sent <= stop_pages:
+        self.sender = SectionSender(self.conn, SEND_DEPTH)
+        self.pass_ = _Pass(self.sender, self.machine, self.report, self.options)
+
+    def precopy(self) -> None:
+        """Dirty logging on, the guest running: pass after pass until few pages are
+        left or the passes run out, throttling a guest that outruns them."""
+        assert self.sender is not None
+        self.machine.memory.start_dirty_log()
+        if self.options.run_guest:
+            self.runner = _GuestRunner(self.machine)
+            self.runner.start()
+        self.exits_before = self.machine.exits
+        for iteration in range(self.options.max_iterations):
+            sent = self._iterate(iteration)
+            if iteration and sent <= self.options.stop_pages:
                 break
-        if runner is not None:
-            report.guest_share = runner.share
+        if self.runner is not None:
+            self.report.guest_share = self.runner.share
+
+    def _iterate(self, iteration: int) -> int:
+        """One pass: what the log says changed, then ITER; returns the pages sent."""
+        assert self.sender is not None
+        report, runner, options = self.report, self.runner, self.options
+        dirty = self.pass_.collect(first=iteration == 0)
+        sent = _count(dirty)
+        if options.auto_converge and runner is not None and report.dirty_per_iteration:
+            ratio = sent / max(1, report.dirty_per_iteration[-1])
+            if sent > options.stop_pages and ratio > CONVERGE_RATIO:
+                runner.throttle(max(MIN_SHARE, runner.share * CONVERGE_RATIO / ratio))
+        self.pass_.send(dirty, iteration, first=iteration == 0, live=runner is not None)
+        report.dirty_per_iteration.append(sent)
+        report.iterations += 1
+        self.sender.send(b"ITER", _json({"iteration": iteration, "pages": sent}))
+        return sent
+
+    def switchover(self) -> None:
+        """Once the destination has caught up (its ITER echo), pause the guest and send
+        the last dirty pages; for post-copy, note which pages it still lacks."""
+        report, runner = self.report, self.runner
         if report.iterations:  # once the destination has caught up, the pause is short
             if runner is not None and runner.share < 1.0:
                 runner.throttle(MIN_SHARE)  # what it dirties meanwhile is paid in the pause
-            _await_echo(conn, report.iterations - 1)
-        paused = time.perf_counter()
+            _await_echo(self.conn, report.iterations - 1)
+        self.paused = time.perf_counter()
         if runner is not None:
             runner.stop()
-        report.guest_exits_during = machine.exits - exits_before
-        if _stopped(machine):
+        report.guest_exits_during = self.machine.exits - self.exits_before
+        if _stopped(self.machine):
             raise MigrationError("the guest stopped during migration; nothing to move")
-        if postcopy:
-            pending = [memory.take_dirty(region) for region in memory.regions]
+        memory = self.machine.memory
+        if self.options.postcopy:
+            self.pending = [memory.take_dirty(region) for region in memory.regions]
         else:
-            dirty = pass_.collect(first=False)
+            dirty = self.pass_.collect(first=False)
             report.dirty_per_iteration.append(
-                pass_.send(dirty, report.iterations, first=False, live=False)
+                self.pass_.send(dirty, report.iterations, first=False, live=False)
             )
-        # The guest's state and the stream's end, sent from here in one system call.
+
+    def complete(self) -> MigrationReport:
+        """The guest's registers and devices (the registry's COMPLETE phase) and the
+        stream's end, sent from here in one system call; then the destination's word."""
+        assert self.sender is not None
+        report = self.report
         final: list[tuple[bytes, bytes | list[bytes | memoryview]]] = [
-            *REGISTRY.save(machine, Phase.COMPLETE)
+            *REGISTRY.save(self.machine, Phase.COMPLETE)
         ]
-        if postcopy:
-            sender.send_now([*final, (b"POST", encode_pending(pending))])
-            report.downtime_seconds = time.perf_counter() - paused
+        if self.options.postcopy:
+            self.sender.send_now([*final, (b"POST", encode_pending(self.pending))])
+            report.downtime_seconds = time.perf_counter() - self.paused
             report.send_downtime_seconds = report.downtime_seconds
             report.postcopy = True
-            report.postcopy_pages = _count(pending)
-            report.add(serve(conn, machine, pending, compress=compress))
-            tag, payload = final_reply(conn)
+            report.postcopy_pages = _count(self.pending)
+            report.add(serve(self.conn, self.machine, self.pending, compress=report.compressed))
+            tag, payload = final_reply(self.conn)
             reply = {"reason": bytes(payload).decode(errors="replace")}
         else:
+            sender = self.sender
             sender.send_now([*final, (END_TAG, _json({"pages_sent": report.pages_sent}))])
-            report.send_downtime_seconds = time.perf_counter() - paused
-            tag, reply = protocol.read_reply(conn, (b"DONE", b"FAIL"))
+            report.send_downtime_seconds = time.perf_counter() - self.paused
+            tag, reply = protocol.read_reply(self.conn, (b"DONE", b"FAIL"))
         if tag == b"FAIL":
             raise MigrationError(f"the destination failed: {reply.get('reason')}")
-        if not postcopy:
-            report.downtime_seconds = time.perf_counter() - paused
-        report.total_seconds = time.perf_counter() - started
+        if not self.options.postcopy:
+            report.downtime_seconds = time.perf_counter() - self.paused
+        report.total_seconds = time.perf_counter() - self.started
         return report
-    except MigrationError:
-        _back_out(machine, runner)
-        raise
-    except TagvisorError as error:
-        _back_out(machine, runner)
-        raise MigrationError(f"migration failed, the guest is intact here: {error}") from error
-    finally:
-        conn.close()
-        if sender is not None:
-            sender.close()
+
+    def back_out(self) -> None:
+        """The guest as it was before the pause: its thread stopped, logging off."""
+        if self.runner is not None and self.runner.thread.is_alive():
+            self.runner.stop()
+        self.machine.memory.stop_dirty_log()
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.sender is not None:
+            self.sender.close()
 
 
 def _count(masks: list[NDArray[np.bool_]]) -> int:
@@ -332,28 +402,17 @@ def _await_echo(conn: Connection, iteration: int) -> None:
             return
 
 
-def _back_out(machine: Machine, runner: _GuestRunner | None) -> None:
-    if runner is not None and runner.thread.is_alive():
-        runner.stop()
-    machine.memory.stop_dirty_log()
-
-
 class _Pass:
     """Sends what the dirty log reports, section by section, through the sender."""
 
     def __init__(
-        self,
-        sender: SectionSender,
-        machine: Machine,
-        report: MigrationReport,
-        compress: bool,
-        progress: Progress | None,
+        self, sender: SectionSender, machine: Machine, report: MigrationReport, options: Options
     ) -> None:
         self.sender = sender
         self.machine = machine
         self.report = report
-        self.compress = compress
-        self.progress = progress
+        self.compress = options.compress
+        self.progress = options.progress
         self.staging = _Staging(SEND_DEPTH + 2, SECTION_PAGES)
 
     def collect(self, *, first: bool) -> list[NDArray[np.bool_]]:
