@@ -24,6 +24,7 @@ faults.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -48,6 +49,7 @@ from tagvisor.snapshot.container import (
     Version,
     iter_sections,
     read_header,
+    read_section,
 )
 from tagvisor.snapshot.guestpages import PageBuffers, apply_section
 from tagvisor.snapshot.registry import MEMORY, REGISTRY, Loaded
@@ -106,8 +108,8 @@ def receive(
     still fetching."""
     incoming = _Incoming(conn, kvm)
     hello = incoming.handshake(max_memory=max_memory, require_mte=require_mte)
-    incoming.setup(hello)
     try:
+        incoming.setup(hello)
         post = incoming.iterate()
         return incoming.complete(post)
     except TagvisorError as error:
@@ -128,10 +130,13 @@ class _Incoming:
         self.kvm = kvm
         self.report = IncomingReport()
         self.loaded = Loaded(Version(0, 0))
+        self.reader: SectionReader | None = None
+        self.prefaulter: Background | None = None
 
     def handshake(self, *, max_memory: int, require_mte: bool | None) -> protocol.Hello:
         """HEADER and HELO, checked; ACPT, or RFSE with the reason, before any page."""
         conn = self.conn
+        conn.set_deadline(protocol.HANDSHAKE_SECONDS, "the handshake")
         try:
             self.loaded = Loaded(read_header(conn, protocol.MAGIC, protocol.VERSION.major))
         except FormatError as error:
@@ -150,7 +155,10 @@ class _Incoming:
         if reason is not None:
             protocol.send_json(conn, b"RFSE", {"reason": reason})
             raise IncomingError(f"refused the source: {reason}")
-        protocol.send_json(conn, b"ACPT", {})
+        protocol.send_json(conn, b"ACPT", {"version": str(protocol.VERSION)})
+        conn.set_deadline(protocol.iterate_seconds(hello.machine.config.ram_size), "pre-copy")
+        #: The source commits before this side may run the guest (both 1.2 or newer).
+        self.commits = self.loaded.version.minor >= protocol.COMMIT_SINCE
         return hello
 
     def setup(self, hello: protocol.Hello) -> None:
@@ -165,24 +173,26 @@ class _Incoming:
         self.buffers = PageBuffers(pages.MAX_PAGES, data=False)
         self.prefaulter = _prefault(self.machine, hello.pages)
 
-    def iterate(self) -> Section | None:
-        """Every section up to END! (None) or POST (returned): pages applied as they
-        come, each ITER echoed, the machine's state loaded and checked."""
+    def iterate(self) -> Section:
+        """Every section up to END! or POST (returned): pages applied as they come,
+        each ITER echoed, the machine's state loaded and checked."""
+        prefaulter = self.prefaulter
+        assert prefaulter is not None
         for section in self.sections:
             if section.tag == MEMORY.tag:
                 self._apply_pages(section)
             elif section.tag == b"ITER":
                 # After the first pass pages land where pages are already, and the
                 # thread would only take CPU time from the pause that comes.
-                self.prefaulter.stop()
+                prefaulter.stop()
                 self.report.iterations += 1
                 # Every page before it is applied: tell the source, which pauses the
                 # guest only once the destination has caught up.
                 echo = {"iteration": _iteration(section.payload)}
                 protocol.send_json(self.conn, b"ITER", echo)
             elif section.tag in (END_TAG, b"POST"):
-                self.prefaulter.stop()
-                return section if section.tag == b"POST" else None
+                prefaulter.stop()
+                return section
             else:
                 REGISTRY.load(section, self.loaded)
         raise FormatError("the stream ended without END!")
@@ -195,26 +205,64 @@ class _Incoming:
             raise FormatError("the source sent tags for a guest without MTE")
         self.report.pages_received += apply_section(self.machine, run, buffers=self.buffers)
 
-    def complete(self, post: Section | None) -> tuple[Machine, IncomingReport]:
-        """Registers and devices into the machine once all of them are there; then
-        DONE, or (post-copy) the receiver that fetches the pages still missing."""
+    def complete(self, last: Section) -> tuple[Machine, IncomingReport]:
+        """Registers and devices into the machine once all of them are there, then the
+        switchover: DONE after the source's commit, or (post-copy) the receiver that
+        fetches the pages still missing."""
         machine, report = self.machine, self.report
+        if last.tag == END_TAG:
+            self._check_end(last.payload)
         REGISTRY.check(self.loaded, self.config)
         REGISTRY.apply(self.loaded, machine)
         report.vcpus = len(self.loaded.vcpus)
-        if post is not None:
-            pending = decode_pending(post.payload, machine)
+        self.conn.set_deadline(protocol.SWITCHOVER_SECONDS, "the switchover")
+        if last.tag == b"POST":
+            pending = decode_pending(last.payload, machine)
+            self._await_commit(lambda: next(self.sections, None))
+            self.conn.set_deadline(None)
             receiver = PostcopyReceiver(self.conn, machine, pending, self.sections)
             receiver.start()
             report.postcopy = receiver
             return machine, report
+        self._await_commit(self._read_commit)
         protocol.send_json(self.conn, b"DONE", {"pages": report.pages_received})
         report.bytes_received = self.conn.received
         return machine, report
 
+    def _check_end(self, payload: Payload) -> None:
+        """END! names the pages the source sent: every one of them must be here."""
+        sent = wire.integer(wire.loads(payload, "the END! section"), "pages_sent", 0, 1 << 40)
+        if sent != self.report.pages_received:
+            raise FormatError(
+                f"the source says it sent {sent} pages, {self.report.pages_received} arrived"
+            )
+
+    def _read_commit(self) -> Section:
+        return read_section(self.conn, lambda tag: protocol.CONTROL_LIMITS[b"CMIT"])
+
+    def _await_commit(self, read: Callable[[], Section | None]) -> None:
+        """REDY (everything is here, the guest paused), then the source's CMIT, which
+        ``read`` reads (after POST from the stream's reader, else from the
+        connection). Without CMIT the guest never runs here: the error discards it."""
+        if not self.commits:
+            return
+        protocol.send_json(self.conn, b"REDY", {"pages": self.report.pages_received})
+        try:
+            section = read()
+        except TagvisorError as error:
+            raise IncomingError(
+                f"the source never committed ({error}): the guest was discarded, never run"
+            ) from error
+        if section is None or section.tag != b"CMIT":
+            found = "the end of the stream" if section is None else repr(section.tag)
+            raise FormatError(f"expected the source's CMIT, found {found}")
+
     def stop(self) -> None:
-        self.prefaulter.stop()
-        self.reader.close()
+        """Leave the machine, whatever phase it got to: threads stopped, never resumed."""
+        if self.prefaulter is not None:
+            self.prefaulter.stop()
+        if self.reader is not None:
+            self.reader.close()
 
 
 def _iteration(payload: Payload) -> int:

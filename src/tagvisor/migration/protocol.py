@@ -1,14 +1,26 @@
 """The migration stream: sections on the snapshot container, with a handshake.
 
     source -> destination: HEADER("TAGVMIGR", 1.2) HELO
-    destination -> source: ACPT | RFSE(reason)           (before any page is sent)
+    destination -> source: ACPT(version) | RFSE(reason)  (before any page is sent)
     source -> destination: (PAGE* ITER)* (VCPU VREG?)* DEVICE* END!
-    destination -> source: ITER* (DONE | FAIL(reason))
+    destination -> source: ITER* (REDY | FAIL(reason))
+    source -> destination: CMIT
+    destination -> source: DONE
 
 or, post-copy, after the VCPUs and devices:
 
-    source -> destination: POST(missing-page bitmap) PAGE* END!
+    source -> destination: POST(missing-page bitmap)
+    destination -> source: REDY | FAIL(reason)
+    source -> destination: CMIT PAGE* END!
     destination -> source: REQ(gpa)* DONE
+
+The switchover (since 1.2) keeps the guest from running on both sides: the destination
+has everything and is paused when it sends REDY; the source commits with CMIT and never
+resumes the guest after it; the destination runs the guest only after CMIT, and
+discards it if CMIT never comes. A lost REDY or CMIT therefore leaves the guest paused
+at the source, never running twice; a lost DONE leaves it running at the destination
+only. Each peer uses it only if the other is 1.2 or newer (the source's header, the
+destination's ACPT); with an older peer, DONE follows END! and POST as before.
 
 HELO carries the machine's shape (the snapshot's MachineState), the stream options and
 optionally how many pages the first pass will bring (a hint: the destination faults in
@@ -30,6 +42,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tagvisor import wire
 from tagvisor.snapshot.container import (
     END_TAG,
     ByteSink,
@@ -50,8 +63,20 @@ CONTROL_LIMITS: Final = {
     b"HELO": 64 << 10,
     b"ITER": 4 << 10,
     b"POST": 8 << 20,
+    b"CMIT": 4 << 10,
     END_TAG: 64 << 10,
 }
+#: The first minor version whose peers switch over with READY and COMMIT.
+COMMIT_SINCE: Final = 2
+#: How long each side may wait in the handshake, and for the switchover's messages.
+HANDSHAKE_SECONDS: Final = 30.0
+SWITCHOVER_SECONDS: Final = 30.0
+
+
+def iterate_seconds(ram_size: int) -> float:
+    """How long the pre-copy passes may take in all, as a bound a stalling peer
+    meets: ten minutes, plus the guest's RAM at 8 MiB/s (far below any real link)."""
+    return 600.0 + ram_size / (8 << 20)
 
 
 def limits() -> dict[bytes, int]:
@@ -72,23 +97,20 @@ class Hello:
     pages: int | None = None
 
     def encode(self) -> bytes:
-        value = {"machine": json.loads(self.machine.encode()), "compress": self.compress}
+        value = {"machine": wire.loads(self.machine.encode(), "HELO"), "compress": self.compress}
         if self.pages is not None:
             value["pages"] = self.pages
         return json.dumps(value, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, payload: Payload) -> Hello:
-        try:
-            raw = json.loads(bytes(payload))
-            machine = MachineState.decode(json.dumps(raw["machine"]).encode())
-            compress = raw["compress"]
-            pages = raw.get("pages")
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise FormatError(f"the HELO section is malformed: {error}") from None
+        raw = wire.loads(payload, "the HELO section")
+        machine = MachineState.from_json(wire.field(raw, "machine", dict))
+        compress = raw.get("compress")
         if not isinstance(compress, bool):
             raise FormatError("the HELO section's compress flag is not a boolean")
-        if pages is not None and (type(pages) is not int or pages < 0):
+        pages = raw.get("pages")
+        if pages is not None and (type(pages) is not int or not 0 <= pages < 1 << 40):
             raise FormatError("the HELO section's page count is not a count")
         return cls(machine, compress, pages)
 
@@ -97,14 +119,14 @@ def send_json(sink: ByteSink, tag: bytes, value: dict[str, Any]) -> None:
     write_section(sink, tag, json.dumps(value, sort_keys=True).encode())
 
 
+def reason(reply: dict[str, Any]) -> str:
+    """The peer's stated reason, as text of bounded length whatever it sent."""
+    text = reply.get("reason")
+    return (text if isinstance(text, str) else repr(text))[:1000]
+
+
 def read_reply(source: ByteSource, expected: tuple[bytes, ...]) -> tuple[bytes, dict[str, Any]]:
     section = read_section(source, lambda tag: REPLY_LIMIT)
     if section.tag not in expected:
         raise FormatError(f"expected one of {expected}, the peer sent {section.tag!r}")
-    try:
-        value = json.loads(bytes(section.payload))
-    except ValueError:
-        raise FormatError(f"the peer's {section.tag!r} reply is not JSON") from None
-    if not isinstance(value, dict):
-        raise FormatError(f"the peer's {section.tag!r} reply is not a JSON object")
-    return section.tag, value
+    return section.tag, wire.loads(section.payload, f"the peer's {section.tag!r} reply")

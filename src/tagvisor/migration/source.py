@@ -55,6 +55,11 @@ class MigrationError(TagvisorError):
     """Migration did not complete; the source guest is intact and can be resumed."""
 
 
+class MigrationCommitted(TagvisorError):
+    """The migration failed after the source committed: the guest is the destination's
+    now, and the source must not resume it."""
+
+
 class MigrationRefused(MigrationError):
     """The destination refused before anything was sent (the reason is its words)."""
 
@@ -83,6 +88,9 @@ class MigrationReport:
     guest_exits_during: int = 0
     #: The share of time the guest ran at the end of pre-copy (below 1: throttled).
     guest_share: float = 1.0
+    #: Whether the destination confirmed the commit with DONE.
+    confirmed: bool = True
+    notes: list[str] = field(default_factory=list)
 
     @property
     def throughput(self) -> float:
@@ -246,6 +254,9 @@ def migrate(
     except TagvisorError as error:
         outgoing.back_out()
         raise MigrationError(f"migration failed, the guest is intact here: {error}") from error
+    except BaseException:  # Ctrl-C, or a bug: still leave the guest as it was
+        outgoing.back_out()
+        raise
     finally:
         outgoing.close()
 
@@ -265,6 +276,10 @@ class _Outgoing:
         self.sender: SectionSender | None = None
         self.paused = 0.0
         self.pending: list[NDArray[np.bool_]] = []
+        #: Whether the destination speaks the switchover handshake (1.2 and later).
+        self.commits = False
+        #: Whether the guest was handed over: after this it is never resumed here.
+        self.committed = False
         self.exits_before = machine.exits
 
     def handshake(self) -> None:
@@ -279,9 +294,12 @@ class _Outgoing:
         )
         hello = protocol.Hello(capture_machine(self.machine), self.options.compress, expected)
         write_section(self.conn, b"HELO", hello.encode())
+        self.conn.set_deadline(protocol.HANDSHAKE_SECONDS, "the handshake")
         tag, reply = protocol.read_reply(self.conn, (b"ACPT", b"RFSE"))
+        self.conn.set_deadline(None)
         if tag == b"RFSE":
-            raise MigrationRefused(f"the destination refused: {reply.get('reason')}")
+            raise MigrationRefused(f"the destination refused: {protocol.reason(reply)}")
+        self.commits = _minor(reply.get("version")) >= protocol.COMMIT_SINCE
         self.sender = SectionSender(self.conn, SEND_DEPTH)
         self.pass_ = _Pass(self.sender, self.machine, self.report, self.options)
 
@@ -342,35 +360,65 @@ class _Outgoing:
 
     def complete(self) -> MigrationReport:
         """The guest's registers and devices (the registry's COMPLETE phase) and the
-        stream's end, sent from here in one system call; then the destination's word."""
+        stream's end, sent from here in one system call; then the switchover."""
         assert self.sender is not None
         report = self.report
         final: list[tuple[bytes, bytes | list[bytes | memoryview]]] = [
             *REGISTRY.save(self.machine, Phase.COMPLETE)
         ]
+        self.conn.set_deadline(protocol.SWITCHOVER_SECONDS, "the switchover")
         if self.options.postcopy:
             self.sender.send_now([*final, (b"POST", encode_pending(self.pending))])
+            self._commit(b"REDY")
             report.downtime_seconds = time.perf_counter() - self.paused
             report.send_downtime_seconds = report.downtime_seconds
             report.postcopy = True
             report.postcopy_pages = _count(self.pending)
+            self.conn.set_deadline(None)
             report.add(serve(self.conn, self.machine, self.pending, compress=report.compressed))
             tag, payload = final_reply(self.conn)
-            reply = {"reason": bytes(payload).decode(errors="replace")}
+            if tag == b"FAIL":
+                raise MigrationError(f"the destination failed: {bytes(payload)[:1000]!r}")
         else:
-            sender = self.sender
-            sender.send_now([*final, (END_TAG, _json({"pages_sent": report.pages_sent}))])
+            end = _json({"pages_sent": report.pages_sent})
+            self.sender.send_now([*final, (END_TAG, end)])
             report.send_downtime_seconds = time.perf_counter() - self.paused
-            tag, reply = protocol.read_reply(self.conn, (b"DONE", b"FAIL"))
-        if tag == b"FAIL":
-            raise MigrationError(f"the destination failed: {reply.get('reason')}")
-        if not self.options.postcopy:
+            self._commit(b"DONE")
             report.downtime_seconds = time.perf_counter() - self.paused
         report.total_seconds = time.perf_counter() - self.started
         return report
 
+    def _commit(self, done: bytes) -> None:
+        """The switchover: the destination's REDY (it has everything and is paused),
+        then CMIT, after which the guest is never resumed here; then its DONE. An older
+        destination answers ``done`` at once and runs without a commit."""
+        expected = (b"REDY", b"FAIL") if self.commits else (done, b"FAIL")
+        tag, reply = protocol.read_reply(self.conn, expected)
+        if tag == b"FAIL":
+            raise MigrationError(f"the destination failed: {protocol.reason(reply)}")
+        if not self.commits:
+            self.committed = True
+            return
+        write_section(self.conn, b"CMIT", _json({}))
+        self.committed = True  # from here on the guest lives at the destination only
+        if done == b"DONE":
+            try:
+                protocol.read_reply(self.conn, (b"DONE",))
+            except TagvisorError as error:
+                self.report.confirmed = False
+                self.report.notes.append(
+                    f"committed, but the destination did not confirm ({error}); the guest "
+                    "is paused here and must not be resumed unless the destination has "
+                    "discarded it"
+                )
+
     def back_out(self) -> None:
         """The guest as it was before the pause: its thread stopped, logging off."""
+        if self.committed:
+            raise MigrationCommitted(
+                "the migration failed after the commit: the guest now belongs to the "
+                "destination and stays paused here"
+            )
         if self.runner is not None and self.runner.thread.is_alive():
             self.runner.stop()
         self.machine.memory.stop_dirty_log()
@@ -379,6 +427,15 @@ class _Outgoing:
         self.conn.close()
         if self.sender is not None:
             self.sender.close()
+
+
+def _minor(version: object) -> int:
+    """The minor number of a "major.minor" version a peer sent (0 if it sent none)."""
+    if not isinstance(version, str) or version.count(".") != 1:
+        return 0
+    major, minor = version.split(".")
+    known = major == str(protocol.VERSION.major) and minor.isdigit() and len(minor) <= 4
+    return int(minor) if known else 0
 
 
 def _count(masks: list[NDArray[np.bool_]]) -> int:
@@ -397,7 +454,7 @@ def _await_echo(conn: Connection, iteration: int) -> None:
     while True:
         tag, reply = protocol.read_reply(conn, (b"ITER", b"FAIL"))
         if tag == b"FAIL":
-            raise MigrationError(f"the destination failed: {reply.get('reason')}")
+            raise MigrationError(f"the destination failed: {protocol.reason(reply)}")
         if reply.get("iteration") == iteration:
             return
 

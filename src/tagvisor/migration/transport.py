@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -48,12 +49,31 @@ class Connection:
 
     def __init__(self, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.sock = sock
+        self.timeout = timeout
         sock.settimeout(timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sent = 0
         self.received = 0
+        self._deadline: float | None = None
+        self._phase = ""
+
+    def set_deadline(self, seconds: float | None, phase: str = "") -> None:
+        """Every read from now on must end within ``seconds`` in all (None: only each
+        read's own timeout): a peer that sends a byte now and then cannot hold this
+        side in ``phase`` for ever."""
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+        self._phase = phase
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            return
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TransportError(f"the peer took too long: {self._phase} ran out of time")
+        self.sock.settimeout(min(self.timeout, left))
 
     def read(self, size: int) -> bytes:
+        self._arm()
         try:
             data = self.sock.recv(min(size, 1 << 22))
         except OSError as error:
@@ -64,6 +84,7 @@ class Connection:
         return data
 
     def readinto(self, buffer: memoryview) -> int:
+        self._arm()
         try:
             got = self.sock.recv_into(buffer, min(len(buffer), 1 << 22))
         except OSError as error:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import asdict, dataclass, fields
-from typing import Final
+from typing import Any, Final
 
 from tagvisor import wire
 from tagvisor.kvm.api import Vcpu
@@ -23,6 +23,7 @@ from tagvisor.kvm.uapi import (
     reg_size,
 )
 from tagvisor.snapshot.container import FormatError, Payload
+from tagvisor.vmm.builder import config_problem
 from tagvisor.vmm.machine import Machine, MachineConfig
 
 VCPU_HEAD: Final = struct.Struct("<II")
@@ -106,8 +107,12 @@ class MachineState:
 
     @classmethod
     def decode(cls, payload: Payload) -> MachineState:
-        raw = wire.loads(payload, "machine state")
-        config = wire.field(raw, "config", dict)
+        return cls.from_json(wire.loads(payload, "machine state"))
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> MachineState:
+        """The state from its JSON object, every field's type and range checked."""
+        config = dict(wire.field(raw, "config", dict))
         devices = _devices(config.pop("devices", []))
         names = {f.name: f.type for f in fields(MachineConfig) if f.name != "devices"}
         if set(config) != set(names):
@@ -122,11 +127,14 @@ class MachineState:
             )
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise FormatError(f"machine config field {name!r} has the wrong type")
-        return cls(
-            MachineConfig(**config, devices=devices),
-            wire.field(raw, "profile", str),
-            wire.field(raw, "mte_level", int),
-        )
+        shape = MachineConfig(**config, devices=devices)
+        problem = config_problem(shape)
+        if problem is not None:
+            raise FormatError(f"the machine's shape is impossible: {problem}")
+        profile = wire.field(raw, "profile", str)
+        if len(profile) > 64:
+            raise FormatError("the machine's kernel profile name is longer than 64 characters")
+        return cls(shape, profile, wire.integer(raw, "mte_level", 0, 15))
 
 
 def _devices(raw: object) -> tuple[tuple[str, int], ...]:

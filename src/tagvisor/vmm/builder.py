@@ -35,7 +35,7 @@ from tagvisor.vmm.devices.persist import DEVICE_KINDS, DeviceParts, Persistent
 from tagvisor.vmm.loader import GuestImage, load, parse_elf
 from tagvisor.vmm.machine import Machine, MachineConfig, MachineError
 from tagvisor.vmm.memory import GuestMemory
-from tagvisor.vmm.tag_access import TagAccess, make_tag_access
+from tagvisor.vmm.tag_access import WAYS, TagAccess, make_tag_access
 
 RAM_BASE: Final = 0x4000_0000
 DEFAULT_RAM: Final = 128 << 20
@@ -49,6 +49,37 @@ TCF_MODES: Final = {"none": 0, "sync": 1, "async": 2, "asymm": 3}
 BACKINGS: Final = ("anonymous", "memfd", "hugetlb")
 #: The device kinds every machine has, at their fixed bases (docs/guest-abi.md).
 BUILT_IN: Final = {CONSOLE.name: UART_BASE, UCALL.name: UCALL_BASE, DMA.name: DMA_BASE}
+
+
+#: The guest-physical addresses a VM of the default 40-bit IPA size can have (KVM's
+#: KVM_PHYS_SHIFT default, arch/arm64/kvm/mmu.c): RAM must end below.
+IPA_LIMIT: Final = 1 << 40
+MAX_VCPUS: Final = 8
+
+
+def config_problem(config: MachineConfig) -> str | None:
+    """What is wrong with a machine shape read from outside (a snapshot's CONF, a
+    migration's HELO), in words, or None: checked before anything is built, so a
+    hostile shape fails here and not half way through building."""
+    size, base = config.ram_size, config.ram_base
+    if size <= 0 or size % (2 << 20) or base % (2 << 20) or base < 0:
+        return f"guest RAM [{base:#x}, +{size:#x}) is not in whole, aligned 2 MiB blocks"
+    if base + size > IPA_LIMIT:
+        return f"guest RAM ends at {base + size:#x}, beyond the {IPA_LIMIT:#x} IPA space"
+    if config.ram_backing not in BACKINGS:
+        return f"unknown RAM backing {config.ram_backing!r}"
+    if config.tcf not in TCF_MODES.values():
+        return f"unknown tag check mode {config.tcf}"
+    if not 1 <= config.vcpus <= MAX_VCPUS:
+        return f"{config.vcpus} VCPUs; tagvisor machines have 1 to {MAX_VCPUS}"
+    if config.tag_access not in WAYS:
+        return f"unknown tag access way {config.tag_access!r}"
+    for kind, device_base in config.devices:
+        if kind not in DEVICE_KINDS or kind in BUILT_IN:
+            return f"no extra device kind {kind!r} here"
+        if device_base % 0x1000 or not 0 <= device_base < IPA_LIMIT:
+            return f"the {kind} device's base {device_base:#x} is not a page in the IPA space"
+    return None
 
 
 def boot_config(tcf: int, mte: bool, ram_size: int, argument: int = 0, irg_seed: int = 0) -> bytes:
@@ -132,8 +163,8 @@ class MachineBuilder:
         return self
 
     def vcpus(self, count: int) -> Self:
-        if not 1 <= count <= 8:
-            raise ValueError("tagvisor machines have 1 to 8 VCPUs")
+        if not 1 <= count <= MAX_VCPUS:
+            raise ValueError(f"tagvisor machines have 1 to {MAX_VCPUS} VCPUs")
         self._vcpus = count
         return self
 
