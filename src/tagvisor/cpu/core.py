@@ -56,15 +56,8 @@ from tagvisor.cpu.translate import Block, Entry, translate_block
 from tagvisor.kvm.api import MmioAccess, VcpuExit
 from tagvisor.kvm.model.guest import GuestContext
 from tagvisor.kvm.model.stage2 import Stage2Mmu
-from tagvisor.kvm.model.vcpu_regs import (
-    CORE_SP_EL1,
-    MAIR_EL1,
-    SCTLR_EL1,
-    TCR_EL1,
-    TTBR0_EL1,
-    TTBR1_EL1,
-)
-from tagvisor.kvm.uapi import ExitReason
+from tagvisor.kvm.model.vcpu_regs import CORE_SP_EL1
+from tagvisor.kvm.uapi import MAIR_EL1, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, ExitReason
 
 DEFAULT_BUDGET: Final = 1_000_000
 MAX_BLOCK_INSNS: Final = 128

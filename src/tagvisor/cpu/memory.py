@@ -57,7 +57,7 @@ from tagvisor.cpu.mmu import (
 from tagvisor.cpu.state import CpuState
 from tagvisor.cpu.tagmem import VirtualTagMemory
 from tagvisor.kvm.model.stage2 import MmioExit, Stage2Mmu
-from tagvisor.kvm.model.vcpu_regs import SCTLR_EL1, TCR_EL1
+from tagvisor.kvm.uapi import SCTLR_EL1, TCR_EL1
 
 PAGE: Final = 4096
 SCTLR_A: Final = 1 << 1

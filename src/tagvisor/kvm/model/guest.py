@@ -22,16 +22,16 @@ from tagvisor.arch.tagcheck import CheckOutcome, check_access
 from tagvisor.arch.tagformat import U8
 from tagvisor.kvm.api import MmioAccess, VcpuExit
 from tagvisor.kvm.model.stage2 import MmioExit, Stage2Mmu
-from tagvisor.kvm.model.vcpu_regs import (
+from tagvisor.kvm.model.vcpu_regs import VcpuRegisters
+from tagvisor.kvm.uapi import (
     GCR_EL1,
     RGSR_EL1,
     SCTLR_EL1,
     TCR_EL1,
     TFSR_EL1,
     TFSRE0_EL1,
-    VcpuRegisters,
+    ExitReason,
 )
-from tagvisor.kvm.uapi import ExitReason
 
 
 class GuestPhysTagMemory:

@@ -13,45 +13,33 @@ import errno
 from dataclasses import dataclass
 from typing import Final
 
-from tagvisor.arch.sysregs import (
-    GCR_EL1_ENC,
-    RGSR_EL1_ENC,
-    SCTLR_EL1_ENC,
-    TCR_EL1_ENC,
-    TFSR_EL1_ENC,
-    TFSRE0_EL1_ENC,
-)
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.uapi import (
+    ELR_EL1,
+    ESR_EL1,
+    FAR_EL1,
+    GCR_EL1,
     KVM_REG_ARM64,
     KVM_REG_ARM64_SYSREG,
     KVM_REG_ARM_COPROC_MASK,
     KVM_REG_ARM_CORE,
     KVM_REG_SIZE_MASK,
     KVM_REG_SIZE_U64,
+    MAIR_EL1,
+    RGSR_EL1,
+    SCTLR_EL1,
+    SPSR_EL1,
+    TCR_EL1,
+    TFSR_EL1,
+    TFSRE0_EL1,
+    TTBR0_EL1,
+    TTBR1_EL1,
+    VBAR_EL1,
     arm64_core_reg,
-    arm64_sys_reg,
 )
 
 #: sys_regs.c reset_unknown fills registers with this pattern.
 RESET_UNKNOWN: Final = 0x1DE7EC7EDBADC0DE
-
-GCR_EL1: Final = arm64_sys_reg(*GCR_EL1_ENC)
-RGSR_EL1: Final = arm64_sys_reg(*RGSR_EL1_ENC)
-TFSR_EL1: Final = arm64_sys_reg(*TFSR_EL1_ENC)
-TFSRE0_EL1: Final = arm64_sys_reg(*TFSRE0_EL1_ENC)
-SCTLR_EL1: Final = arm64_sys_reg(*SCTLR_EL1_ENC)
-TCR_EL1: Final = arm64_sys_reg(*TCR_EL1_ENC)
-MAIR_EL1: Final = arm64_sys_reg(3, 0, 10, 2, 0)
-TTBR0_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 0)
-TTBR1_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 1)
-VBAR_EL1: Final = arm64_sys_reg(3, 0, 12, 0, 0)
-ESR_EL1: Final = arm64_sys_reg(3, 0, 5, 2, 0)
-FAR_EL1: Final = arm64_sys_reg(3, 0, 6, 0, 0)
-ELR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 1)
-SPSR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 0)
-SP_EL0: Final = arm64_sys_reg(3, 0, 4, 1, 0)
-ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
 
 MTE_REGS: Final = (GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1)
 
