@@ -13,6 +13,7 @@ import errno
 from dataclasses import dataclass
 from typing import Final
 
+from tagvisor.cpu.bus import CORE_SP_EL1
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.uapi import (
     ELR_EL1,
@@ -55,9 +56,9 @@ ELR_EL1_WORD: Final = 70
 SPSR_WORD: Final = 72
 _CORE_WORDS: Final = SPSR_WORD + 2 * 5
 CORE_IDS: Final = tuple(arm64_core_reg(word) for word in range(0, _CORE_WORDS, 2))
-#: Index of each core register in ``VcpuRegisters.core`` by its word offset; elr_el1
-#: and spsr[0] (SPSR_EL1) are the same storage as the ELR_EL1 / SPSR_EL1 sysregs.
-CORE_SP_EL1: Final = 34
+# ``VcpuRegisters.core`` is laid out as the A64 core reads it (tagvisor.cpu.bus, with
+# SP_EL1 at CORE_SP_EL1, spsr[1..4] after it); elr_el1 and spsr[0] (SPSR_EL1) are the
+# same storage as the ELR_EL1 / SPSR_EL1 sysregs.
 
 
 def _sysreg_resets() -> dict[int, int]:
