@@ -16,8 +16,15 @@ import pytest
 from tagvisor.cpu import A64Core
 from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.model import ModelKvm, ModelVcpu, ModelVm
-from tagvisor.kvm.model.vcpu_regs import ELR_EL1, ESR_EL1, FAR_EL1, VBAR_EL1
-from tagvisor.kvm.uapi import Cap, ExitReason, kvm_userspace_memory_region
+from tagvisor.kvm.uapi import (
+    ELR_EL1,
+    ESR_EL1,
+    FAR_EL1,
+    VBAR_EL1,
+    Cap,
+    ExitReason,
+    kvm_userspace_memory_region,
+)
 from tests.cpu.asm import assemble
 
 RAM_BASE = 0x4000_0000

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from tagvisor.kvm.model.vcpu_regs import MAIR_EL1, SCTLR_EL1, TCR_EL1, TTBR0_EL1
+from tagvisor.kvm.uapi import MAIR_EL1, SCTLR_EL1, TCR_EL1, TTBR0_EL1
 from tests.cpu.conftest import CpuMachine
 
 DEVICE, TAGGED, NORMAL = 0, 1, 2

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tagvisor.kvm.model.vcpu_regs import ELR_EL1, ESR_EL1, FAR_EL1, SCTLR_EL1, SPSR_EL1
-from tagvisor.kvm.uapi import ExitReason
+from tagvisor.kvm.uapi import ELR_EL1, ESR_EL1, FAR_EL1, SCTLR_EL1, SPSR_EL1, ExitReason
 from tests.cpu.conftest import CODE, EL0T, EL1H, HVC_DONE, CpuMachine
 
 IL = 1 << 25

@@ -9,8 +9,9 @@ import pytest
 
 from tagvisor.arch import with_tag
 from tagvisor.kvm.errors import KvmError
-from tagvisor.kvm.model.vcpu_regs import ESR_EL1, FAR_EL1
 from tagvisor.kvm.uapi import (
+    ESR_EL1,
+    FAR_EL1,
     KVM_MEM_LOG_DIRTY_PAGES,
     ExitReason,
     SystemEvent,

@@ -3,7 +3,7 @@ types (the MMU helper maps RAM at 0x4000_0000; see tests/cpu/pagetables.py)."""
 
 from __future__ import annotations
 
-from tagvisor.kvm.model.vcpu_regs import ESR_EL1, FAR_EL1, TTBR0_EL1
+from tagvisor.kvm.uapi import ESR_EL1, FAR_EL1, TTBR0_EL1
 from tests.cpu.conftest import CODE, DATA, RAM_BASE, CpuMachine
 from tests.cpu.pagetables import (
     AF,

@@ -9,15 +9,7 @@ import pytest
 
 from tagvisor.arch import FlatTaggedMemory, MteState, TagCheckFault, check_access, taggen, with_tag
 from tagvisor.arch.sysregs import GcrEl1, RgsrEl1, SctlrMte, TagCheckMode, TcrMte
-from tagvisor.kvm.model.vcpu_regs import (
-    ESR_EL1,
-    FAR_EL1,
-    GCR_EL1,
-    RGSR_EL1,
-    SCTLR_EL1,
-    TCR_EL1,
-    TFSR_EL1,
-)
+from tagvisor.kvm.uapi import ESR_EL1, FAR_EL1, GCR_EL1, RGSR_EL1, SCTLR_EL1, TCR_EL1, TFSR_EL1
 from tests.cpu.asm import assemble
 from tests.cpu.conftest import DATA, VECTORS, CpuMachine, MachineFactory
 from tests.cpu.pagetables import (

@@ -6,7 +6,9 @@ from __future__ import annotations
 import struct
 
 from tagvisor.arch import with_tag
-from tagvisor.kvm.model.vcpu_regs import (
+from tagvisor.kvm.uapi import (
+    CONTEXTIDR_EL1,
+    CPACR_EL1,
     ESR_EL1,
     FAR_EL1,
     GCR_EL1,
@@ -14,9 +16,9 @@ from tagvisor.kvm.model.vcpu_regs import (
     RGSR_EL1,
     SCTLR_EL1,
     TFSR_EL1,
+    TPIDR_EL1,
     TTBR0_EL1,
 )
-from tagvisor.kvm.uapi import arm64_sys_reg
 from tests.cpu.conftest import DATA, CpuMachine, MachineFactory
 
 IL = 1 << 25
@@ -95,9 +97,9 @@ def test_other_el1_registers_join_the_vcpu_register_file(cpu: CpuMachine) -> Non
         """
     )
     sysregs = cpu.vcpu.regs.sysregs
-    assert sysregs[arm64_sys_reg(3, 0, 13, 0, 4)] == 0x1234
-    assert sysregs[arm64_sys_reg(3, 0, 1, 0, 2)] == 0x300000
-    assert sysregs[arm64_sys_reg(3, 0, 13, 0, 1)] == 0x1234
+    assert sysregs[TPIDR_EL1] == 0x1234
+    assert sysregs[CPACR_EL1] == 0x300000
+    assert sysregs[CONTEXTIDR_EL1] == 0x1234
     assert (cpu.x(3), cpu.x(4)) == (0x1234, 0)
 
 

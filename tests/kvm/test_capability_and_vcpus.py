@@ -6,14 +6,16 @@ import pytest
 
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import ModelKvm
-from tagvisor.kvm.model.vcpu_regs import (
+from tagvisor.kvm.model.vcpu_regs import MTE_REGS, RESET_UNKNOWN
+from tagvisor.kvm.uapi import (
     GCR_EL1,
     ID_AA64PFR1_EL1,
-    MTE_REGS,
-    RESET_UNKNOWN,
     TFSR_EL1,
+    Cap,
+    VcpuFeature,
+    core_reg_x,
+    kvm_vcpu_init,
 )
-from tagvisor.kvm.uapi import Cap, VcpuFeature, core_reg_x, kvm_vcpu_init
 
 
 def init(features: int = 0, target: int = 5) -> kvm_vcpu_init:

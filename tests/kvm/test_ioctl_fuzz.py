@@ -12,10 +12,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tagvisor.cpu.bus import MmioExit
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import PROFILES, ModelKvm
 from tagvisor.kvm.model.memslots import NOT_MAPPED, Memslot
-from tagvisor.kvm.model.stage2 import MmioExit
 from tagvisor.kvm.uapi import kvm_arm_copy_mte_tags, kvm_vcpu_init
 from tests.kvm.conftest import RAM_BASE, region
 

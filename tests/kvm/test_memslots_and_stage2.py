@@ -6,9 +6,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from tagvisor.cpu.bus import MmioExit
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import ModelKvm
-from tagvisor.kvm.model.stage2 import MmioExit
 from tagvisor.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, Cap
 from tests.kvm.conftest import RAM_BASE, MachineFactory, region
 

@@ -10,8 +10,7 @@ from tagvisor.arch import TagCheckFault, TagCheckMode, with_tag
 from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.model import PROFILES, ModelKvm, profile_named
 from tagvisor.kvm.model.guest import GeneratorGuest, GuestContext, mmio_write
-from tagvisor.kvm.model.vcpu_regs import GCR_EL1
-from tagvisor.kvm.uapi import SEED_V2_VCPU_FEATURE_MTE, Cap, ExitReason, kvm_vcpu_init
+from tagvisor.kvm.uapi import GCR_EL1, SEED_V2_VCPU_FEATURE_MTE, Cap, ExitReason, kvm_vcpu_init
 from tests.kvm.conftest import RAM_BASE, MachineFactory, region
 
 UCALL = 0x0A00_0000

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tagvisor.kvm import uapi
-from tagvisor.kvm.model.vcpu_regs import GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1
 from tests.support import cross
 
 PROBE = Path(__file__).with_name("uapi_probe.c")
@@ -31,10 +30,10 @@ def python_side() -> dict[str, int]:
         for member in enum:
             values[prefix + member.name] = int(member)
     values.update(
-        GCR_EL1=GCR_EL1,
-        RGSR_EL1=RGSR_EL1,
-        TFSR_EL1=TFSR_EL1,
-        TFSRE0_EL1=TFSRE0_EL1,
+        GCR_EL1=uapi.GCR_EL1,
+        RGSR_EL1=uapi.RGSR_EL1,
+        TFSR_EL1=uapi.TFSR_EL1,
+        TFSRE0_EL1=uapi.TFSRE0_EL1,
         CORE_REG_PC=uapi.CORE_REG_PC,
         CORE_REG_SP=uapi.CORE_REG_SP,
         CORE_REG_PSTATE=uapi.CORE_REG_PSTATE,

@@ -33,6 +33,7 @@ int main(void)
 	P(KVM_REG_ARM64); P(KVM_REG_SIZE_SHIFT); P(KVM_REG_SIZE_MASK); P(KVM_REG_SIZE_U32);
 	P(KVM_REG_SIZE_U64); P(KVM_REG_SIZE_U128); P(KVM_REG_ARM_COPROC_SHIFT);
 	P(KVM_REG_ARM_COPROC_MASK); P(KVM_REG_ARM_CORE); P(KVM_REG_ARM64_SYSREG);
+	P(KVM_REG_ARM_TIMER_CTL); P(KVM_REG_ARM_TIMER_CNT); P(KVM_REG_ARM_TIMER_CVAL);
 	printf("GCR_EL1 %llu\n", (unsigned long long)ARM64_SYS_REG(3, 0, 1, 0, 6));
 	printf("RGSR_EL1 %llu\n", (unsigned long long)ARM64_SYS_REG(3, 0, 1, 0, 5));
 	printf("TFSR_EL1 %llu\n", (unsigned long long)ARM64_SYS_REG(3, 0, 5, 6, 0));

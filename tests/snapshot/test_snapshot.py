@@ -81,7 +81,7 @@ def test_sparse_storage_and_tag_cost(tmp_path: Path) -> None:
 
 def test_vcpu_state_keeps_the_mte_registers(tmp_path: Path) -> None:
     """Scenario: the guest set GCR/RGSR/TFSR; the snapshot's VCPU section has them."""
-    from tagvisor.kvm.model.vcpu_regs import GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1
+    from tagvisor.kvm.uapi import GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1
 
     machine = booted()
     save_snapshot(machine, tmp_path / "vm.snap")

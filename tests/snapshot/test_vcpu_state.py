@@ -7,11 +7,13 @@ import struct
 import pytest
 
 from tagvisor.kvm.uapi import (
+    CTR_EL0,
     KVM_REG_ARM64,
     KVM_REG_SIZE_U32,
     KVM_REG_SIZE_U64,
     KVM_REG_SIZE_U128,
-    arm64_sys_reg,
+    SPSR_EL1,
+    TPIDR_EL1,
 )
 from tagvisor.snapshot.container import FormatError
 from tagvisor.snapshot.state import VcpuState, VcpuStateMismatch, apply_vcpu, vcpu_sections
@@ -93,10 +95,7 @@ class FakeVcpu:
         self.written[reg] = value
 
 
-SPSR_EL1_SYSREG = arm64_sys_reg(3, 0, 4, 0, 0)
 SPSR_EL1_CORE = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | CORE | 0x48
-TPIDR_EL1 = arm64_sys_reg(3, 0, 13, 0, 4)
-CTR_EL0 = arm64_sys_reg(3, 3, 0, 0, 1)
 
 
 def test_registers_that_carry_nothing_are_left_behind_across_backends() -> None:
@@ -116,9 +115,9 @@ def test_registers_that_carry_nothing_are_left_behind_across_backends() -> None:
 
 def test_the_models_sysreg_names_for_core_registers_need_the_same_value() -> None:
     """Scenario: the model's SPSR_EL1 (a sysreg id) into a real VCPU (core spsr[0])."""
-    same = VcpuState(0, ((SPSR_EL1_CORE, 0x3C5), (SPSR_EL1_SYSREG, 0x3C5)))
-    assert apply_vcpu(same, FakeVcpu([SPSR_EL1_CORE])) == [SPSR_EL1_SYSREG]  # type: ignore[arg-type]
-    different = VcpuState(0, ((SPSR_EL1_CORE, 0x3C5), (SPSR_EL1_SYSREG, 0x5)))
+    same = VcpuState(0, ((SPSR_EL1_CORE, 0x3C5), (SPSR_EL1, 0x3C5)))
+    assert apply_vcpu(same, FakeVcpu([SPSR_EL1_CORE])) == [SPSR_EL1]  # type: ignore[arg-type]
+    different = VcpuState(0, ((SPSR_EL1_CORE, 0x3C5), (SPSR_EL1, 0x5)))
     with pytest.raises(VcpuStateMismatch):
         apply_vcpu(different, FakeVcpu([SPSR_EL1_CORE]))  # type: ignore[arg-type]
 

@@ -4,36 +4,16 @@ Field positions follow the Arm ARM register descriptions (DDI 0487, D19/D24) and
 arch/arm64/include/asm/sysreg.h. Each register is a small immutable value type built
 from the raw 64-bit value: ``from_raw`` refuses bits that are RES0, so a bad value is
 caught where it enters (an MSR, a KVM_SET_ONE_REG) rather than silently misbehaving.
+The registers' ids (ARM64_SYS_REG of their encodings) are in :mod:`tagvisor.kvm.uapi`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar, Final, NamedTuple
+from typing import ClassVar
 
 from tagvisor.arch.errors import RegisterValueError
-
-
-class SysRegEncoding(NamedTuple):
-    """op0, op1, CRn, CRm, op2 of an MRS/MSR, as in the Arm ARM and KVM's reg ids."""
-
-    op0: int
-    op1: int
-    crn: int
-    crm: int
-    op2: int
-
-
-# Encodings: arch/arm64/include/asm/sysreg.h (SYS_GCR_EL1 etc.).
-GCR_EL1_ENC: Final = SysRegEncoding(3, 0, 1, 0, 6)
-RGSR_EL1_ENC: Final = SysRegEncoding(3, 0, 1, 0, 5)
-TFSR_EL1_ENC: Final = SysRegEncoding(3, 0, 5, 6, 0)
-TFSRE0_EL1_ENC: Final = SysRegEncoding(3, 0, 5, 6, 1)
-GMID_EL1_ENC: Final = SysRegEncoding(3, 1, 0, 0, 4)
-SCTLR_EL1_ENC: Final = SysRegEncoding(3, 0, 1, 0, 0)
-TCR_EL1_ENC: Final = SysRegEncoding(3, 0, 2, 0, 2)
-DCZID_EL0_ENC: Final = SysRegEncoding(3, 3, 0, 0, 7)
 
 
 def _field(value: int, lsb: int, width: int) -> int:

@@ -20,12 +20,16 @@ from typing import Any, Final
 from tagvisor.kvm.api import Kvm, Vcpu, Vm, raw_ioctl
 from tagvisor.kvm.uapi import (
     CORE_REG_PC,
+    GCR_EL1,
+    ID_AA64PFR1_EL1,
     KVM_ARM_TAGS_FROM_GUEST,
     KVM_ARM_TAGS_TO_GUEST,
     KVM_MEM_LOG_DIRTY_PAGES,
+    RGSR_EL1,
+    TFSR_EL1,
+    TFSRE0_EL1,
     Cap,
     VcpuFeature,
-    arm64_sys_reg,
     core_reg_x,
     kvm_arm_copy_mte_tags,
     kvm_userspace_memory_region,
@@ -39,11 +43,6 @@ RAM_GPA: Final = 0x4000_0000
 SLOT_PAGES: Final = 16
 TAGS_PER_PAGE: Final = PAGE // 16
 
-GCR_EL1: Final = arm64_sys_reg(3, 0, 1, 0, 6)
-RGSR_EL1: Final = arm64_sys_reg(3, 0, 1, 0, 5)
-TFSR_EL1: Final = arm64_sys_reg(3, 0, 5, 6, 0)
-TFSRE0_EL1: Final = arm64_sys_reg(3, 0, 5, 6, 1)
-ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
 MTE_REGS: Final = {
     "GCR_EL1": GCR_EL1,
     "RGSR_EL1": RGSR_EL1,

@@ -1,4 +1,4 @@
-"""A64Core: the A64 interpreter as a KVM model :class:`GuestExecutor`.
+"""A64Core: the A64 interpreter, run as a KVM model VCPU's executor.
 
 ``run(context)`` loads the VCPU's registers, runs translated blocks until something
 needs the VMM, and stores the registers back. Exits:
@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from tagvisor.arch.state import MteState
 from tagvisor.cpu.bits import M64
+from tagvisor.cpu.bus import CORE_SP_EL1, CoreContext, PhysicalBus
 from tagvisor.cpu.entry import exception_return, take_exception
 from tagvisor.cpu.exceptions import (
     EC_ILLEGAL_STATE,
@@ -54,17 +55,7 @@ from tagvisor.cpu.state import PSTATE_IL, CpuState
 from tagvisor.cpu.sysreg import SystemRegisters
 from tagvisor.cpu.translate import Block, Entry, translate_block
 from tagvisor.kvm.api import MmioAccess, VcpuExit
-from tagvisor.kvm.model.guest import GuestContext
-from tagvisor.kvm.model.stage2 import Stage2Mmu
-from tagvisor.kvm.model.vcpu_regs import (
-    CORE_SP_EL1,
-    MAIR_EL1,
-    SCTLR_EL1,
-    TCR_EL1,
-    TTBR0_EL1,
-    TTBR1_EL1,
-)
-from tagvisor.kvm.uapi import ExitReason
+from tagvisor.kvm.uapi import MAIR_EL1, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, ExitReason
 
 DEFAULT_BUDGET: Final = 1_000_000
 MAX_BLOCK_INSNS: Final = 128
@@ -95,7 +86,7 @@ class A64Core:
         self.instructions = 0
         #: Blocks translated, for tests and benchmarks.
         self.translations = 0
-        self._stage2: Stage2Mmu | None = None
+        self._stage2: PhysicalBus | None = None
         self._mte = MteState()
         self.state = CpuState({}, self._mte, False)
         self.blocks: dict[tuple[int, ...], Block] = {}
@@ -118,7 +109,7 @@ class A64Core:
             memory.mmio_done[-1] = bytes(data[:size]).ljust(size, b"\0")
             self._mmio_read_pending = False
 
-    def run(self, context: GuestContext) -> VcpuExit:
+    def run(self, context: CoreContext) -> VcpuExit:
         """Run the guest until it needs the VMM (see the module docstring)."""
         self._bind(context)
         self._load(context)
@@ -127,7 +118,7 @@ class A64Core:
         finally:
             self._save(context)
 
-    def complete_pending(self, context: GuestContext) -> VcpuExit | None:
+    def complete_pending(self, context: CoreContext) -> VcpuExit | None:
         """Finish the instruction whose MMIO access ended the last run, and no more.
 
         What KVM_RUN does first, before it looks at immediate_exit or signals
@@ -194,7 +185,7 @@ class A64Core:
 
     # -- binding to a VCPU --------------------------------------------------------------------
 
-    def _bind(self, context: GuestContext) -> None:
+    def _bind(self, context: CoreContext) -> None:
         if context.stage2 is self._stage2:
             return
         self._stage2 = context.stage2
@@ -206,7 +197,7 @@ class A64Core:
         self._namespace = build_namespace(self)
         self.code_changed()
 
-    def _load(self, context: GuestContext) -> None:
+    def _load(self, context: CoreContext) -> None:
         regs = context.regs
         state = self.state
         core = regs.core
@@ -232,7 +223,7 @@ class A64Core:
             self.translation_changed()
         self._signature = signature
 
-    def _save(self, context: GuestContext) -> None:
+    def _save(self, context: CoreContext) -> None:
         state = self.state
         core = context.regs.core
         core[:31] = state.x[:31]
@@ -244,7 +235,7 @@ class A64Core:
         context.save_mte_state(state.mte)
         self._signature = self._translation_signature(context)
 
-    def _translation_signature(self, context: GuestContext) -> tuple[Any, ...]:
+    def _translation_signature(self, context: CoreContext) -> tuple[Any, ...]:
         """What cached guest-page translations depend on: the same at the next load
         means they still hold."""
         state, sysregs = self.state, context.regs.sysregs
@@ -271,7 +262,7 @@ class A64Core:
         generation = memory.generation
         # Stage 2's lock is held while a block runs (and only then), so dirty-log
         # harvesting and MMU notifiers never fall between a block's generation check
-        # and its stores through cached translations (kvm/model/stage2.py).
+        # and its stores through cached translations (tagvisor.cpu.bus).
         lock = memory.stage2.lock
         acquire, release = lock.acquire, lock.release
         budget = self.max_instructions_per_run or (1 << 62)

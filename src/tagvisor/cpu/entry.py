@@ -20,7 +20,7 @@ from typing import Final
 from tagvisor.cpu.bits import M64
 from tagvisor.cpu.exceptions import GuestException
 from tagvisor.cpu.state import PSTATE_IL, CpuState
-from tagvisor.kvm.model.vcpu_regs import ELR_EL1, ESR_EL1, FAR_EL1, SPSR_EL1, VBAR_EL1
+from tagvisor.kvm.uapi import ELR_EL1, ESR_EL1, FAR_EL1, SPSR_EL1, VBAR_EL1
 
 VECTOR_CURRENT_SP0: Final = 0x000
 VECTOR_CURRENT_SPX: Final = 0x200

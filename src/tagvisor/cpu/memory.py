@@ -7,8 +7,8 @@ the tag check through :func:`tagvisor.arch.check_access` over the pages actually
 touched, then the data through stage 2. A store checks everything before writing
 anything (as QEMU does, and as the arch model assumes). Guest physical pages are
 cached as gfn -> (host frame, stage-2 writable) until ``memslots.generation``
-changes; a write to a page cached read-only goes through ``Stage2Mmu.page_for(...,
-write=True)`` so that dirty logging sees it. No memslot means MMIO:
+changes; a write to a page cached read-only goes through the bus's ``page_for(...,
+write=True)`` (:mod:`tagvisor.cpu.bus`) so that dirty logging sees it. No memslot means MMIO:
 :class:`~tagvisor.cpu.exceptions.MmioRequest`, or the data the VMM gave when the
 instruction is replayed after the exit.
 
@@ -23,7 +23,7 @@ the frame table itself and falls back to the slow path - and so to
 ``arch.check_access`` - on any mismatch. On a match ``check_access`` would return
 MATCH and change nothing, so both paths agree. Write entries exist only for pages that
 are stage-2 writable and hold no translated code. The core runs each block holding
-``Stage2Mmu.lock`` after checking the memslot generation, so dirty-log harvesting and
+the bus's stage-2 lock after checking the memslot generation, so dirty-log harvesting and
 MMU notifiers never fall between that check and a store through a cached entry; every
 fast path also compares the generation itself (memslot changes do not take the lock).
 """
@@ -38,6 +38,7 @@ from tagvisor.arch.errors import TagCheckFault
 from tagvisor.arch.pointer import strip_top_byte
 from tagvisor.arch.sysregs import TagCheckMode
 from tagvisor.arch.tagcheck import access_is_tag_checked, check_access
+from tagvisor.cpu.bus import MmioExit, PhysicalBus
 from tagvisor.cpu.exceptions import (
     FSC_ALIGNMENT,
     FSC_PERMISSION,
@@ -56,8 +57,7 @@ from tagvisor.cpu.mmu import (
 )
 from tagvisor.cpu.state import CpuState
 from tagvisor.cpu.tagmem import VirtualTagMemory
-from tagvisor.kvm.model.stage2 import MmioExit, Stage2Mmu
-from tagvisor.kvm.model.vcpu_regs import SCTLR_EL1, TCR_EL1
+from tagvisor.kvm.uapi import SCTLR_EL1, TCR_EL1
 
 PAGE: Final = 4096
 SCTLR_A: Final = 1 << 1
@@ -160,7 +160,7 @@ _FAST_CODE: Final = compile(_fast_source(), "<tagvisor.cpu fast memory>", "exec"
 class GuestMemory:
     """Virtual-address data access for one core, over the VM's stage 2."""
 
-    def __init__(self, state: CpuState, stage2: Stage2Mmu) -> None:
+    def __init__(self, state: CpuState, stage2: PhysicalBus) -> None:
         self.state = state
         self.stage2 = stage2
         self.memslots = stage2.memslots

@@ -27,7 +27,7 @@ from tagvisor.cpu.exceptions import (
     FSC_EXTERNAL_WALK,
     FSC_TRANSLATION,
 )
-from tagvisor.kvm.model.vcpu_regs import MAIR_EL1, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1
+from tagvisor.kvm.uapi import MAIR_EL1, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1
 
 #: The guest's physical address space (KVM's default 40-bit IPA).
 PA_BITS: Final = 40

@@ -23,7 +23,7 @@ from tagvisor.cpu.exceptions import (
     undefined,
 )
 from tagvisor.cpu.mte import MteOps
-from tagvisor.kvm.model.vcpu_regs import SCTLR_EL1
+from tagvisor.kvm.uapi import SCTLR_EL1
 
 if TYPE_CHECKING:
     from tagvisor.cpu.core import A64Core

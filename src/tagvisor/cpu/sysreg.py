@@ -29,18 +29,66 @@ from tagvisor.cpu.memory import GuestMemory
 from tagvisor.cpu.mmu import WalkFault, permission_needed
 from tagvisor.cpu.state import PSTATE_TCO, CpuState
 from tagvisor.cpu.tagmem import VirtualTagMemory
-from tagvisor.kvm.model.vcpu_regs import (
+from tagvisor.kvm.uapi import (
+    ACTLR_EL1,
+    AFSR0_EL1,
+    AFSR1_EL1,
+    AIDR_EL1,
+    AMAIR_EL1,
+    CCSIDR_EL1,
+    CLIDR_EL1,
+    CNTFRQ_EL0,
+    CNTKCTL_EL1,
+    CNTP_CTL_EL0,
+    CNTP_CVAL_EL0,
+    CNTPCT_EL0,
+    CNTV_CTL_EL0,
+    CNTV_CVAL_EL0_ENC,
+    CNTV_TVAL_EL0,
+    CNTVCT_EL0,
+    CONTEXTIDR_EL1,
+    CPACR_EL1,
+    CSSELR_EL1,
+    CTR_EL0,
+    CURRENT_EL,
+    DAIF,
+    DCZID_EL0,
     GCR_EL1,
+    GMID_EL1,
+    ID_AA64DFR0_EL1,
+    ID_AA64ISAR0_EL1,
+    ID_AA64ISAR1_EL1,
+    ID_AA64MMFR0_EL1,
+    ID_AA64PFR0_EL1,
+    ID_AA64PFR1_EL1,
+    ISR_EL1,
+    KVM_REG_ARM_TIMER_CVAL,
     MAIR_EL1,
+    MDCCINT_EL1,
+    MDSCR_EL1,
+    MIDR_EL1,
+    MPIDR_EL1,
+    NZCV,
+    OSDLR_EL1,
+    OSLAR_EL1,
+    OSLSR_EL1,
+    PAR_EL1,
+    REVIDR_EL1,
     RGSR_EL1,
     SCTLR_EL1,
+    SP_EL0,
+    SPSEL,
+    TCO,
     TCR_EL1,
     TFSR_EL1,
     TFSRE0_EL1,
+    TPIDR_EL0,
+    TPIDR_EL1,
+    TPIDRRO_EL0,
     TTBR0_EL1,
     TTBR1_EL1,
+    arm64_sys_reg,
 )
-from tagvisor.kvm.uapi import arm64_sys_reg
 
 SYSREG_BASE: Final = arm64_sys_reg(0, 0, 0, 0, 0)
 
@@ -49,37 +97,6 @@ def encoding(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
     """The packed op0:op1:CRn:CRm:op2 that both MRS/MSR and ONE_REG ids use."""
     return op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2
 
-
-def _reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
-    return SYSREG_BASE | encoding(op0, op1, crn, crm, op2)
-
-
-# PSTATE and other computed registers.
-NZCV: Final = _reg(3, 3, 4, 2, 0)
-DAIF: Final = _reg(3, 3, 4, 2, 1)
-CURRENT_EL: Final = _reg(3, 0, 4, 2, 2)
-SPSEL: Final = _reg(3, 0, 4, 2, 0)
-TCO: Final = _reg(3, 3, 4, 2, 7)
-SP_EL0: Final = _reg(3, 0, 4, 1, 0)
-ID_AA64PFR1_EL1: Final = _reg(3, 0, 0, 4, 1)
-GMID_EL1: Final = _reg(3, 1, 0, 0, 4)
-CNTFRQ_EL0: Final = _reg(3, 3, 14, 0, 0)
-CNTPCT_EL0: Final = _reg(3, 3, 14, 0, 1)
-CNTVCT_EL0: Final = _reg(3, 3, 14, 0, 2)
-CNTV_TVAL_EL0: Final = _reg(3, 3, 14, 3, 0)
-CNTV_CTL_EL0: Final = _reg(3, 3, 14, 3, 1)
-#: KVM's ONE_REG id for CNTV_CVAL_EL0 is famously (3, 3, 14, 0, 2), swapped with the
-#: counter's (KVM_REG_ARM_TIMER_CVAL / KVM_REG_ARM_TIMER_CNT in asm/kvm.h), so the
-#: value is kept under KVM's id, and the architectural encoding maps to it.
-CNTV_CVAL_EL0_ENC: Final = _reg(3, 3, 14, 3, 2)
-KVM_TIMER_CVAL: Final = _reg(3, 3, 14, 0, 2)
-CNTKCTL_EL1: Final = _reg(3, 0, 14, 1, 0)
-PAR_EL1: Final = _reg(3, 0, 7, 4, 0)
-TPIDR_EL0: Final = _reg(3, 3, 13, 0, 2)
-TPIDRRO_EL0: Final = _reg(3, 3, 13, 0, 3)
-CTR_EL0: Final = _reg(3, 3, 0, 0, 1)
-DCZID_EL0: Final = _reg(3, 3, 0, 0, 7)
-OSLAR_EL1: Final = _reg(2, 0, 1, 0, 4)
 
 #: The counter frequency QEMU's virt board used for years (62.5 MHz).
 COUNTER_HZ: Final = 62_500_000
@@ -103,45 +120,45 @@ CCSIDR: Final = 0x700F_E01A
 
 #: Read-only registers with fixed values.
 CONSTANTS: Final = {
-    _reg(3, 0, 0, 0, 0): MIDR,
-    _reg(3, 0, 0, 0, 5): MPIDR,
-    _reg(3, 0, 0, 0, 6): 0,  # REVIDR_EL1
-    _reg(3, 0, 0, 4, 0): ID_AA64PFR0,
-    _reg(3, 0, 0, 6, 0): ID_AA64ISAR0,
-    _reg(3, 0, 0, 6, 1): ID_AA64ISAR1,
-    _reg(3, 0, 0, 7, 0): ID_AA64MMFR0,
-    _reg(3, 0, 0, 5, 0): ID_AA64DFR0,
-    _reg(3, 1, 0, 0, 0): CCSIDR,
-    _reg(3, 1, 0, 0, 1): CLIDR,
-    _reg(3, 1, 0, 0, 7): 0,  # AIDR_EL1
-    _reg(3, 0, 12, 1, 0): 0,  # ISR_EL1: no interrupts are modelled
+    MIDR_EL1: MIDR,
+    MPIDR_EL1: MPIDR,
+    REVIDR_EL1: 0,
+    ID_AA64PFR0_EL1: ID_AA64PFR0,
+    ID_AA64ISAR0_EL1: ID_AA64ISAR0,
+    ID_AA64ISAR1_EL1: ID_AA64ISAR1,
+    ID_AA64MMFR0_EL1: ID_AA64MMFR0,
+    ID_AA64DFR0_EL1: ID_AA64DFR0,
+    CCSIDR_EL1: CCSIDR,
+    CLIDR_EL1: CLIDR,
+    AIDR_EL1: 0,
+    ISR_EL1: 0,  # no interrupts are modelled
     CTR_EL0: CTR,
     DCZID_EL0: DCZID,
     CNTFRQ_EL0: COUNTER_HZ,
-    _reg(2, 0, 1, 1, 4): 0,  # OSLSR_EL1
+    OSLSR_EL1: 0,
 }
 
 #: Registers added to the VCPU's register file on first use, with their reset values.
 EXTRA_RESETS: Final = {
-    _reg(3, 0, 1, 0, 1): 0,  # ACTLR_EL1
-    _reg(3, 0, 1, 0, 2): 0,  # CPACR_EL1
-    _reg(3, 0, 5, 1, 0): 0,  # AFSR0_EL1
-    _reg(3, 0, 5, 1, 1): 0,  # AFSR1_EL1
-    _reg(3, 0, 10, 3, 0): 0,  # AMAIR_EL1
-    _reg(3, 0, 13, 0, 1): 0,  # CONTEXTIDR_EL1
-    _reg(3, 0, 13, 0, 4): 0,  # TPIDR_EL1
+    ACTLR_EL1: 0,
+    CPACR_EL1: 0,
+    AFSR0_EL1: 0,
+    AFSR1_EL1: 0,
+    AMAIR_EL1: 0,
+    CONTEXTIDR_EL1: 0,
+    TPIDR_EL1: 0,
     TPIDR_EL0: 0,
     TPIDRRO_EL0: 0,
     PAR_EL1: 0,
-    _reg(2, 0, 0, 2, 2): 0,  # MDSCR_EL1
-    _reg(2, 0, 0, 2, 0): 0,  # MDCCINT_EL1
-    _reg(2, 0, 1, 3, 4): 0,  # OSDLR_EL1
-    _reg(3, 2, 0, 0, 0): 0,  # CSSELR_EL1
+    MDSCR_EL1: 0,
+    MDCCINT_EL1: 0,
+    OSDLR_EL1: 0,
+    CSSELR_EL1: 0,
     CNTKCTL_EL1: 0,
     CNTV_CTL_EL0: 0,
-    KVM_TIMER_CVAL: 0,
-    _reg(3, 3, 14, 2, 1): 0,  # CNTP_CTL_EL0
-    _reg(3, 3, 14, 2, 2): 0,  # CNTP_CVAL_EL0
+    KVM_REG_ARM_TIMER_CVAL: 0,
+    CNTP_CTL_EL0: 0,
+    CNTP_CVAL_EL0: 0,
 }
 
 #: Changing one of these changes what addresses translate to.
@@ -244,10 +261,10 @@ class SystemRegisters:
         if reg in (CNTVCT_EL0, CNTPCT_EL0):
             return self.counter()
         if reg == CNTV_TVAL_EL0:
-            cval = state.sysregs.get(KVM_TIMER_CVAL, 0)
+            cval = state.sysregs.get(KVM_REG_ARM_TIMER_CVAL, 0)
             return (cval - self.counter()) & 0xFFFF_FFFF
         if reg == CNTV_CVAL_EL0_ENC:
-            reg = KVM_TIMER_CVAL
+            reg = KVM_REG_ARM_TIMER_CVAL
         if reg == OSLAR_EL1:
             raise undefined()  # write-only
         value = CONSTANTS.get(reg)
@@ -304,12 +321,12 @@ class SystemRegisters:
         elif reg == CNTV_TVAL_EL0:
             tval = value & 0xFFFF_FFFF
             tval -= (tval >> 31) << 32
-            state.sysregs[KVM_TIMER_CVAL] = (self.counter() + tval) & (2**64 - 1)
+            state.sysregs[KVM_REG_ARM_TIMER_CVAL] = (self.counter() + tval) & (2**64 - 1)
         elif reg == OSLAR_EL1:
             pass  # the OS lock is not modelled
         else:
             if reg == CNTV_CVAL_EL0_ENC:
-                reg = KVM_TIMER_CVAL
+                reg = KVM_REG_ARM_TIMER_CVAL
             if reg in CONSTANTS or reg in (CURRENT_EL, ID_AA64PFR1_EL1, CNTVCT_EL0, CNTPCT_EL0):
                 raise undefined()
             if (reg >> 14) & 3 == 3 and (reg >> 11) & 7 == 0 and (reg >> 7) & 15 == 0:

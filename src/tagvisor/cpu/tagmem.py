@@ -18,9 +18,9 @@ import numpy as np
 from tagvisor.arch.constants import TAG_GRANULE
 from tagvisor.arch.memory import NO_TAG
 from tagvisor.arch.tagformat import U8
+from tagvisor.cpu.bus import MmioExit
 from tagvisor.cpu.exceptions import FSC_EXTERNAL, data_abort
 from tagvisor.cpu.mmu import TAGGED
-from tagvisor.kvm.model.stage2 import MmioExit
 
 if TYPE_CHECKING:
     from tagvisor.cpu.memory import GuestMemory

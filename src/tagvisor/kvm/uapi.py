@@ -255,15 +255,100 @@ CORE_REG_PC: Final = arm64_core_reg(32 * 2)
 CORE_REG_PSTATE: Final = arm64_core_reg(33 * 2)
 
 
-#: ID_AA64PFR1_EL1: its MTE field (bits 11:8) is the MTE level a VCPU sees.
-ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
-
-
 def core_reg_x(n: int) -> int:
     """ONE_REG id of general-purpose register Xn (0 to 30)."""
     if not 0 <= n <= 30:
         raise ValueError(f"X{n} is not a general-purpose register")
     return arm64_core_reg(2 * n)
+
+
+# -- system register ids: ARM64_SYS_REG(op0, op1, CRn, CRm, op2) ---------------------------
+#
+# Every system register tagvisor names, defined here once. The A64 core keys MRS and MSR
+# by the same ids, so registers KVM does not expose through ONE_REG (the PSTATE fields,
+# CurrentEL) are listed too, as are the encodings the generic timer's ids swap.
+
+# EL1 translation, exceptions and context.
+SCTLR_EL1: Final = arm64_sys_reg(3, 0, 1, 0, 0)
+ACTLR_EL1: Final = arm64_sys_reg(3, 0, 1, 0, 1)
+CPACR_EL1: Final = arm64_sys_reg(3, 0, 1, 0, 2)
+TTBR0_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 0)
+TTBR1_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 1)
+TCR_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 2)
+SPSR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 0)
+ELR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 1)
+SP_EL0: Final = arm64_sys_reg(3, 0, 4, 1, 0)
+AFSR0_EL1: Final = arm64_sys_reg(3, 0, 5, 1, 0)
+AFSR1_EL1: Final = arm64_sys_reg(3, 0, 5, 1, 1)
+ESR_EL1: Final = arm64_sys_reg(3, 0, 5, 2, 0)
+FAR_EL1: Final = arm64_sys_reg(3, 0, 6, 0, 0)
+PAR_EL1: Final = arm64_sys_reg(3, 0, 7, 4, 0)
+MAIR_EL1: Final = arm64_sys_reg(3, 0, 10, 2, 0)
+AMAIR_EL1: Final = arm64_sys_reg(3, 0, 10, 3, 0)
+VBAR_EL1: Final = arm64_sys_reg(3, 0, 12, 0, 0)
+ISR_EL1: Final = arm64_sys_reg(3, 0, 12, 1, 0)
+CONTEXTIDR_EL1: Final = arm64_sys_reg(3, 0, 13, 0, 1)
+TPIDR_EL1: Final = arm64_sys_reg(3, 0, 13, 0, 4)
+CNTKCTL_EL1: Final = arm64_sys_reg(3, 0, 14, 1, 0)
+CSSELR_EL1: Final = arm64_sys_reg(3, 2, 0, 0, 0)
+
+# MTE (GMID_EL1 is read-only and not a ONE_REG register).
+RGSR_EL1: Final = arm64_sys_reg(3, 0, 1, 0, 5)
+GCR_EL1: Final = arm64_sys_reg(3, 0, 1, 0, 6)
+TFSR_EL1: Final = arm64_sys_reg(3, 0, 5, 6, 0)
+TFSRE0_EL1: Final = arm64_sys_reg(3, 0, 5, 6, 1)
+GMID_EL1: Final = arm64_sys_reg(3, 1, 0, 0, 4)
+
+# Identification.
+MIDR_EL1: Final = arm64_sys_reg(3, 0, 0, 0, 0)
+MPIDR_EL1: Final = arm64_sys_reg(3, 0, 0, 0, 5)
+REVIDR_EL1: Final = arm64_sys_reg(3, 0, 0, 0, 6)
+ID_AA64PFR0_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 0)
+#: Its MTE field (bits 11:8) is the MTE level a VCPU sees.
+ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
+ID_AA64DFR0_EL1: Final = arm64_sys_reg(3, 0, 0, 5, 0)
+ID_AA64ISAR0_EL1: Final = arm64_sys_reg(3, 0, 0, 6, 0)
+ID_AA64ISAR1_EL1: Final = arm64_sys_reg(3, 0, 0, 6, 1)
+ID_AA64MMFR0_EL1: Final = arm64_sys_reg(3, 0, 0, 7, 0)
+CCSIDR_EL1: Final = arm64_sys_reg(3, 1, 0, 0, 0)
+CLIDR_EL1: Final = arm64_sys_reg(3, 1, 0, 0, 1)
+AIDR_EL1: Final = arm64_sys_reg(3, 1, 0, 0, 7)
+CTR_EL0: Final = arm64_sys_reg(3, 3, 0, 0, 1)
+DCZID_EL0: Final = arm64_sys_reg(3, 3, 0, 0, 7)
+
+# PSTATE fields as MRS/MSR reach them.
+SPSEL: Final = arm64_sys_reg(3, 0, 4, 2, 0)
+CURRENT_EL: Final = arm64_sys_reg(3, 0, 4, 2, 2)
+NZCV: Final = arm64_sys_reg(3, 3, 4, 2, 0)
+DAIF: Final = arm64_sys_reg(3, 3, 4, 2, 1)
+TCO: Final = arm64_sys_reg(3, 3, 4, 2, 7)
+
+# EL0 thread registers.
+TPIDR_EL0: Final = arm64_sys_reg(3, 3, 13, 0, 2)
+TPIDRRO_EL0: Final = arm64_sys_reg(3, 3, 13, 0, 3)
+
+# The generic timer. KVM's ONE_REG ids for the virtual timer's CVAL and count are
+# famously swapped (asm/kvm.h): KVM_REG_ARM_TIMER_CVAL is CNTVCT_EL0's encoding and
+# KVM_REG_ARM_TIMER_CNT is CNTV_CVAL_EL0's.
+CNTFRQ_EL0: Final = arm64_sys_reg(3, 3, 14, 0, 0)
+CNTPCT_EL0: Final = arm64_sys_reg(3, 3, 14, 0, 1)
+CNTVCT_EL0: Final = arm64_sys_reg(3, 3, 14, 0, 2)
+CNTP_CTL_EL0: Final = arm64_sys_reg(3, 3, 14, 2, 1)
+CNTP_CVAL_EL0: Final = arm64_sys_reg(3, 3, 14, 2, 2)
+CNTV_TVAL_EL0: Final = arm64_sys_reg(3, 3, 14, 3, 0)
+CNTV_CTL_EL0: Final = arm64_sys_reg(3, 3, 14, 3, 1)
+#: The architectural encoding of CNTV_CVAL_EL0; its ONE_REG id is KVM_REG_ARM_TIMER_CVAL.
+CNTV_CVAL_EL0_ENC: Final = arm64_sys_reg(3, 3, 14, 3, 2)
+KVM_REG_ARM_TIMER_CTL: Final = CNTV_CTL_EL0
+KVM_REG_ARM_TIMER_CNT: Final = CNTV_CVAL_EL0_ENC
+KVM_REG_ARM_TIMER_CVAL: Final = CNTVCT_EL0
+
+# Debug and the OS lock.
+MDCCINT_EL1: Final = arm64_sys_reg(2, 0, 0, 2, 0)
+MDSCR_EL1: Final = arm64_sys_reg(2, 0, 0, 2, 2)
+OSLAR_EL1: Final = arm64_sys_reg(2, 0, 1, 0, 4)
+OSLSR_EL1: Final = arm64_sys_reg(2, 0, 1, 1, 4)
+OSDLR_EL1: Final = arm64_sys_reg(2, 0, 1, 3, 4)
 
 
 # -- kvm_run layout (struct kvm_run; 6.1 arm64) -------------------------------------------

@@ -26,6 +26,7 @@ from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.linux.memory import LinuxUserMemory
 from tagvisor.kvm.linux.run import decode_exit, fill_mmio_read
 from tagvisor.kvm.uapi import (
+    ID_AA64PFR1_EL1,
     IOCTL_NAMES,
     KVM_ARM_MTE_COPY_TAGS,
     KVM_ARM_PREFERRED_TARGET,
@@ -46,7 +47,6 @@ from tagvisor.kvm.uapi import (
     KVM_SET_USER_MEMORY_REGION,
     Cap,
     ExitReason,
-    arm64_sys_reg,
     kvm_arm_copy_mte_tags,
     kvm_clear_dirty_log,
     kvm_dirty_log,
@@ -58,7 +58,6 @@ from tagvisor.kvm.uapi import (
 )
 
 DEFAULT_DEVICE = "/dev/kvm"
-ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
 
 #: The signal that knocks a thread out of KVM_RUN (QEMU's SIG_IPI is SIGUSR1 too).
 KICK_SIGNAL: Final = signal.SIGUSR1

@@ -20,18 +20,19 @@ from tagvisor.arch.state import MteState
 from tagvisor.arch.sysregs import GcrEl1, RgsrEl1, SctlrMte, TagCheckMode, TcrMte, Tfsr
 from tagvisor.arch.tagcheck import CheckOutcome, check_access
 from tagvisor.arch.tagformat import U8
+from tagvisor.cpu.bus import MmioExit
 from tagvisor.kvm.api import MmioAccess, VcpuExit
-from tagvisor.kvm.model.stage2 import MmioExit, Stage2Mmu
-from tagvisor.kvm.model.vcpu_regs import (
+from tagvisor.kvm.model.stage2 import Stage2Mmu
+from tagvisor.kvm.model.vcpu_regs import VcpuRegisters
+from tagvisor.kvm.uapi import (
     GCR_EL1,
     RGSR_EL1,
     SCTLR_EL1,
     TCR_EL1,
     TFSR_EL1,
     TFSRE0_EL1,
-    VcpuRegisters,
+    ExitReason,
 )
-from tagvisor.kvm.uapi import ExitReason
 
 
 class GuestPhysTagMemory:
@@ -60,7 +61,10 @@ class GuestPhysTagMemory:
 
 @dataclass
 class GuestContext:
-    """A VCPU as its executor sees it: registers, memory through stage 2, MTE state."""
+    """A VCPU as its executor sees it: registers, memory through stage 2, MTE state.
+
+    The A64 core's :class:`~tagvisor.cpu.bus.CoreContext`.
+    """
 
     regs: VcpuRegisters
     stage2: Stage2Mmu

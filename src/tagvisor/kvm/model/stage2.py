@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PACKED_TAGS_PER_PAGE, PAGE_SIZE, TAG_GRANULE
 from tagvisor.arch.tagformat import U8, pack_tags, unpack_tags
+from tagvisor.cpu.bus import MmioExit
 from tagvisor.host.errors import SegmentationFault
 from tagvisor.host.mapping import PROT_WRITE
 from tagvisor.host.process import HostProcess
@@ -51,17 +52,11 @@ def _locked(
     return wrapper
 
 
-class MmioExit(Exception):
-    """The guest touched an address that no writable memslot covers: KVM_EXIT_MMIO."""
-
-    def __init__(self, gpa: int, write: bool) -> None:
-        super().__init__(f"MMIO {'write' if write else 'read'} at {gpa:#x}")
-        self.gpa = gpa
-        self.write = write
-
-
 class Stage2Mmu:
-    """Stage-2 faults and guest-physical data and tag access for one VM."""
+    """Stage-2 faults and guest-physical data and tag access for one VM.
+
+    The A64 core's :class:`~tagvisor.cpu.bus.PhysicalBus`.
+    """
 
     def __init__(
         self,

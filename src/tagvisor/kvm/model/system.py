@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from tagvisor.cpu import A64Core
 from tagvisor.host.frames import FrameTable
 from tagvisor.host.process import HostProcess
 from tagvisor.host.swap import SwapDevice
@@ -11,6 +14,9 @@ from tagvisor.kvm.model.profiles import DEFAULT_PROFILE, KernelProfile, profile_
 from tagvisor.kvm.model.user_memory import ModelUserMemory
 from tagvisor.kvm.model.vm import ModelVm
 from tagvisor.kvm.uapi import KVM_API_VERSION, KVM_RUN_SIZE, Cap
+
+#: Builds what runs one VCPU's guest code; called at a VCPU's first KVM_RUN.
+ExecutorFactory = Callable[["ModelKvm"], GuestExecutor]
 
 
 class ModelKvm(Kvm):
@@ -23,6 +29,7 @@ class ModelKvm(Kvm):
     tagvisor.host.userfault), all off by default. ``prealloc`` bytes of host RAM are
     faulted in when the host is made (see FrameTable.prealloc): what a destination
     that waits for a migrating guest wants, so its pages land in memory already there.
+    ``executor`` builds what runs each VCPU's guest code (default: :func:`a64_core`).
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class ModelKvm(Kvm):
         swap_pages: int = 0,
         proposals: frozenset[str] = frozenset(),
         prealloc: int = 0,
+        executor: ExecutorFactory | None = None,
     ) -> None:
         self.profile = profile_named(profile) if isinstance(profile, str) else profile
         self.host_mte = host_mte
@@ -48,6 +56,7 @@ class ModelKvm(Kvm):
             self.frames, swap, hugetlb_mte=self.profile.hugetlb_mte_allowed, proposals=proposals
         )
         self._user_memory = ModelUserMemory(self.process)
+        self._executor = executor or a64_core
 
     @property
     def user_memory(self) -> ModelUserMemory:
@@ -72,12 +81,8 @@ class ModelKvm(Kvm):
         return ModelVm(self)
 
     def new_executor(self) -> GuestExecutor:
-        """What executes a VCPU's guest code: the A64 core (tagvisor.cpu)."""
-        from tagvisor.cpu import A64Core  # the cpu layer imports the model's stage 2
-
-        # 200k instructions a slice: a pause (for migration's last pass) waits ~20 ms, not ~100.
-        level = self.host_mte_level if self.host_mte_level in (2, 3) else 2
-        return A64Core(mte_level=level, max_instructions_per_run=200_000)
+        """What executes a VCPU's guest code: by default the A64 core (tagvisor.cpu)."""
+        return self._executor(self)
 
     def get_vcpu_mmap_size(self) -> int:
         return KVM_RUN_SIZE
@@ -87,3 +92,10 @@ class ModelKvm(Kvm):
 
     def abi_profile(self) -> str:
         return self.profile.name
+
+
+def a64_core(kvm: ModelKvm) -> GuestExecutor:
+    """An A64 core with the host's MTE level (FEAT_MTE2 unless the host has MTE3)."""
+    # 200k instructions a slice: a pause (for migration's last pass) waits ~20 ms, not ~100.
+    level = kvm.host_mte_level if kvm.host_mte_level in (2, 3) else 2
+    return A64Core(mte_level=level, max_instructions_per_run=200_000)

@@ -12,19 +12,19 @@ from tagvisor.kvm.model.guest import GeneratorGuest, GuestContext, GuestExecutor
 from tagvisor.kvm.model.psci import handle_psci
 from tagvisor.kvm.model.vcpu_regs import (
     CORE_IDS,
-    ID_AA64PFR1_EL1,
     MTE_REGS,
-    SP_EL0,
     VcpuRegisters,
     check_reg_id,
     core_word,
     is_sysreg,
 )
 from tagvisor.kvm.uapi import (
+    ID_AA64PFR1_EL1,
     KVM_ARM_TARGET_GENERIC_V8,
     KVM_REG_SIZE_MASK,
     KVM_REG_SIZE_U64,
     SEED_V2_VCPU_FEATURE_MTE,
+    SP_EL0,
     ExitReason,
     VcpuFeature,
     kvm_vcpu_init,

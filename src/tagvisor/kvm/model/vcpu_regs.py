@@ -13,45 +13,34 @@ import errno
 from dataclasses import dataclass
 from typing import Final
 
-from tagvisor.arch.sysregs import (
-    GCR_EL1_ENC,
-    RGSR_EL1_ENC,
-    SCTLR_EL1_ENC,
-    TCR_EL1_ENC,
-    TFSR_EL1_ENC,
-    TFSRE0_EL1_ENC,
-)
+from tagvisor.cpu.bus import CORE_SP_EL1
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.uapi import (
+    ELR_EL1,
+    ESR_EL1,
+    FAR_EL1,
+    GCR_EL1,
     KVM_REG_ARM64,
     KVM_REG_ARM64_SYSREG,
     KVM_REG_ARM_COPROC_MASK,
     KVM_REG_ARM_CORE,
     KVM_REG_SIZE_MASK,
     KVM_REG_SIZE_U64,
+    MAIR_EL1,
+    RGSR_EL1,
+    SCTLR_EL1,
+    SPSR_EL1,
+    TCR_EL1,
+    TFSR_EL1,
+    TFSRE0_EL1,
+    TTBR0_EL1,
+    TTBR1_EL1,
+    VBAR_EL1,
     arm64_core_reg,
-    arm64_sys_reg,
 )
 
 #: sys_regs.c reset_unknown fills registers with this pattern.
 RESET_UNKNOWN: Final = 0x1DE7EC7EDBADC0DE
-
-GCR_EL1: Final = arm64_sys_reg(*GCR_EL1_ENC)
-RGSR_EL1: Final = arm64_sys_reg(*RGSR_EL1_ENC)
-TFSR_EL1: Final = arm64_sys_reg(*TFSR_EL1_ENC)
-TFSRE0_EL1: Final = arm64_sys_reg(*TFSRE0_EL1_ENC)
-SCTLR_EL1: Final = arm64_sys_reg(*SCTLR_EL1_ENC)
-TCR_EL1: Final = arm64_sys_reg(*TCR_EL1_ENC)
-MAIR_EL1: Final = arm64_sys_reg(3, 0, 10, 2, 0)
-TTBR0_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 0)
-TTBR1_EL1: Final = arm64_sys_reg(3, 0, 2, 0, 1)
-VBAR_EL1: Final = arm64_sys_reg(3, 0, 12, 0, 0)
-ESR_EL1: Final = arm64_sys_reg(3, 0, 5, 2, 0)
-FAR_EL1: Final = arm64_sys_reg(3, 0, 6, 0, 0)
-ELR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 1)
-SPSR_EL1: Final = arm64_sys_reg(3, 0, 4, 0, 0)
-SP_EL0: Final = arm64_sys_reg(3, 0, 4, 1, 0)
-ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
 
 MTE_REGS: Final = (GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1)
 
@@ -67,9 +56,9 @@ ELR_EL1_WORD: Final = 70
 SPSR_WORD: Final = 72
 _CORE_WORDS: Final = SPSR_WORD + 2 * 5
 CORE_IDS: Final = tuple(arm64_core_reg(word) for word in range(0, _CORE_WORDS, 2))
-#: Index of each core register in ``VcpuRegisters.core`` by its word offset; elr_el1
-#: and spsr[0] (SPSR_EL1) are the same storage as the ELR_EL1 / SPSR_EL1 sysregs.
-CORE_SP_EL1: Final = 34
+# ``VcpuRegisters.core`` is laid out as the A64 core reads it (tagvisor.cpu.bus, with
+# SP_EL1 at CORE_SP_EL1, spsr[1..4] after it); elr_el1 and spsr[0] (SPSR_EL1) are the
+# same storage as the ELR_EL1 / SPSR_EL1 sysregs.
 
 
 def _sysreg_resets() -> dict[int, int]:
