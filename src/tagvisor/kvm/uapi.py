@@ -350,6 +350,9 @@ OSLAR_EL1: Final = arm64_sys_reg(2, 0, 1, 0, 4)
 OSLSR_EL1: Final = arm64_sys_reg(2, 0, 1, 1, 4)
 OSDLR_EL1: Final = arm64_sys_reg(2, 0, 1, 3, 4)
 
+# AArch32 state a 64-bit VCPU still lists.
+FPEXC32_EL2: Final = arm64_sys_reg(3, 4, 5, 3, 0)
+
 
 # -- kvm_run layout (struct kvm_run; 6.1 arm64) -------------------------------------------
 

@@ -15,11 +15,19 @@ from typing import Any, Final
 from tagvisor import wire
 from tagvisor.kvm.api import Vcpu
 from tagvisor.kvm.uapi import (
+    CNTP_CTL_EL0,
+    CNTPCT_EL0,
+    CNTV_CTL_EL0,
+    ELR_EL1,
+    FPEXC32_EL2,
     ID_AA64PFR1_EL1,
     KVM_REG_ARM64_SYSREG,
     KVM_REG_ARM_COPROC_MASK,
+    KVM_REG_ARM_TIMER_CNT,
+    OSLSR_EL1,
+    SP_EL0,
+    SPSR_EL1,
     arm64_core_reg,
-    arm64_sys_reg,
     reg_size,
 )
 from tagvisor.snapshot.container import FormatError, Payload
@@ -38,9 +46,9 @@ READ_ONLY: Final = frozenset({ID_AA64PFR1_EL1})
 #: System register ids the model also lists for state KVM keeps in core registers
 #: (struct kvm_regs: sp is SP_EL0, then sp_el1, elr_el1, spsr[0] = SPSR_EL1).
 CORE_ALIASES: Final = {
-    arm64_sys_reg(3, 0, 4, 0, 0): arm64_core_reg(0x48),  # SPSR_EL1
-    arm64_sys_reg(3, 0, 4, 0, 1): arm64_core_reg(0x46),  # ELR_EL1
-    arm64_sys_reg(3, 0, 4, 1, 0): arm64_core_reg(0x3E),  # SP_EL0
+    SPSR_EL1: arm64_core_reg(0x48),
+    ELR_EL1: arm64_core_reg(0x46),
+    SP_EL0: arm64_core_reg(0x3E),
 }
 #: ONE_REG groups that describe the host rather than the guest: the cache geometry
 #: (KVM_REG_ARM_DEMUX, CCSIDR_EL1 per cache level) and KVM's firmware
@@ -49,17 +57,17 @@ HOST_GROUPS: Final = frozenset({0x0011 << 16, 0x0014 << 16, 0x0016 << 16})
 #: The counters, host time that KVM offsets per VM anyway: KVM_REG_ARM_TIMER_CNT
 #: (virtual; its id swaps CRm and op2 with CVAL's, a historical quirk) and
 #: KVM_REG_ARM_PTIMER_CNT (CNTPCT_EL0; 6.12 lists it, 6.1 does not).
-COUNTERS: Final = frozenset({arm64_sys_reg(3, 3, 14, 3, 2), arm64_sys_reg(3, 3, 14, 0, 1)})
+COUNTERS: Final = frozenset({KVM_REG_ARM_TIMER_CNT, CNTPCT_EL0})
 #: Registers at KVM's reset value, which a destination without them loses nothing by
 #: not having (arch/arm64/kvm/sys_regs.c): OSLSR_EL1 says the OS lock is implemented,
 #: FPEXC32_EL2 is AArch32 state.
 RESET_VALUES: Final = {
-    arm64_sys_reg(2, 0, 1, 1, 4): 0x8,  # OSLSR_EL1
-    arm64_sys_reg(3, 4, 5, 3, 0): 0x700,  # FPEXC32_EL2
+    OSLSR_EL1: 0x8,
+    FPEXC32_EL2: 0x700,
 }
 #: CNTV_CTL_EL0 and CNTP_CTL_EL0: with ENABLE (bit 0) clear the timer is off,
 #: whatever else the register says.
-TIMER_CTLS: Final = frozenset({arm64_sys_reg(3, 3, 14, 3, 1), arm64_sys_reg(3, 3, 14, 2, 1)})
+TIMER_CTLS: Final = frozenset({CNTV_CTL_EL0, CNTP_CTL_EL0})
 #: What KVM gives registers whose reset value is UNKNOWN (reset_unknown(),
 #: arch/arm64/kvm/sys_regs.c): still there, the guest never wrote the register.
 KVM_UNKNOWN_RESET: Final = 0x1DE7EC7EDBADC0DE
