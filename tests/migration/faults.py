@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 
 from tagvisor.migration import Listener, TcpAddress
@@ -65,3 +66,78 @@ class FaultProxy:
                 upstream.sendall(data)
         except OSError:
             pass
+
+
+HEADER_BYTES = 20
+SECTION_HEAD = struct.Struct("<4sIQ")
+
+
+class LoseSection:
+    """Forwards a migration section by section; the first section tagged ``tag`` going
+    ``toward`` "destination" (source's stream) or "source" (the replies) is lost: it
+    is not forwarded, and the link goes down with it, as when a host or network fails
+    right then."""
+
+    def __init__(self, target: TcpAddress, tag: bytes, toward: str) -> None:
+        self.target = target
+        self.tag = tag
+        self.toward = toward
+        self.lost = threading.Event()
+        self.listener = Listener(TcpAddress("127.0.0.1", 0))
+        self.address = self.listener.address
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        upstream = self.listener.accept(20).sock
+        downstream = socket.create_connection((self.target.host, self.target.port))
+        pumps = [
+            threading.Thread(
+                target=self._pump,
+                args=(upstream, downstream, HEADER_BYTES, self.toward == "destination"),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._pump,
+                args=(downstream, upstream, 0, self.toward == "source"),
+                daemon=True,
+            ),
+        ]
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join(60)
+        for sock in (upstream, downstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.listener.close()
+
+    def _pump(self, inp: socket.socket, out: socket.socket, header: int, watch: bool) -> None:
+        try:
+            if header:
+                out.sendall(_exactly(inp, header))
+            while not self.lost.is_set():
+                head = _exactly(inp, SECTION_HEAD.size)
+                tag, _flags, length = SECTION_HEAD.unpack(head)
+                rest = _exactly(inp, length + 4)
+                if watch and tag == self.tag:
+                    self.lost.set()
+                    break
+                out.sendall(head + rest)
+        except (OSError, EOFError):
+            pass
+        for sock in (inp, out):  # the link is down both ways
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PAGE_SIZE
 from tagvisor.kvm.api import page_runs
+from tagvisor.snapshot.container import FormatError
 from tagvisor.snapshot.pages import MAX_PAGES, Kind, PageRun, PageSection
 from tagvisor.vmm.machine import Machine
 from tagvisor.vmm.memory import GuestRegion
@@ -275,3 +277,91 @@ def memory_digest(machine: Machine) -> str:
             digest.update(run.data.tobytes())
             digest.update(run.tags.tobytes())
     return digest.hexdigest()
+
+
+class DigestReplay:
+    """:func:`memory_digest` recomputed from a snapshot's stored pages alone; the pages
+    it leaves out (data and tags all zero) are hashed as zeros.
+
+    The digest is SHA-256 over each SCAN_PAGES chunk of each region, as
+    :func:`iter_runs` cuts them: the chunk's data, then its tags. Pages must come in
+    ascending order without overlaps, as a snapshot writes them; anything else is a
+    FormatError. So a reader can compare the digest before it builds anything.
+    """
+
+    def __init__(self, regions: list[tuple[int, int]]) -> None:
+        #: (gpa, pages) of each region, in address order.
+        self.regions = regions
+        self._digest = hashlib.sha256()
+        self._region = 0
+        self._chunk = 0  # first page of the current chunk, in the region
+        self._next = 0  # the first page not hashed yet, in the region
+        self._tags = np.zeros((SCAN_PAGES, GRANULES_PER_PAGE), np.uint8)
+
+    def add(self, run: PageRun) -> None:
+        """The pages of the next PAGE section, with their tags."""
+        if not run.count:
+            return
+        pages = self._locate(run.gpa) + run.indices()
+        if int(pages[0]) < self._next or int(pages[-1]) >= self.regions[self._region][1]:
+            raise FormatError(f"a PAGE section at {run.gpa:#x} is out of order or overlaps")
+        data = np.ascontiguousarray(run.data)
+        for index, first, count in _pieces(pages):
+            while first >= self._chunk + SCAN_PAGES:
+                self._end_chunk()
+            self._zeros((first - self._next) * PAGE_SIZE)
+            self._digest.update(data[index : index + count].data)
+            offset = first - self._chunk
+            self._tags[offset : offset + count] = run.tags[index : index + count]
+            self._next = first + count
+
+    def hexdigest(self) -> str:
+        """The digest, every page after the last one stored hashed as zero."""
+        while self._region < len(self.regions):
+            self._end_chunk()
+        return self._digest.hexdigest()
+
+    def _locate(self, gpa: int) -> int:
+        """``gpa``'s page in its region, finishing the regions before it."""
+        while self._region < len(self.regions):
+            base, npages = self.regions[self._region]
+            if base <= gpa < base + npages * PAGE_SIZE:
+                return (gpa - base) // PAGE_SIZE
+            if gpa < base:
+                break
+            region = self._region
+            while self._region == region:  # the rest of this region is zeros
+                self._end_chunk()
+        raise FormatError(f"a PAGE section at {gpa:#x} is out of order or outside guest RAM")
+
+    def _end_chunk(self) -> None:
+        """Hash the rest of the current chunk's data as zeros, then its tags; move on
+        to the next chunk, or the next region after the last."""
+        npages = self.regions[self._region][1]
+        end = min(self._chunk + SCAN_PAGES, npages)
+        self._zeros((end - self._next) * PAGE_SIZE)
+        count = end - self._chunk
+        self._digest.update(self._tags[:count].data)
+        self._tags[:count] = 0
+        self._chunk = self._next = end
+        if end == npages:
+            self._region += 1
+            self._chunk = self._next = 0
+
+    def _zeros(self, size: int) -> None:
+        for done in range(0, size, len(_ZEROS)):
+            self._digest.update(_ZEROS[: min(len(_ZEROS), size - done)])
+
+
+_ZEROS: Final = memoryview(bytes(1 << 20))
+
+
+def _pieces(pages: NDArray[np.intp]) -> list[tuple[int, int, int]]:
+    """(index, first page, count) of each run of consecutive ``pages`` that lies in
+    one SCAN_PAGES chunk."""
+    breaks = np.flatnonzero((np.diff(pages) != 1) | (np.diff(pages // SCAN_PAGES) != 0)) + 1
+    starts = [0, *breaks.tolist()]
+    stops = [*breaks.tolist(), int(pages.size)]
+    return [
+        (start, int(pages[start]), stop - start) for start, stop in zip(starts, stops, strict=True)
+    ]

@@ -43,7 +43,7 @@ from tagvisor.snapshot.container import (
     write_header,
     write_section,
 )
-from tagvisor.snapshot.guestpages import iter_runs, runs_of, write_run
+from tagvisor.snapshot.guestpages import DigestReplay, iter_runs, runs_of, write_run
 from tagvisor.snapshot.pages import EncodeStats, Kind, PageRun
 from tagvisor.snapshot.registry import MAJOR, MEMORY, REGISTRY, Loaded, Phase
 from tagvisor.snapshot.state import MachineState, VcpuState
@@ -99,6 +99,11 @@ def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None
     """Write ``machine`` (which must not be running) to ``path`` atomically."""
     if machine.state is RunState.RUNNING:
         raise SnapshotError("pause the machine before taking a snapshot")
+    if machine.state is RunState.STOPPED:
+        raise SnapshotError(
+            "the guest has stopped (powered off or failed): a snapshot of it could only "
+            "restore a guest that never runs again"
+        )
     temporary = path.with_name(path.name + ".partial")
     digest = hashlib.sha256()
     stats = EncodeStats()
@@ -155,11 +160,14 @@ def read_snapshot(path: Path) -> Snapshot:
     return its states."""
     summary: dict[str, object] | None = None
     stored = 0
+    replay: DigestReplay | None = None
     with path.open("rb") as source:
         loaded = Loaded(read_header(source, MAGIC, VERSION.major))
         for section in iter_sections(source, _limits()):
             if section.tag == MEMORY.tag:
-                stored += _verify_pages(section.payload, loaded)
+                if replay is None:
+                    replay = DigestReplay(_regions(loaded))
+                stored += _verify_pages(section.payload, loaded, replay)
             elif section.tag == END_TAG:
                 summary = wire.loads(section.payload, "the END! summary")
             else:
@@ -170,15 +178,30 @@ def read_snapshot(path: Path) -> Snapshot:
     digest = summary.get("digest")
     if not isinstance(digest, str) or summary.get("pages_stored") != stored:
         raise FormatError("the END! summary does not match the PAGE sections")
+    found = (replay or DigestReplay(_regions(loaded))).hexdigest()
+    if found != digest:
+        raise FormatError(
+            f"the pages' digest is {found[:16]}..., the END! summary says {digest[:16]}...: "
+            "the pages are not the ones the snapshot was taken with"
+        )
     return Snapshot(loaded.version, loaded.machine, loaded, digest, stored)
 
 
-def _verify_pages(payload: Payload, loaded: Loaded) -> int:
-    """Check a PAGE section against the machine's RAM; return its pages."""
+def _regions(loaded: Loaded) -> list[tuple[int, int]]:
+    """(gpa, pages) of the guest's RAM regions: the builder makes one."""
     if loaded.machine is None:
         raise FormatError("a PAGE section comes before the machine's configuration")
+    config = loaded.machine.config
+    return [(config.ram_base, config.ram_size // PAGE_SIZE)]
+
+
+def _verify_pages(payload: Payload, loaded: Loaded, replay: DigestReplay) -> int:
+    """Check a PAGE section against the machine's RAM and add it to the digest being
+    recomputed; return its pages."""
+    assert loaded.machine is not None  # _regions made sure
     run = pages.decode(payload)
     _check_in_ram(run, loaded.machine)
+    replay.add(run)
     return run.count
 
 
