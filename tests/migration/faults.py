@@ -78,10 +78,14 @@ class LoseSection:
     is not forwarded, and the link goes down with it, as when a host or network fails
     right then."""
 
-    def __init__(self, target: TcpAddress, tag: bytes, toward: str) -> None:
+    def __init__(
+        self, target: TcpAddress, tag: bytes, toward: str, *, after: bytes | None = None
+    ) -> None:
         self.target = target
         self.tag = tag
         self.toward = toward
+        #: Only a ``tag`` section after one tagged ``after`` (same direction) is lost.
+        self.after = after
         self.lost = threading.Event()
         self.listener = Listener(TcpAddress("127.0.0.1", 0))
         self.address = self.listener.address
@@ -117,11 +121,13 @@ class LoseSection:
         try:
             if header:
                 out.sendall(_exactly(inp, header))
+            armed = self.after is None
             while not self.lost.is_set():
                 head = _exactly(inp, SECTION_HEAD.size)
                 tag, _flags, length = SECTION_HEAD.unpack(head)
                 rest = _exactly(inp, length + 4)
-                if watch and tag == self.tag:
+                armed = armed or tag == self.after
+                if watch and armed and tag == self.tag:
                     self.lost.set()
                     break
                 out.sendall(head + rest)

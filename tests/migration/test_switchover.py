@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tagvisor.migration import IncomingError, MigrationError, migrate
+from tagvisor.migration import (
+    IncomingError,
+    MigrationCommitted,
+    MigrationError,
+    PostcopyError,
+    migrate,
+)
 from tagvisor.vmm import RunState
 from tests.migration.conftest import Destination, source_machine
 from tests.migration.faults import LoseSection
@@ -76,3 +82,24 @@ def test_a_whole_migration_is_confirmed(destination: Destination) -> None:
     assert report.confirmed
     assert not report.notes
     assert destination.machine is not None
+
+
+def test_a_postcopy_whose_source_vanishes_fails_by_name_and_ends_its_thread(
+    destination: Destination,
+) -> None:
+    """Scenario: post-copy commits, then the link goes down before the first pushed
+    page. The source, having committed, says the guest is the destination's now
+    (MigrationCommitted), not that it is intact; the destination's receiver fails
+    with a PostcopyError that names the cause's type, and its thread has ended."""
+    source = source_machine()
+    destination.start()
+    proxy = LoseSection(destination.address, b"PAGE", toward="destination", after=b"CMIT")
+    with pytest.raises(MigrationCommitted):
+        migrate(source, proxy.address, run_guest=True, max_iterations=1, postcopy=True)
+    destination.join()
+    assert destination.report is not None
+    receiver = destination.report.postcopy
+    assert receiver is not None
+    with pytest.raises(PostcopyError, match=r"\((FormatError|TransportError)\)"):
+        receiver.join(10)
+    assert not receiver.thread.is_alive()

@@ -8,6 +8,13 @@ dirty log, each page with its tags; --postcopy moves it early and lets the desti
 fetch pages on demand). The destination refuses an incompatible guest before any page
 is sent, then runs the guest on to its end. The listener binds loopback unless told
 otherwise.
+
+If the migration fails before the source hands the guest over (or Ctrl-C interrupts
+it), the guest is intact: the source runs it on here, or stops it with --on-failure
+stop. Exit codes of migrate: 0 moved; 1 an error (the migration failed and the guest
+ran on here, or was stopped); 3 handed over but the destination did not confirm (the
+guest stays paused here: resume it nowhere until you know the destination dropped
+it); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -29,24 +36,35 @@ from tagvisor.cli.common import (
     progress_bar,
 )
 from tagvisor.errors import TagvisorError
-from tagvisor.migration import Listener, incoming, migrate, parse_address
+from tagvisor.migration import Listener, MigrationError, incoming, migrate, parse_address
 from tagvisor.migration.destination import DEFAULT_MAX_MEMORY
 from tagvisor.snapshot.guestpages import memory_digest
+from tagvisor.vmm import Machine
+
+#: Exit codes of `tagvisor migrate` beyond 0 (moved) and 1 (an error).
+EXIT_UNCONFIRMED = 3  # committed, but the destination did not confirm: paused here
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 def _migrate(args: argparse.Namespace) -> int:
     address = parse_address(args.to)
     machine = boot(args, stream=not args.json)
     machine.run(max_exits=args.exits)
-    with progress_bar("migrating", not args.json) as progress:
-        report = migrate(
-            machine,
-            address,
-            max_iterations=args.iterations,
-            compress=args.compress,
-            postcopy=args.postcopy,
-            progress=lambda iteration, sent, left: progress(sent, sent + left),
-        )
+    try:
+        with progress_bar("migrating", not args.json) as progress:
+            report = migrate(
+                machine,
+                address,
+                max_iterations=args.iterations,
+                compress=args.compress,
+                postcopy=args.postcopy,
+                progress=lambda iteration, sent, left: progress(sent, sent + left),
+            )
+    except (MigrationError, KeyboardInterrupt) as error:
+        return _keep_guest(machine, args, error)
+    if not report.confirmed:
+        for note in report.notes:
+            print(f"tagvisor migrate: warning: {note}", file=sys.stderr)
     if args.json:
         print_json(report.as_dict())
     else:
@@ -57,7 +75,33 @@ def _migrate(args: argparse.Namespace) -> int:
             f"{report.total_seconds:.3f} s, downtime {report.downtime_seconds * 1e3:.1f} ms",
             file=sys.stderr,
         )
-    return 0
+    return 0 if report.confirmed else EXIT_UNCONFIRMED
+
+
+def _keep_guest(machine: Machine, args: argparse.Namespace, error: BaseException) -> int:
+    """After a migration that failed before its commit (or was interrupted), the
+    guest is whole here: run it on, or stop it if --on-failure stop asked for that."""
+    what = "was interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
+    code = EXIT_INTERRUPTED if isinstance(error, KeyboardInterrupt) else 1
+    if args.on_failure == "stop":
+        _say(args, f"the migration {what}; the guest is intact and was stopped here", code)
+        return code
+    _say(args, f"the migration {what}; the guest is intact and runs on here (Ctrl-C stops it)")
+    try:
+        result = machine.run()
+    except KeyboardInterrupt:
+        machine.pause()
+        _say(args, "stopped the guest here", EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    if args.json:
+        print_json({**guest_summary(machine), "migrated": False, "reason": str(error)})
+    return code if result.exit_status is None else max(code, result.exit_status)
+
+
+def _say(args: argparse.Namespace, message: str, code: int | None = None) -> None:
+    print(f"tagvisor migrate: {message}", file=sys.stderr, flush=True)
+    if args.json and code is not None:
+        print_json({"error": message, "exit_code": code, "migrated": False})
 
 
 def _incoming(args: argparse.Namespace) -> int:
@@ -115,6 +159,13 @@ def register(commands: Any) -> None:
         help="move the guest after one pass and fetch the rest on demand",
     )
     send.add_argument("--compress", action="store_true", help="zlib-compress page data")
+    send.add_argument(
+        "--on-failure",
+        choices=("resume", "stop"),
+        default="resume",
+        help="if the migration fails before the handover, or Ctrl-C interrupts it: run the "
+        "guest on here (resume, the default) or stop it (stop)",
+    )
     add_machine_options(send)
     send.add_argument("--json", action="store_true", help="print the report as JSON")
     send.set_defaults(run=_migrate)

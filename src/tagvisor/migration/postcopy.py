@@ -43,6 +43,12 @@ from tagvisor.snapshot.pages import EncodeStats, PageRun
 from tagvisor.vmm.machine import Machine
 
 REQ: Final = struct.Struct("<Q")
+
+
+class PostcopyError(TagvisorError):
+    """Post-copy did not bring every page: the guest at the destination cannot go on."""
+
+
 #: Pages pushed per background batch, so requests wait at most one batch.
 PUSH_PAGES: Final = 64
 
@@ -155,10 +161,17 @@ class PostcopyReceiver:
         self.thread.start()
 
     def join(self, timeout: float = 60.0) -> None:
-        """Wait until every page has arrived (DONE sent); re-raise a receiving error."""
+        """Wait until every page has arrived (DONE sent); a receiving error, or pages
+        still missing after ``timeout`` seconds, is a PostcopyError naming what went
+        wrong. Either way the receiving thread has ended when this returns or raises."""
         self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.conn.close()  # its next read fails, and the thread ends
+            self.thread.join(timeout)
+            raise PostcopyError(f"post-copy did not finish within {timeout:g} s")
         if self.error is not None:
-            raise TagvisorError(f"post-copy failed: {self.error}") from self.error
+            kind = type(self.error).__name__
+            raise PostcopyError(f"post-copy failed ({kind}): {self.error}") from self.error
 
     # -- the guest's side: a fault on a missing page -----------------------------------
 
@@ -196,6 +209,8 @@ class PostcopyReceiver:
             with self._send:
                 write_section(self.conn, b"DONE", b"{}")
         except BaseException as error:  # handed to join()
+            # The ranges stay registered: a fault on a page that never came must fail
+            # (EFAULT after resolve's wait), not read as a fresh zero page.
             self.error = error
         finally:
             self.conn.close()

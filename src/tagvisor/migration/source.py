@@ -242,7 +242,11 @@ def migrate(
     options = Options(
         run_guest, max_iterations, stop_pages, compress, postcopy, auto_converge, progress
     )
-    outgoing = _Outgoing(machine, connect(address), options)
+    try:
+        conn = connect(address)
+    except TagvisorError as error:
+        raise MigrationError(f"{error}; the guest is intact here") from error
+    outgoing = _Outgoing(machine, conn, options)
     try:
         outgoing.handshake()
         outgoing.precopy()
