@@ -151,8 +151,8 @@ def _mutate_payload(payload: bytes, m: Mutation) -> bytes:
 def _mutate_json(payload: bytes, m: Mutation) -> bytes:
     try:
         value = json.loads(payload)
-    except ValueError:
-        return payload  # not a JSON section: leave it for the binary mutations
+    except (ValueError, RecursionError):
+        return payload  # not JSON (or too deep already): leave it as it is
     paths = list(_paths(value))
     if not paths:
         return payload

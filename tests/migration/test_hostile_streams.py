@@ -17,6 +17,7 @@ from tagvisor.migration.pipeline import SectionSender
 from tagvisor.migration.protocol import MAGIC, VERSION
 from tagvisor.snapshot.container import read_section, write_header, write_section
 from tagvisor.snapshot.state import capture_machine
+from tagvisor.vmm import RunState
 from tests.migration.conftest import Destination, source_machine
 
 
@@ -128,3 +129,61 @@ def test_a_stream_whose_pages_went_missing_is_not_accepted(
     destination.join()
     assert destination.machine is None
     assert "arrived" in str(destination.error)
+
+
+def test_a_sender_that_trickles_its_greeting_is_cut_off_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scenario: finding G. A source sends its header a byte every 0.2 s, never faster
+    than each read's own timeout allows to wait. The handshake's deadline (cut to 1 s
+    here) ends it: the listener is free again and only IncomingError came out."""
+    import time
+
+    from tagvisor.migration import protocol as wire_protocol
+
+    monkeypatch.setattr(wire_protocol, "HANDSHAKE_SECONDS", 1.0)
+    listener = Listener(TcpAddress("127.0.0.1", 0))
+    errors: list[BaseException] = []
+    thread = threading.Thread(
+        target=lambda: _run_incoming(listener, errors), daemon=True, name="slow-handshake"
+    )
+    thread.start()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", listener.address.port)) as sock:
+        for byte in b"TAGVMIGR\x01\x00\x02\x00":
+            sock.sendall(bytes([byte]))
+            time.sleep(0.2)
+            if not thread.is_alive():
+                break
+    thread.join(10)
+    assert time.monotonic() - started < 5
+    assert [type(error) for error in errors] == [IncomingError]
+    assert "took too long" in str(errors[0])
+
+
+def _run_incoming(listener: Listener, errors: list[BaseException]) -> None:
+    try:
+        incoming(ModelKvm(64 << 20), listener, timeout=10)
+    except BaseException as error:  # what the test inspects
+        errors.append(error)
+
+
+def test_the_source_backs_out_whatever_the_reply_raises(
+    destination: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: finding F. Reading the destination's ITER echo raises something that
+    is not a TagvisorError (a bug, or Ctrl-C). The source still stops its guest thread
+    and turns dirty logging off before the exception goes on."""
+    from tagvisor.migration import source as outgoing
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in reading the echo")
+
+    monkeypatch.setattr(outgoing, "_await_echo", broken)
+    machine = source_machine()
+    destination.start()
+    with pytest.raises(RuntimeError, match="a bug"):
+        migrate_guest(machine, destination.address, run_guest=True)
+    assert not machine.memory.regions[0].logging
+    assert machine.state is not RunState.RUNNING
+    destination.join()

@@ -107,7 +107,12 @@ def receive(
     passes' pages and the machine's state, then the guest, complete or (post-copy)
     still fetching."""
     incoming = _Incoming(conn, kvm)
-    hello = incoming.handshake(max_memory=max_memory, require_mte=require_mte)
+    try:
+        hello = incoming.handshake(max_memory=max_memory, require_mte=require_mte)
+    except IncomingError:
+        raise
+    except TagvisorError as error:  # the link failed while answering
+        raise IncomingError(f"the handshake failed, no guest was built: {error}") from error
     try:
         incoming.setup(hello)
         post = incoming.iterate()
@@ -139,15 +144,16 @@ class _Incoming:
         conn.set_deadline(protocol.HANDSHAKE_SECONDS, "the handshake")
         try:
             self.loaded = Loaded(read_header(conn, protocol.MAGIC, protocol.VERSION.major))
-        except FormatError as error:
-            protocol.send_json(conn, b"RFSE", {"reason": str(error)})
+        except TagvisorError as error:  # a foreign header, or a peer that stalled
+            with contextlib.suppress(TagvisorError):
+                protocol.send_json(conn, b"RFSE", {"reason": str(error)})
             raise IncomingError(f"refused the source: {error}") from error
         try:
             first = next(iter_sections(conn, protocol.limits()))
             if first.tag != b"HELO":
                 raise FormatError(f"the stream starts with {first.tag!r}, not HELO")
             hello = protocol.Hello.decode(first.payload)
-        except FormatError as error:
+        except TagvisorError as error:
             with contextlib.suppress(TagvisorError):
                 protocol.send_json(conn, b"RFSE", {"reason": f"malformed greeting: {error}"})
             raise IncomingError(f"the source's greeting is malformed: {error}") from error
