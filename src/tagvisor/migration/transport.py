@@ -69,15 +69,25 @@ class Connection:
             return
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise TransportError(f"the peer took too long: {self._phase} ran out of time")
+            raise self._late()
         self.sock.settimeout(min(self.timeout, left))
+
+    def _late(self) -> TransportError:
+        return TransportError(f"the peer took too long: {self._phase} ran out of time")
+
+    def _failed(self, error: OSError) -> TransportError:
+        """A receive error; a timeout that the phase's deadline set says so."""
+        if isinstance(error, TimeoutError) and self._deadline is not None:
+            if time.monotonic() >= self._deadline - 0.01:
+                return self._late()
+        return TransportError(f"receiving failed: {error}")
 
     def read(self, size: int) -> bytes:
         self._arm()
         try:
             data = self.sock.recv(min(size, 1 << 22))
         except OSError as error:
-            raise TransportError(f"receiving failed: {error}") from error
+            raise self._failed(error) from error
         if not data:
             raise FormatError("the connection closed in the middle of the stream")
         self.received += len(data)
@@ -88,7 +98,7 @@ class Connection:
         try:
             got = self.sock.recv_into(buffer, min(len(buffer), 1 << 22))
         except OSError as error:
-            raise TransportError(f"receiving failed: {error}") from error
+            raise self._failed(error) from error
         if not got:
             raise FormatError("the connection closed in the middle of the stream")
         self.received += got
