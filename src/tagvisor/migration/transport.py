@@ -77,9 +77,10 @@ class Connection:
 
     def _failed(self, error: OSError) -> TransportError:
         """A receive error; a timeout that the phase's deadline set says so."""
-        if isinstance(error, TimeoutError) and self._deadline is not None:
-            if time.monotonic() >= self._deadline - 0.01:
-                return self._late()
+        deadline = self._deadline
+        if isinstance(error, TimeoutError) and deadline is not None:
+            late = time.monotonic() >= deadline - 0.01
+            return self._late() if late else TransportError(f"receiving failed: {error}")
         return TransportError(f"receiving failed: {error}")
 
     def read(self, size: int) -> bytes:
