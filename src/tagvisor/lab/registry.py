@@ -1,0 +1,18 @@
+"""Every experiment of the lab, in the order the seed thread asks its questions."""
+
+from __future__ import annotations
+
+from tagvisor.lab import q4_tag_access
+from tagvisor.lab.experiment import Experiment
+
+#: In the order they run: questions 1 to 6.
+EXPERIMENTS: list[Experiment] = [q4_tag_access.EXPERIMENT]
+
+
+def experiment_named(name: str) -> Experiment:
+    """The experiment called ``name``; ValueError lists the known ones."""
+    for experiment in EXPERIMENTS:
+        if experiment.name == name:
+            return experiment
+    known = ", ".join(e.name for e in EXPERIMENTS)
+    raise ValueError(f"no experiment {name!r}; known: {known}")
