@@ -37,7 +37,8 @@ def versioned_churn(base: int, npages: int, *, seed: int = 0) -> GuestProgram:
     A page at version v holds v (a little-endian u64) in every 8 bytes and tag
     ``version_tag(v)`` in every granule, stored tags first, then data, as an allocator
     retags and then fills. Any (data, tags) pair read from it whose versions disagree
-    is torn. Runs until the VMM stops running the VCPU.
+    is torn. It reports after the tag store and after the data, so a VMM can stop it in
+    between (where a real guest can be, too). Runs until the VMM stops running it.
     """
 
     def program(ctx: GuestContext) -> Generator[VcpuExit, bytes | None, None]:
@@ -49,6 +50,7 @@ def versioned_churn(base: int, npages: int, *, seed: int = 0) -> GuestProgram:
             gpa = base + first * PAGE_SIZE
             tags = np.full(ROUND_PAGES * GRANULES_PER_PAGE, version_tag(version), np.uint8)
             ctx.stage2.store_tags(gpa, tags)
+            yield mmio_write(PROGRESS_MMIO, version)
             words = np.full(ROUND_PAGES * PAGE_SIZE // 8, version, np.uint64)
             ctx.stage2.write(gpa, words.tobytes())
             yield mmio_write(PROGRESS_MMIO, version)
