@@ -20,7 +20,6 @@ import numpy as np
 
 from tagvisor.arch.constants import PACKED_TAGS_PER_PAGE, PAGE_SIZE, TAG_GRANULE
 from tagvisor.arch.tagformat import U8, unpack_tags
-from tagvisor.host.errors import SegmentationFault
 from tagvisor.host.mapping import MAP_SHARED, PROT_MTE, PROT_READ, PROT_WRITE
 from tagvisor.host.process import HostProcess
 from tagvisor.kvm.model import ModelKvm, ModelVm
@@ -29,7 +28,13 @@ from tagvisor.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_regi
 from tagvisor.lab.counting import Counters, CountingVm
 from tagvisor.vmm.machine import Machine
 from tagvisor.vmm.memory import GuestMemory
-from tagvisor.vmm.tag_access import CopyTagsAccess, ProcessMteAccess, TagAccess, TagAccessError
+from tagvisor.vmm.tag_access import (
+    CopyTagsAccess,
+    ProcessMteAccess,
+    TagAccess,
+    TagAccessError,
+    VmmTagFault,
+)
 
 COPY_TAGS: Final = "copy-tags"
 TCO: Final = "prot-mte+tco"
@@ -53,10 +58,8 @@ def needs_prot_mte(design: str) -> bool:
 class CountingProcessAccess(ProcessMteAccess):
     """A PROT_MTE way that counts its LDG/STG, TCO writes and faults."""
 
-    def __init__(
-        self, process: HostProcess, memory: GuestMemory, avoid: str, counters: Counters
-    ) -> None:
-        super().__init__(process, memory, avoid)
+    def __init__(self, kvm: ModelKvm, memory: GuestMemory, avoid: str, counters: Counters) -> None:
+        super().__init__(kvm.user_memory.tagged_mapping(), memory, kvm.user_memory, avoid)
         self.counters = counters
 
     def _check(self, hva: int, length: int, *, write: bool) -> None:
@@ -64,7 +67,7 @@ class CountingProcessAccess(ProcessMteAccess):
             self.counters.tco_writes += 2  # MSR TCO, #1 before; MSR TCO, #0 after
         try:
             super()._check(hva, length, write=write)
-        except SegmentationFault:
+        except VmmTagFault:
             self.counters.vmm_tag_faults += 1
             raise
 
@@ -217,7 +220,7 @@ def install(machine: Machine, kvm: ModelKvm, design: str) -> Installed:
         elif design == TWO_MAPPINGS:
             access = TwoMappingsAccess(kvm.process, memory, counters)
         else:
-            access = CountingProcessAccess(kvm.process, memory, AVOID[design], counters)
+            access = CountingProcessAccess(kvm, memory, AVOID[design], counters)
     machine.tags = access
     machine.dma.access = access
     return Installed(design, access, counters)
