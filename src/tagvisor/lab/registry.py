@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from tagvisor.lab import q4_tag_access, q5_consistency
+from tagvisor.lab import q3_promotion, q4_tag_access, q5_consistency
 from tagvisor.lab.experiment import Experiment
 
 #: In the order they run: questions 1 to 6.
-EXPERIMENTS: list[Experiment] = [q4_tag_access.EXPERIMENT, q5_consistency.EXPERIMENT]
+EXPERIMENTS: list[Experiment] = [
+    q3_promotion.EXPERIMENT,
+    q4_tag_access.EXPERIMENT,
+    q5_consistency.EXPERIMENT,
+]
 
 
 def experiment_named(name: str) -> Experiment:
