@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from tagvisor.lab import q3_promotion, q4_tag_access, q5_consistency
+from tagvisor.lab import q1_probing, q3_promotion, q4_tag_access, q5_consistency
 from tagvisor.lab.experiment import Experiment
 
 #: In the order they run: questions 1 to 6.
 EXPERIMENTS: list[Experiment] = [
+    q1_probing.EXPERIMENT,
     q3_promotion.EXPERIMENT,
     q4_tag_access.EXPERIMENT,
     q5_consistency.EXPERIMENT,
