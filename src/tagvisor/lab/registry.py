@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tagvisor.lab import q1_probing, q3_promotion, q4_tag_access, q5_consistency
+from tagvisor.lab import q1_probing, q3_promotion, q4_tag_access, q5_consistency, q6_later_kernels
 from tagvisor.lab.experiment import Experiment
 
 #: In the order they run: questions 1 to 6.
@@ -11,6 +11,7 @@ EXPERIMENTS: list[Experiment] = [
     q3_promotion.EXPERIMENT,
     q4_tag_access.EXPERIMENT,
     q5_consistency.EXPERIMENT,
+    q6_later_kernels.EXPERIMENT,
 ]
 
 
