@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from tagvisor.lab import q1_probing, q3_promotion, q4_tag_access, q5_consistency, q6_later_kernels
+from tagvisor.lab import (
+    q1_probing,
+    q2_per_vcpu,
+    q3_promotion,
+    q4_tag_access,
+    q5_consistency,
+    q6_later_kernels,
+)
 from tagvisor.lab.experiment import Experiment
 
 #: In the order they run: questions 1 to 6.
 EXPERIMENTS: list[Experiment] = [
     q1_probing.EXPERIMENT,
+    q2_per_vcpu.EXPERIMENT,
     q3_promotion.EXPERIMENT,
     q4_tag_access.EXPERIMENT,
     q5_consistency.EXPERIMENT,
