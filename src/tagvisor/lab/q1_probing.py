@@ -18,8 +18,7 @@ from typing import Any, Final
 
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import ModelKvm
-from tagvisor.kvm.model.vcpu_regs import ID_AA64PFR1_EL1
-from tagvisor.kvm.uapi import SEED_V2_VCPU_FEATURE_MTE, Cap
+from tagvisor.kvm.uapi import ID_AA64PFR1_EL1, SEED_V2_VCPU_FEATURE_MTE, Cap
 from tagvisor.lab.counting import Counters, CountingVm
 from tagvisor.lab.experiment import Chart, Experiment, Outcome, ProgressFn, Scale, Table, ratio
 
