@@ -184,8 +184,13 @@ def _conclusion(f: dict[str, Any]) -> str:
         f"{boot['linux-6.13']['ucalls']}). With MTE on VCPU 0 only, a thread's stale "
         f"pointer was caught {thread['uaf_caught_on_mte_vcpu']} of {n} times on VCPU 0 and "
         f"{thread['uaf_caught_on_plain_vcpu']} times on VCPU 1, and memory it tagged on "
-        f"VCPU 1 faulted {thread['false_faults']} of {n} times once it moved to VCPU 0: a "
-        f"thread's safety depends on where the scheduler puts it. VCPU 1's first touches "
+        f"VCPU 1 faulted {thread['false_faults']} of {n} times once it moved to VCPU 0"
+        + (
+            ": a thread's safety depends on where the scheduler puts it"
+            if thread["uaf_caught_on_mte_vcpu"] != thread["uaf_caught_on_plain_vcpu"]
+            else ""
+        )
+        + f". VCPU 1's first touches "
         f"still initialised {touched['some VCPU has MTE']} pages' tags (against "
         f"{touched['no VCPU has MTE']} in a VM with no MTE VCPU): promotion is VM-wide as "
         f"soon as any VCPU has MTE. The machine shape a migration carries rebuilds MTE on "

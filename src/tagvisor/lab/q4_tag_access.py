@@ -224,7 +224,9 @@ def _conclusion(mig: dict[str, dict[str, dict[str, Any]]], dmas: dict[str, Any])
         f"made {ratio(two['syscalls'], base['syscalls']):.2f}x the syscalls for "
         f"{two['overhead_bytes'] / MiB:.2f} MiB of page tables; the PROT_MTE ways made no "
         f"tag syscalls but {ldg} LDG/STG from EL0 (LDGM is EL1 only). The most pages any "
-        f"design delivered wrong was {wrong}: the dirty log resends what changed. On DMA, "
+        f"design delivered wrong was {wrong}"
+        + (": the dirty log resends what changed" if not wrong else ": a design lost pages")
+        + ". On DMA, "
         f"the dirty-log design failed {dmas[designs.DIRTY_LOG_TAGS]['failed_copies']} of "
         f"{dmas[COPY_TAGS]['copies']} copies (it cannot write tags) and the naive PROT_MTE "
         f"way took {dmas[NAIVE]['vmm_tag_faults']} tag faults; COPY_TAGS needed "
