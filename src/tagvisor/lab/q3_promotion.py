@@ -43,7 +43,8 @@ class OptIn(Linux613):
 def _machine(
     size: int, *, mte: bool = True, profile: KernelProfile | None = None, prot_mte: bool = False
 ) -> tuple[Machine, ModelKvm]:
-    kvm = ModelKvm(size + HEADROOM, profile=profile or Linux613(), swap_pages=size // PAGE_SIZE)
+    # Twice the RAM: a CoW break or a page migration holds old and new frames at once.
+    kvm = ModelKvm(2 * size + HEADROOM, profile=profile or Linux613(), swap_pages=size // PAGE_SIZE)
     machine = (
         MachineBuilder(kvm)
         .memory(size, vmm_prot_mte=prot_mte)
