@@ -195,11 +195,7 @@ def _conclusion(f: dict[str, Any]) -> str:
         f"{touched['no VCPU has MTE']} in a VM with no MTE VCPU): promotion is VM-wide as "
         f"soon as any VCPU has MTE. The machine shape a migration carries rebuilds MTE on "
         f"VCPUs {moved['rebuilt_vcpu_mte']} where the source had {moved['source_vcpu_mte']}"
-        + (
-            ", and the destination refused the VM: " + moved["error"]
-            if not moved["migrated"]
-            else ""
-        )
+        + (", and migration failed: " + moved["error"] if not moved["migrated"] else "")
         + f'. The VM cap rules the split out: the builder says "{cap["builder"]}" and '
         f"feature bit 7 gives {cap['feature_bit_errno']} upstream."
     )
