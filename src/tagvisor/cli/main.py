@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tagvisor import __version__
-from tagvisor.cli import migrate, run, snapshot, testbed, tour
+from tagvisor.cli import lab, migrate, run, snapshot, testbed, tour
 from tagvisor.errors import TagvisorError
 
 DESCRIPTION = """\
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.register(commands)
     migrate.register(commands)
     testbed.register(commands)
+    lab.register(commands)
     return parser
 
 

@@ -20,13 +20,13 @@ point VCPU 0 at the entry. Nothing runs until :meth:`Machine.run`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Final, Self, cast
 
 from tagvisor.kvm.api import GuestProgram, Kvm, Vcpu, Vm
 from tagvisor.kvm.errors import KvmError
-from tagvisor.kvm.uapi import CORE_REG_PC, Cap, VcpuFeature
+from tagvisor.kvm.uapi import CORE_REG_PC, SEED_V2_VCPU_FEATURE_MTE, Cap, VcpuFeature
 from tagvisor.vmm.devices import dma as dma_device
 from tagvisor.vmm.devices import pl011, progress, ucall
 from tagvisor.vmm.devices.bus import MmioBus
@@ -47,6 +47,8 @@ BOOT_CONFIG_OFFSET: Final = 0x1000
 BOOT_CONFIG_MAGIC: Final = 0x47435654  # "TVCG"
 TCF_MODES: Final = {"none": 0, "sync": 1, "async": 2, "asymm": 3}
 BACKINGS: Final = ("anonymous", "memfd", "hugetlb")
+#: The ABI (Kvm.abi_profile) of the seed thread's v2, where MTE is a VCPU feature.
+SEED_V2_ABI: Final = "seed-v2"
 #: The device kinds every machine has, at their fixed bases (docs/guest-abi.md).
 BUILT_IN: Final = {CONSOLE.name: UART_BASE, UCALL.name: UCALL_BASE, DMA.name: DMA_BASE}
 
@@ -100,6 +102,7 @@ class MachineBuilder:
         self._vmm_prot_mte = False
         self._mte = True
         self._tcf = TCF_MODES["sync"]
+        self._mte_vcpus: frozenset[int] | None = None
         self._vcpus = 1
         self._tag_access = "copy-tags"
         self._image: GuestImage | None = None
@@ -155,11 +158,19 @@ class MachineBuilder:
         self._backing, self._vmm_prot_mte = backing, vmm_prot_mte
         return self
 
-    def mte(self, enabled: bool = True, *, tcf: str = "sync") -> Self:
-        """Enable KVM_CAP_ARM_MTE, and tell the guest which tag check mode to use."""
+    def mte(
+        self, enabled: bool = True, *, tcf: str = "sync", vcpus: Collection[int] | None = None
+    ) -> Self:
+        """Enable MTE, and tell the guest which tag check mode to use.
+
+        Upstream that is KVM_CAP_ARM_MTE, for the whole VM. Under the seed's v2 ABI it
+        is a feature bit of each VCPU's KVM_ARM_VCPU_INIT, given to ``vcpus`` (every
+        VCPU unless said); the VM cap cannot enable it on some VCPUs only.
+        """
         if tcf not in TCF_MODES:
             raise ValueError(f"unknown tag check mode {tcf!r}; choose from {list(TCF_MODES)}")
         self._mte, self._tcf = enabled, TCF_MODES[tcf]
+        self._mte_vcpus = None if vcpus is None else frozenset(vcpus)
         return self
 
     def vcpus(self, count: int) -> Self:
@@ -233,11 +244,21 @@ class MachineBuilder:
     def _create_vm(self) -> Vm:
         """KVM_CREATE_VM, then KVM_CAP_ARM_MTE: Linux takes it only before any VCPU."""
         vm = self._kvm.create_vm()
-        if self._mte:
+        if self._mte and not self._per_vcpu_mte:
             if not self._kvm.check_extension(Cap.ARM_MTE):
                 raise MachineError("this host's KVM has no MTE (KVM_CAP_ARM_MTE): use --no-mte")
+            if self._mte_vcpus is not None and self._mte_vcpus != set(range(self._vcpus)):
+                raise MachineError(
+                    "KVM_CAP_ARM_MTE enables MTE on every VCPU; MTE on some VCPUs only "
+                    "needs the seed's v2 ABI (--profile seed-v2)"
+                )
             vm.enable_cap(Cap.ARM_MTE)
         return vm
+
+    @property
+    def _per_vcpu_mte(self) -> bool:
+        """Whether MTE goes in each VCPU's features (the seed's v2) rather than the VM."""
+        return self._mte and self._kvm.abi_profile() == SEED_V2_ABI
 
     def _map_ram(self, vm: Vm) -> GuestMemory:
         """Guest RAM mapped in the VMM and registered as a memslot (an MTE VM refuses
@@ -266,6 +287,8 @@ class MachineBuilder:
             init.features[0] = 1 << VcpuFeature.PSCI_0_2
             if index:
                 init.features[0] |= 1 << VcpuFeature.POWER_OFF
+            if self._per_vcpu_mte and (self._mte_vcpus is None or index in self._mte_vcpus):
+                init.features[0] |= 1 << SEED_V2_VCPU_FEATURE_MTE
             vcpu.arm_vcpu_init(init)
             vcpus.append(vcpu)
         return vcpus

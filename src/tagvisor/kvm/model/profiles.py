@@ -38,6 +38,10 @@ class KernelProfile:
     hugetlb_mte_allowed: ClassVar[bool] = False
     #: Tag initialisation also runs on stage-2 permission faults (seed v2 only).
     sanitise_on_permission_fault: ClassVar[bool] = False
+    #: KVM promotes (initialises and keeps tags of) only memory the VMM mapped
+    #: PROT_MTE: the opt-in design a reviewer asked for in the seed thread, never
+    #: Linux. No profile here sets it; the ABI lab (tagvisor.lab) defines one that does.
+    promotes_only_prot_mte: ClassVar[bool] = False
 
     def memslot_refusal(self, vma: Vma) -> str | None:
         """Why kvm_arch_prepare_memory_region refuses this VMA for an MTE VM (EINVAL).

@@ -162,7 +162,8 @@ class Stage2Mmu:
         except SegmentationFault as fault:
             raise KvmError(errno.EFAULT, "KVM_RUN", str(fault)) from None
         pfns = pfns_all[pages - pages[0]]
-        if mte:
+        opted_out = self.profile.promotes_only_prot_mte and not all(v.mte for v in vmas)
+        if mte and not opted_out:
             self.frames.sanitise(pfns)
         memslot.s2_pfn[pages] = pfns
         writable = write or (not memslot.logging and not memslot.readonly)

@@ -120,7 +120,9 @@ class ModelVcpu(Vcpu):
                 raise KvmError(errno.EINVAL, ioctl, "the host has no AArch32 EL1")
             if self.vm.has_mte or wants_mte:
                 raise KvmError(errno.EINVAL, ioctl, "AArch32 VCPUs cannot have MTE")
-        stable = features & ~(1 << VcpuFeature.POWER_OFF)
+        # The seed's v2 let MTE differ between VCPUs on purpose ("allow it even though I
+        # hope no-one will use it"), so its bit is left out of the comparison.
+        stable = features & ~(1 << VcpuFeature.POWER_OFF) & ~mte_bit
         if self.vm.vcpu_features is not None and self.vm.vcpu_features != stable:
             raise KvmError(errno.EINVAL, ioctl, "all VCPUs of a VM need the same features")
         self.vm.vcpu_features = stable

@@ -10,7 +10,7 @@ import numpy as np
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.kvm.errors import KvmError
-from tagvisor.kvm.model import psci
+from tagvisor.kvm.model import dirtytags, psci
 from tagvisor.kvm.model.copytags import copy_tags
 from tagvisor.kvm.model.memslots import Memslot, MemslotTable
 from tagvisor.kvm.model.stage2 import Stage2Mmu
@@ -223,6 +223,22 @@ class ModelVm:
             dirty = False
         memslot.dirty_pending = dirty
         return bitmap
+
+    def get_dirty_log_tags(self, slot: int, addr: int, flags: int = 0) -> bytes:
+        """PROPOSAL (tagvisor.kvm.model.dirtytags), not Linux: KVM_GET_DIRTY_LOG that
+        also writes each reported page's packed tags to ``addr`` (slot size / 32)."""
+        dirtytags.check_enabled(self.process)
+        with self.stage2.lock:
+            memslot = self._logging_slot(slot, dirtytags.IOCTL)
+            assert memslot.dirty is not None
+            if flags & dirtytags.DIRTY_LOG_TAGS_ALL:
+                memslot.dirty[:] = True  # report all; the harvest below write-protects
+                memslot.dirty_pending = True
+            bitmap = self._get_dirty_log(slot)
+            bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+            pages = np.flatnonzero(bits[: memslot.npages])
+            dirtytags.write_page_tags(self.process, memslot, pages, addr)
+            return bitmap
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
         """KVM_CLEAR_DIRTY_LOG: clear the given bits and write-protect those pages."""
