@@ -96,7 +96,8 @@ class Snapshot:
 
 
 def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None) -> SnapshotReport:
-    """Write ``machine`` (which must not be running) to ``path`` atomically."""
+    """Write ``machine`` (which must not be running) to ``path`` atomically: on any
+    failure, Ctrl-C included, ``path`` is untouched and no partial file is left."""
     if machine.state is RunState.RUNNING:
         raise SnapshotError("pause the machine before taking a snapshot")
     if machine.state is RunState.STOPPED:
@@ -105,6 +106,19 @@ def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None
             "restore a guest that never runs again"
         )
     temporary = path.with_name(path.name + ".partial")
+    try:
+        total, stats, digest = _write_file(machine, temporary, progress)
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return SnapshotReport(str(path), total, stats, digest, path.stat().st_size)
+
+
+def _write_file(
+    machine: Machine, temporary: Path, progress: Progress | None
+) -> tuple[int, EncodeStats, str]:
+    """Write the whole snapshot to ``temporary``; (pages in RAM, stats, digest)."""
     digest = hashlib.sha256()
     stats = EncodeStats()
     total = machine.memory.size // PAGE_SIZE
@@ -133,8 +147,7 @@ def save_snapshot(machine: Machine, path: Path, progress: Progress | None = None
         write_section(sink, END_TAG, json.dumps(summary, sort_keys=True).encode())
         sink.flush()
         os.fsync(sink.fileno())
-    temporary.replace(path)
-    return SnapshotReport(str(path), total, stats, digest.hexdigest(), path.stat().st_size)
+    return total, stats, digest.hexdigest()
 
 
 def _write_nonzero(sink: ByteSink, run: PageRun, stats: EncodeStats) -> int:
