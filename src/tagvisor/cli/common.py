@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,37 +15,117 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tagvisor.cli.errors import CliError, Exit
 from tagvisor.kvm.model import DEFAULT_PROFILE, PROFILES, ModelKvm
+from tagvisor.migration import TcpAddress, parse_address
 from tagvisor.vmm import Machine, MachineBuilder
 from tagvisor.vmm.builder import TCF_MODES
-from tagvisor.vmm.loader import ImageError
 
 PREBUILT = Path(__file__).resolve().parents[1] / "guests"
 
 
+#: The largest guest RAM the CLI builds (the model's host memory is allocated whole).
+MAX_GUEST_RAM = 64 << 30
+#: Guest RAM comes in 2 MiB blocks (docs/vmm.md).
+RAM_GRANULE = 2 << 20
+
+
 def parse_size(text: str) -> int:
     """'128M', '1G', '65536' -> bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
+        if cleaned and cleaned[-1] in units:
+            size = int(float(cleaned[:-1]) * units[cleaned[-1]])
+        else:
+            size = int(cleaned)
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 128M, 1G)") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return size
+
+
+def guest_ram(text: str) -> int:
+    """A --mem value: a size that is a positive multiple of 2 MiB, at most 64 GiB."""
+    size = parse_size(text)
+    if size <= 0 or size % RAM_GRANULE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: guest RAM is a positive multiple of 2 MiB (e.g. 128M, 1G)"
+        )
+    if size > MAX_GUEST_RAM:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_GUEST_RAM >> 30}G of guest RAM")
+    return size
+
+
+def vcpu_count(text: str) -> int:
+    """A --vcpus value: 1 to 8."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of VCPUs (1 to 8)") from None
+    if not 1 <= count <= 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: tagvisor machines have 1 to 8 VCPUs")
+    return count
+
+
+def u64(text: str) -> int:
+    """A --arg value: an unsigned 64-bit number, decimal or 0x-hex."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0, 100, 0x40)") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: the argument is from 0 to 2**64 - 1")
+    return value
+
+
+def address(text: str) -> TcpAddress:
+    """A migration address, tcp:HOST:PORT."""
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def input_file(path: Path, what: str = "file") -> Path:
+    """``path`` if it is a readable file; else CliError (exit 66) saying what to do."""
+    if path.is_dir():
+        raise CliError(f"{path} is a directory: name a {what} in it", Exit.NO_INPUT, "no-input")
+    if not path.exists():
+        raise CliError(f"no {what} at {path}", Exit.NO_INPUT, "no-input")
+    if not os.access(path, os.R_OK):
+        raise CliError(f"{path} is not readable: check its permissions", Exit.NO_INPUT, "no-input")
+    return path
+
+
+def output_file(path: Path) -> Path:
+    """``path`` if a file can be written there; else CliError (exit 73), checked before
+    any work is done for it."""
+    kind = "cannot-create"
+    if path.is_dir():
+        raise CliError(f"{path} is a directory: name a file in it", Exit.CANNOT_CREATE, kind)
+    parent = path.parent
+    if not parent.is_dir():
+        raise CliError(f"{parent} is not a directory: create it first", Exit.CANNOT_CREATE, kind)
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"cannot write {path}: permission denied", Exit.CANNOT_CREATE, kind)
+    return path
 
 
 def resolve_guest(name: str) -> Path:
     """A path, or the name of a guest that ships with tagvisor (e.g. ``heap``)."""
     path = Path(name)
+    if path.is_dir():
+        raise CliError(f"{path} is a directory: give an ELF file", Exit.NO_INPUT, "no-input")
     if path.exists():
-        return path
+        return input_file(path, "guest image")
     shipped = PREBUILT / f"{name}.elf"
-    if shipped.exists():
+    if "/" not in name and shipped.exists():
         return shipped
     known = sorted(p.stem for p in PREBUILT.glob("*.elf")) if PREBUILT.exists() else []
-    hint = f"; shipped guests: {', '.join(known)}" if known else ""
-    raise ImageError(f"no guest image {name!r}{hint}")
+    hint = f"; give an ELF file or a shipped guest: {', '.join(known)}" if known else ""
+    raise CliError(f"no guest image {name!r}{hint}", Exit.NO_INPUT, "no-input")
 
 
 def add_command(commands: Any, name: str, summary: str, doc: str | None) -> argparse.ArgumentParser:
@@ -65,14 +146,16 @@ def add_machine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mem",
-        type=parse_size,
+        type=guest_ram,
         default=128 << 20,
         help="guest RAM, e.g. 128M or 1G (default 128M)",
     )
-    parser.add_argument("--vcpus", type=int, default=1, help="number of VCPUs (default 1)")
+    parser.add_argument(
+        "--vcpus", type=vcpu_count, default=1, help="number of VCPUs, 1 to 8 (default 1)"
+    )
     parser.add_argument(
         "--arg",
-        type=int,
+        type=u64,
         default=0,
         metavar="N",
         help="the guest's program argument, e.g. churn rounds (default 0)",

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from typing import Any
 
+from tagvisor.api import Controller
+from tagvisor.cli import common
 from tagvisor.cli.common import (
     add_command,
     add_host_options,
@@ -35,8 +38,18 @@ from tagvisor.cli.common import (
     print_json,
     progress_bar,
 )
+from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
+from tagvisor.cli.errors import CliError, Exit
 from tagvisor.errors import TagvisorError
-from tagvisor.migration import Listener, MigrationError, incoming, migrate, parse_address
+from tagvisor.kvm.model import ModelKvm
+from tagvisor.migration import (
+    IncomingReport,
+    Listener,
+    MigrationError,
+    TcpAddress,
+    incoming,
+    migrate,
+)
 from tagvisor.migration.destination import DEFAULT_MAX_MEMORY
 from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.vmm import Machine
@@ -47,7 +60,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    address = parse_address(args.to)
+    address: TcpAddress = args.to
     machine = boot(args, stream=not args.json)
     machine.run(max_exits=args.exits)
     try:
@@ -104,39 +117,104 @@ def _say(args: argparse.Namespace, message: str, code: int | None = None) -> Non
         print_json({"error": message, "exit_code": code, "migrated": False})
 
 
-def _incoming(args: argparse.Namespace) -> int:
-    address = parse_address(args.listen)
+def _listen(args: argparse.Namespace) -> tuple[ModelKvm, Listener]:
     if args.prealloc > args.max_mem:
         raise TagvisorError(
             f"--prealloc {args.prealloc} is more than --max-mem {args.max_mem}: "
             "preallocate at most the largest guest this side accepts"
         )
     kvm = model_host(args, args.max_mem, prealloc=args.prealloc)
-    listener = Listener(address)
+    try:
+        listener = Listener(args.listen)
+    except OSError as error:
+        raise CliError(
+            f"cannot listen on {args.listen}: {error.strerror} (choose another --listen)",
+            Exit.UNAVAILABLE,
+            "unavailable",
+        ) from None
     # Announced on stderr (stdout stays clean for --json); port 0 picks a free one.
     print(f"tagvisor incoming: listening on {listener.address}", file=sys.stderr, flush=True)
-    machine, report = incoming(kvm, listener, max_memory=args.max_mem, timeout=args.timeout)
+    return kvm, listener
+
+
+def _arrived(args: argparse.Namespace, machine: Machine, report: IncomingReport) -> str | None:
     arrived = memory_digest(machine) if report.postcopy is None else None
     if not args.json and arrived is not None:
         print(
             f"tagvisor incoming: guest arrived, memory+tags digest {arrived[:16]}", file=sys.stderr
         )
     machine.console.sink = console_sink(not args.json)
-    result = machine.run()
-    if report.postcopy is not None:
-        report.postcopy.join()
-    status = result.exit_status if result.exit_status is not None else 255
+    return arrived
+
+
+def _summary(
+    args: argparse.Namespace,
+    machine: Machine,
+    report: IncomingReport,
+    status: int,
+    error: str | None,
+    arrived: str | None,
+) -> None:
     if args.json:
         print_json(
             {
                 **guest_summary(machine),
                 "exit_status": status,
-                "error": result.error,
+                "error": error,
                 "pages_received": report.pages_received,
                 "iterations": report.iterations,
                 "digest_at_arrival": arrived,
             }
         )
+
+
+def _incoming(args: argparse.Namespace) -> int:
+    kvm, listener = _listen(args)
+    if args.api_socket is not None:
+        return _incoming_served(args, kvm, listener)
+    machine, report = incoming(kvm, listener, max_memory=args.max_mem, timeout=args.timeout)
+    arrived = _arrived(args, machine, report)
+    result = machine.run()
+    if report.postcopy is not None:
+        report.postcopy.join()
+    status = result.exit_status if result.exit_status is not None else 255
+    _summary(args, machine, report, status, result.error, arrived)
+    return status
+
+
+def _incoming_served(args: argparse.Namespace, kvm: ModelKvm, listener: Listener) -> int:
+    """The destination with a control socket: `status` says "waiting" until the guest
+    arrives, then the guest is driven like `run --api-socket`'s."""
+    controller = Controller(None, backend="model")
+    server = open_server(args.api_socket, controller)
+    arrival: dict[str, Any] = {}
+
+    def receive() -> None:
+        try:
+            machine, report = incoming(kvm, listener, max_memory=args.max_mem, timeout=args.timeout)
+        except TagvisorError as error:
+            arrival["error"] = error
+            controller.stop()
+            return
+        arrival.update(report=report, digest=_arrived(args, machine, report))
+        controller.attach(machine)
+        controller.start()
+
+    threading.Thread(target=receive, name="incoming", daemon=True).start()
+    try:
+        why = wait_for_end(controller)
+    finally:
+        server.close()
+    if "error" in arrival:
+        raise arrival["error"]
+    machine, report = controller.machine, arrival.get("report")
+    if machine is None or report is None:
+        return int(Exit.OK)  # stopped before any guest came
+    if report.postcopy is not None and why != "stopped":
+        report.postcopy.join()
+    status = exit_status(controller, why)
+    error = controller.result.error if controller.result is not None else None
+    _summary(args, machine, report, status, error, arrival["digest"])
     return status
 
 
@@ -148,7 +226,9 @@ def register(commands: Any) -> None:
         __doc__,
     )
     send.add_argument("guest", help="an AArch64 ELF file, or a shipped guest name")
-    send.add_argument("--to", required=True, metavar="tcp:HOST:PORT", help="the destination")
+    send.add_argument(
+        "--to", type=common.address, required=True, metavar="tcp:HOST:PORT", help="the destination"
+    )
     send.add_argument(
         "--exits", type=int, default=40, help="VCPU exits to run before migrating (default 40)"
     )
@@ -173,6 +253,7 @@ def register(commands: Any) -> None:
     receive = add_command(commands, "incoming", "wait for a migrating guest, then run it", __doc__)
     receive.add_argument(
         "--listen",
+        type=common.address,
         default="tcp:127.0.0.1:4444",
         metavar="tcp:HOST:PORT",
         help="where to listen (default tcp:127.0.0.1:4444, loopback)",
@@ -195,5 +276,6 @@ def register(commands: Any) -> None:
         "--timeout", type=float, default=300.0, help="seconds to wait for the source (default 300)"
     )
     add_host_options(receive)
+    add_api_option(receive)
     receive.add_argument("--json", action="store_true", help="print a JSON report at the end")
     receive.set_defaults(run=_incoming)

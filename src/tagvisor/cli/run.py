@@ -1,7 +1,14 @@
 """tagvisor run: boot a guest on the KVM model and stream its console.
 
+With --api-socket PATH the VM also serves its control socket: `tagvisor remote
+--api-socket PATH status|pause|resume|snapshot FILE|migrate --to ADDR|stop`
+(docs/api-socket.md). The command then ends when the guest powers off, fails,
+migrates away or is stopped.
+
 The exit status is the guest's: its UCALL_DONE value (0 when it powers off without
-one), 255 when it stopped on an error, 2 for a usage error.
+one), 255 when it stopped on an error; 0 when it migrated away or was stopped through
+the socket. Before the guest runs: 2 for a usage error, 66 for a missing guest image,
+69 for a socket that cannot be served (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -10,35 +17,62 @@ import argparse
 import sys
 from typing import Any
 
+from tagvisor.api import Controller
 from tagvisor.cli.common import add_command, add_machine_options, boot, guest_summary, print_json
-from tagvisor.vmm.loader import ImageError
+from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
+from tagvisor.vmm import Machine
+from tagvisor.vmm.machine import RunResult
 from tagvisor.vmm.tag_access import WAYS
 
 
-def _run(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, machine: Machine) -> int:
+    controller = Controller(machine, backend="model")
+    server = open_server(args.api_socket, controller)
     try:
-        machine = boot(args, stream=not args.json, tag_access=args.tag_access)
-    except ImageError as error:
-        print(f"tagvisor run: {error}", file=sys.stderr)
-        return 2
-    result = machine.run()
-    status = result.exit_status if result.exit_status is not None else 255
+        controller.start()
+        why = wait_for_end(controller)
+    finally:
+        server.close()
+    if controller.migrated_to is not None and not args.json:
+        print(f"\ntagvisor run: the guest migrated to {controller.migrated_to}", file=sys.stderr)
+    if why == "stopped" and not args.json:
+        print("\ntagvisor run: stopped through the control socket", file=sys.stderr)
+    result = controller.result
+    _finish(args, machine, result, exit_status(controller, why), why)
+    return exit_status(controller, why)
+
+
+def _finish(
+    args: argparse.Namespace, machine: Machine, result: RunResult | None, status: int, end: str
+) -> None:
+    error = result.error if result is not None else None
     if args.json:
         print_json(
             {
                 **guest_summary(machine),
                 "exit_status": status,
-                "error": result.error,
-                "exits": result.exits,
-                "exits_by_reason": result.by_reason,
+                "error": error,
+                "end": end,
+                "exits": machine.exits,
+                "exits_by_reason": dict(machine.by_reason),
             }
         )
-    elif result.error:
-        print(f"\ntagvisor run: the guest stopped: {result.error}", file=sys.stderr)
+    elif error:
+        print(f"\ntagvisor run: the guest stopped: {error}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    machine = boot(args, stream=not args.json, tag_access=args.tag_access)
+    if args.api_socket is not None:
+        return _serve(args, machine)
+    result = machine.run()
+    status = result.exit_status if result.exit_status is not None else 255
+    _finish(args, machine, result, status, "powered-off" if result.error is None else "failed")
     return status
 
 
 def register(commands: Any) -> None:
+    """Add the ``run`` command."""
     parser = add_command(
         commands, "run", "boot a guest on the KVM model and stream its console", __doc__
     )
@@ -50,6 +84,7 @@ def register(commands: Any) -> None:
         default="copy-tags",
         help="how the VMM reaches guest tags (default copy-tags)",
     )
+    add_api_option(parser)
     parser.add_argument(
         "--json", action="store_true", help="print a JSON report instead of streaming the console"
     )
