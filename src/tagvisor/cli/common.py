@@ -80,6 +80,28 @@ def u64(text: str) -> int:
     return value
 
 
+def count(text: str) -> int:
+    """A count of things (exits, passes): a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A timeout: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive number of seconds")
+    return value
+
+
 def address(text: str) -> TcpAddress:
     """A migration address, tcp:HOST:PORT."""
     try:

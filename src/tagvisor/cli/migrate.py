@@ -230,9 +230,12 @@ def register(commands: Any) -> None:
         "--to", type=common.address, required=True, metavar="tcp:HOST:PORT", help="the destination"
     )
     send.add_argument(
-        "--exits", type=int, default=40, help="VCPU exits to run before migrating (default 40)"
+        "--exits",
+        type=common.count,
+        default=40,
+        help="VCPU exits to run before migrating (default 40)",
     )
-    send.add_argument("--iterations", type=int, default=8, help="pre-copy passes at most")
+    send.add_argument("--iterations", type=common.count, default=8, help="pre-copy passes at most")
     send.add_argument(
         "--postcopy",
         action="store_true",
@@ -273,7 +276,10 @@ def register(commands: Any) -> None:
         "land in memory that is already there (as QEMU's -mem-prealloc; default 0)",
     )
     receive.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the source (default 300)"
+        "--timeout",
+        type=common.seconds,
+        default=300.0,
+        help="seconds to wait for the source (default 300)",
     )
     add_host_options(receive)
     add_api_option(receive)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tagvisor.api import ApiClient, ApiError, ApiUnavailable
-from tagvisor.cli.common import add_command, address, print_json
+from tagvisor.cli.common import add_command, address, print_json, seconds
 from tagvisor.cli.errors import CliError, Exit
 
 #: tcf numbers as the boot block has them (docs/guest-abi.md).
@@ -96,7 +96,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=600.0,
         help="seconds to wait for the reply (default 600: a migration can take a while)",
     )

@@ -21,15 +21,20 @@ from tagvisor.cli.common import (
     add_machine_options,
     boot,
     console_sink,
+    count,
     guest_summary,
+    input_file,
     model_host,
+    output_file,
     print_json,
     progress_bar,
 )
-from tagvisor.snapshot import read_snapshot, restore_snapshot, save_snapshot
+from tagvisor.cli.errors import CliError
+from tagvisor.snapshot import FormatError, read_snapshot, restore_snapshot, save_snapshot
 
 
 def _snapshot(args: argparse.Namespace) -> int:
+    output_file(args.output)  # before the guest runs for nothing
     machine = boot(args, stream=not args.json)
     machine.run(max_exits=args.exits)
     with progress_bar("saving", not args.json) as progress:
@@ -57,7 +62,10 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    snapshot = read_snapshot(args.file)
+    try:
+        snapshot = read_snapshot(input_file(args.file, "snapshot file"))
+    except FormatError as error:
+        raise CliError(f"{args.file} is not a snapshot tagvisor can restore: {error}") from None
     kvm = model_host(args, snapshot.machine.config.ram_size)
     with progress_bar("restoring", not args.json) as progress:
         machine = restore_snapshot(args.file, kvm, with_tags=not args.no_tags, progress=progress)
@@ -77,7 +85,7 @@ def register(commands: Any) -> None:
     save.add_argument("-o", "--output", type=Path, required=True, help="the snapshot file")
     save.add_argument(
         "--exits",
-        type=int,
+        type=count,
         default=40,
         help="let the guest run this many VCPU exits first (default 40)",
     )
