@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from tagvisor.api.protocol import PROTOCOL, Request, RequestError
 from tagvisor.errors import TagvisorError
-from tagvisor.migration import migrate, parse_address
+from tagvisor.migration import MigrationCommitted, migrate, parse_address
 from tagvisor.snapshot import save_snapshot
 from tagvisor.vmm import Machine
 from tagvisor.vmm.machine import RunResult, RunState
@@ -279,6 +279,11 @@ class Controller:
                 postcopy=postcopy,
                 progress=self._migration_progress,
             )
+        except MigrationCommitted as error:
+            # The guest belongs to the destination now: resuming it here would run it
+            # twice. It stays paused and the machine here ends.
+            self._hand_over(str(address))
+            raise RequestError("migration-unconfirmed", str(error)) from error
         except (TagvisorError, OSError) as error:
             self._carry_on(was_running)
             if isinstance(error, RequestError):
@@ -287,11 +292,14 @@ class Controller:
             raise RequestError(
                 "migration-failed", f"{_reason(error)}; the guest is still {where} here"
             ) from error
+        self._hand_over(str(address))
+        return {"to": str(address), **report.as_dict()}
+
+    def _hand_over(self, to: str) -> None:
         with self._cond:
-            self._migrated_to = str(address)
+            self._migrated_to = to
             self._busy = None
             self._end("migrated")
-        return {"to": str(address), **report.as_dict()}
 
     def _migration_progress(self, iteration: int, sent: int, left: int) -> None:
         self._migration = {"iteration": iteration, "pages_sent": sent, "pages_left": left}
