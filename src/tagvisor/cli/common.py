@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tagvisor.cli.errors import CliError, Exit
+from tagvisor.guests.decode import ReportDecoder
 from tagvisor.kvm.model import DEFAULT_PROFILE, PROFILES, ModelKvm
 from tagvisor.migration import TcpAddress, parse_address
 from tagvisor.vmm import Machine, MachineBuilder
@@ -182,6 +183,7 @@ def add_machine_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the guest's program argument, e.g. churn rounds (default 0)",
     )
+    add_console_options(parser)
     add_host_options(parser)
 
 
@@ -198,13 +200,44 @@ def model_host(args: argparse.Namespace, memory: int, *, prealloc: int = 0) -> M
     return ModelKvm(host_memory=memory + (256 << 20), profile=args.profile, prealloc=prealloc)
 
 
-def console_sink(enabled: bool) -> Callable[[bytes], None]:
-    def echo(byte: bytes) -> None:
-        if enabled:
+def console_sink(enabled: bool, raw: bool = True) -> Callable[[bytes], None]:
+    """Where a guest's console bytes go: stdout as they come (``raw``), or a line at
+    a time with every report the decoder knows put in words (tagvisor.guests.decode)."""
+    if not enabled:
+        return lambda byte: None
+    if raw:
+
+        def echo(byte: bytes) -> None:
             sys.stdout.buffer.write(byte)
             sys.stdout.buffer.flush()
 
-    return echo
+        return echo
+    decoder = ReportDecoder()
+    pending = bytearray()
+
+    def decode(byte: bytes) -> None:
+        pending.extend(byte)
+        if not pending.endswith(b"\n"):
+            return
+        line = pending.decode("utf-8", "replace").rstrip("\n")
+        pending.clear()
+        words = decoder.line(line)
+        if words is None:
+            print(line, flush=True)
+        elif words:
+            print(words, flush=True)
+
+    return decode
+
+
+def add_console_options(parser: argparse.ArgumentParser) -> None:
+    """--raw: the guest's console as it is, reports in hex."""
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="show the guest's console as it is (reports as hex `ucall` lines) instead of "
+        "putting the reports in words",
+    )
 
 
 def boot(args: argparse.Namespace, *, stream: bool, tag_access: str = "copy-tags") -> Machine:
@@ -217,7 +250,7 @@ def boot(args: argparse.Namespace, *, stream: bool, tag_access: str = "copy-tags
         .vcpus(args.vcpus)
         .argument(args.arg)
         .tag_access(tag_access)
-        .console(console_sink(stream))
+        .console(console_sink(stream, raw=args.raw))
         .image(image)
         .build()
     )

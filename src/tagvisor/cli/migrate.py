@@ -28,6 +28,7 @@ from tagvisor.api import Controller
 from tagvisor.cli import common
 from tagvisor.cli.common import (
     add_command,
+    add_console_options,
     add_host_options,
     add_machine_options,
     boot,
@@ -143,7 +144,7 @@ def _arrived(args: argparse.Namespace, machine: Machine, report: IncomingReport)
         print(
             f"tagvisor incoming: guest arrived, memory+tags digest {arrived[:16]}", file=sys.stderr
         )
-    machine.console.sink = console_sink(not args.json)
+    machine.console.sink = console_sink(not args.json, raw=args.raw)
     return arrived
 
 
@@ -281,6 +282,7 @@ def register(commands: Any) -> None:
         default=300.0,
         help="seconds to wait for the source (default 300)",
     )
+    add_console_options(receive)
     add_host_options(receive)
     add_api_option(receive)
     receive.add_argument("--json", action="store_true", help="print a JSON report at the end")

@@ -20,6 +20,7 @@ from typing import Any
 from tagvisor.api import Controller
 from tagvisor.cli.common import add_command, add_machine_options, boot, guest_summary, print_json
 from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
+from tagvisor.guests.catalogue import BY_NAME, help_table
 from tagvisor.vmm import Machine
 from tagvisor.vmm.machine import RunResult
 from tagvisor.vmm.tag_access import WAYS
@@ -61,8 +62,15 @@ def _finish(
         print(f"\ntagvisor run: the guest stopped: {error}", file=sys.stderr)
 
 
+def _warn_if_endless(args: argparse.Namespace) -> None:
+    guest = BY_NAME.get(args.guest)
+    if guest is not None and not guest.ends and args.arg == 0 and not args.json:
+        print(f"tagvisor run: note: {guest.forever}", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     machine = boot(args, stream=not args.json, tag_access=args.tag_access)
+    _warn_if_endless(args)
     if args.api_socket is not None:
         return _serve(args, machine)
     result = machine.run()
@@ -74,7 +82,10 @@ def _run(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     """Add the ``run`` command."""
     parser = add_command(
-        commands, "run", "boot a guest on the KVM model and stream its console", __doc__
+        commands,
+        "run",
+        "boot a guest on the KVM model and stream its console",
+        f"{__doc__}\n{help_table()}",
     )
     parser.add_argument("guest", help="an AArch64 ELF file, or a shipped guest name (e.g. heap)")
     add_machine_options(parser)

@@ -17,6 +17,7 @@ from typing import Any
 
 from tagvisor.cli.common import (
     add_command,
+    add_console_options,
     add_host_options,
     add_machine_options,
     boot,
@@ -69,7 +70,7 @@ def _restore(args: argparse.Namespace) -> int:
     kvm = model_host(args, snapshot.machine.config.ram_size)
     with progress_bar("restoring", not args.json) as progress:
         machine = restore_snapshot(args.file, kvm, with_tags=not args.no_tags, progress=progress)
-    machine.console.sink = console_sink(not args.json)
+    machine.console.sink = console_sink(not args.json, raw=args.raw)
     result = machine.run()
     status = result.exit_status if result.exit_status is not None else 255
     if args.json:
@@ -102,6 +103,7 @@ def register(commands: Any) -> None:
         action="store_true",
         help="restore data only (shows what losing tags does to a guest)",
     )
+    add_console_options(load)
     add_host_options(load)
     load.add_argument("--json", action="store_true", help="print a JSON report at the end")
     load.set_defaults(run=_restore)
