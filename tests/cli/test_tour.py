@@ -78,3 +78,43 @@ def test_unknown_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
     """Scenario: `tagvisor tour --mode fast` exits 2 and lists the valid modes."""
     assert main(["tour", "--mode", "fast"]) == 2
     assert "choose from" in capsys.readouterr().err
+
+
+def test_the_full_tour_runs_the_mode_it_was_given(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scenario: `tagvisor tour --mode asymm --json` on the model's FEAT_MTE3 host: the
+    use-after-free (a read) is a synchronous fault, the overflow (a write) only sets
+    TFSR_EL1 at the destination: asymm, not sync."""
+    assert main(["tour", "--mode", "asymm", "--json"]) == 0
+    steps = {s["step"]: s for s in json.loads(capsys.readouterr().out)["guest"]["steps"]}
+    assert steps["use-after-free"]["esr"] == "0x96000011"
+    assert steps["overflow at destination"]["caught"]
+    assert steps["overflow at destination"]["esr"] == "0x0"
+
+
+def test_the_full_tour_without_checking_misses_both_bugs_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Scenario: `tagvisor tour --mode none --json`: the guest runs with TCF none,
+    neither bug is caught on either side, the tags still travel whole; exit 0."""
+    assert main(["tour", "--mode", "none", "--json"]) == 0
+    story = json.loads(capsys.readouterr().out)["guest"]
+    steps = {s["step"]: s for s in story["steps"]}
+    assert not steps["use-after-free"]["caught"]
+    assert not steps["overflow at destination"]["caught"]
+    assert steps["migration"]["digests_equal"]
+
+
+def test_the_snapshot_step_shows_the_tags_the_file_holds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Scenario: the tour's snapshot: the tags it shows for the heap's blocks a, b, c
+    come from the file: freed a's four granules share a tag unlike the pointer's it
+    was read through, and each block's tag differs from its neighbour's."""
+    assert main(["tour", "--json"]) == 0
+    steps = {s["step"]: s for s in json.loads(capsys.readouterr().out)["guest"]["steps"]}
+    tags = steps["snapshot"]["heap_tags"]
+    a, b, c = tags[0:4], tags[4:8], tags[8:12]
+    assert len(set(a)) == len(set(b)) == len(set(c)) == 1
+    pointer_tag = int(steps["use-after-free"]["pointer"], 16) >> 56 & 0xF
+    assert a[0] != pointer_tag
+    assert a[0] != b[0] != c[0]

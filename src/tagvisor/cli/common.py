@@ -15,9 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tagvisor.cli.backend import add_backend_options, choose
 from tagvisor.cli.errors import CliError, Exit
 from tagvisor.guests.decode import ReportDecoder
-from tagvisor.kvm.model import DEFAULT_PROFILE, PROFILES, ModelKvm
+from tagvisor.kvm.api import Kvm
 from tagvisor.migration import TcpAddress, parse_address
 from tagvisor.vmm import Machine, MachineBuilder
 from tagvisor.vmm.builder import TCF_MODES
@@ -188,16 +189,13 @@ def add_machine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_host_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--profile",
-        choices=sorted(PROFILES),
-        default=DEFAULT_PROFILE,
-        help=f"kernel ABI the model follows (default {DEFAULT_PROFILE})",
-    )
+    """Which backend, and the model's kernel profile (tagvisor.cli.backend)."""
+    add_backend_options(parser)
 
 
-def model_host(args: argparse.Namespace, memory: int, *, prealloc: int = 0) -> ModelKvm:
-    return ModelKvm(host_memory=memory + (256 << 20), profile=args.profile, prealloc=prealloc)
+def host(args: argparse.Namespace, memory: int, *, prealloc: int = 0) -> Kvm:
+    """The KVM for a guest of ``memory`` bytes, chosen by --backend and announced."""
+    return choose(args, memory, prealloc=prealloc)
 
 
 def console_sink(enabled: bool, raw: bool = True) -> Callable[[bytes], None]:
@@ -244,7 +242,7 @@ def boot(args: argparse.Namespace, *, stream: bool, tag_access: str = "copy-tags
     """A paused machine running the guest named on the command line."""
     image = resolve_guest(args.guest)
     return (
-        MachineBuilder(model_host(args, args.mem))
+        MachineBuilder(host(args, args.mem))
         .memory(args.mem, vmm_prot_mte=tag_access != "copy-tags")
         .mte(not args.no_mte, tcf=args.tcf)
         .vcpus(args.vcpus)

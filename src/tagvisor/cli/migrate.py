@@ -34,7 +34,7 @@ from tagvisor.cli.common import (
     boot,
     console_sink,
     guest_summary,
-    model_host,
+    host,
     parse_size,
     print_json,
     progress_bar,
@@ -42,7 +42,7 @@ from tagvisor.cli.common import (
 from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
 from tagvisor.cli.errors import CliError, Exit
 from tagvisor.errors import TagvisorError
-from tagvisor.kvm.model import ModelKvm
+from tagvisor.kvm.api import Kvm
 from tagvisor.migration import (
     IncomingReport,
     Listener,
@@ -118,13 +118,13 @@ def _say(args: argparse.Namespace, message: str, code: int | None = None) -> Non
         print_json({"error": message, "exit_code": code, "migrated": False})
 
 
-def _listen(args: argparse.Namespace) -> tuple[ModelKvm, Listener]:
+def _listen(args: argparse.Namespace) -> tuple[Kvm, Listener]:
     if args.prealloc > args.max_mem:
         raise TagvisorError(
             f"--prealloc {args.prealloc} is more than --max-mem {args.max_mem}: "
             "preallocate at most the largest guest this side accepts"
         )
-    kvm = model_host(args, args.max_mem, prealloc=args.prealloc)
+    kvm = host(args, args.max_mem, prealloc=args.prealloc)
     try:
         listener = Listener(args.listen)
     except OSError as error:
@@ -183,10 +183,10 @@ def _incoming(args: argparse.Namespace) -> int:
     return status
 
 
-def _incoming_served(args: argparse.Namespace, kvm: ModelKvm, listener: Listener) -> int:
+def _incoming_served(args: argparse.Namespace, kvm: Kvm, listener: Listener) -> int:
     """The destination with a control socket: `status` says "waiting" until the guest
     arrives, then the guest is driven like `run --api-socket`'s."""
-    controller = Controller(None, backend="model")
+    controller = Controller(None, backend=args.backend_name)
     server = open_server(args.api_socket, controller)
     arrival: dict[str, Any] = {}
 

@@ -1,4 +1,7 @@
-"""tagvisor run: boot a guest on the KVM model and stream its console.
+"""tagvisor run: boot a guest and show its console, its reports put in words.
+
+The guest runs on the real /dev/kvm of an arm64 host with MTE, else on the software
+model (--backend; the command says which).
 
 With --api-socket PATH the VM also serves its control socket: `tagvisor remote
 --api-socket PATH status|pause|resume|snapshot FILE|migrate --to ADDR|stop`
@@ -27,7 +30,7 @@ from tagvisor.vmm.tag_access import WAYS
 
 
 def _serve(args: argparse.Namespace, machine: Machine) -> int:
-    controller = Controller(machine, backend="model")
+    controller = Controller(machine, backend=args.backend_name)
     server = open_server(args.api_socket, controller)
     try:
         controller.start()
@@ -54,6 +57,7 @@ def _finish(
                 "exit_status": status,
                 "error": error,
                 "end": end,
+                "backend": args.backend_name,
                 "exits": machine.exits,
                 "exits_by_reason": dict(machine.by_reason),
             }
@@ -84,7 +88,7 @@ def register(commands: Any) -> None:
     parser = add_command(
         commands,
         "run",
-        "boot a guest on the KVM model and stream its console",
+        "boot a guest and show its console, its reports in words",
         f"{__doc__}\n{help_table()}",
     )
     parser.add_argument("guest", help="an AArch64 ELF file, or a shipped guest name (e.g. heap)")

@@ -24,8 +24,8 @@ from tagvisor.cli.common import (
     console_sink,
     count,
     guest_summary,
+    host,
     input_file,
-    model_host,
     output_file,
     print_json,
     progress_bar,
@@ -67,7 +67,7 @@ def _restore(args: argparse.Namespace) -> int:
         snapshot = read_snapshot(input_file(args.file, "snapshot file"))
     except FormatError as error:
         raise CliError(f"{args.file} is not a snapshot tagvisor can restore: {error}") from None
-    kvm = model_host(args, snapshot.machine.config.ram_size)
+    kvm = host(args, snapshot.machine.config.ram_size)
     with progress_bar("restoring", not args.json) as progress:
         machine = restore_snapshot(args.file, kvm, with_tags=not args.no_tags, progress=progress)
     machine.console.sink = console_sink(not args.json, raw=args.raw)

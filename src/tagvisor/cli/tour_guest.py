@@ -3,8 +3,11 @@ tagvisor, is snapshotted, live-migrates to a second tagvisor process while it ru
 arrives with every tag, and catches its overflow there.
 
 The heap guest (guests/heap) reports each bug it commits with UCALL_SYNC: 0x210 for the
-use-after-free, 0x211 for the overflow, with the pointer, ESR, FAR and TFSR_EL1. Its
-program argument makes it spin between the two, which is the window the migration uses.
+use-after-free, 0x211 for the overflow, with the pointer, ESR, FAR and TFSR_EL1.
+Started with HEAP_HOLD it spins between the two until the VMM releases it, which is the
+window the migration uses: the tour's destination (tagvisor.cli.tour_destination)
+releases it once it has arrived, so nothing waits on a spin. With TCF none the tags are
+all there but nothing is checked: both bugs go uncaught, and the tour says so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from tagvisor.cli.backend import MODEL_HEADROOM, MODEL_MTE_LEVEL
+from tagvisor.cli.snapshot_pages import page_tags
+from tagvisor.conformance.programs import HEAP_HOLD
+from tagvisor.guests.catalogue import BY_NAME
+from tagvisor.guests.reports import HEAP_OVERFLOW, HEAP_UAF
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.migration import TcpAddress, migrate
 from tagvisor.snapshot import save_snapshot
@@ -24,12 +32,12 @@ from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.vmm import Machine, MachineBuilder
 from tagvisor.vmm.devices.ucall import UcallCmd
 
-HEAP_GUEST: Final = Path(__file__).resolve().parents[1] / "guests" / "heap.elf"
-REPORT_UAF: Final = 0x210
-REPORT_OVERFLOW: Final = 0x211
+HEAP_GUEST: Final = BY_NAME["heap"].image
 RAM: Final = 128 << 20
-#: Iterations of the heap guest's spin between its bugs: long enough for a migration.
-SPIN: Final = 4_000_000
+#: Granules of the heap's three adjacent 64-byte blocks a, b and c.
+BLOCK_GRANULES: Final = 4
+#: Seconds the tour waits for its destination at most.
+DESTINATION_TIMEOUT: Final = 120.0
 
 
 @dataclass
@@ -53,82 +61,111 @@ def _report(machine: Machine, report_id: int) -> tuple[int, ...] | None:
     return None
 
 
-def run_guest_story(mode: str, say: Any) -> GuestStory:
-    """Run the whole story; ``say(text)`` narrates as it goes."""
-    story = GuestStory(mode)
-    machine = (
-        MachineBuilder(ModelKvm(host_memory=RAM + (256 << 20)))
-        .memory(RAM)
-        .mte(tcf=mode)
-        .argument(SPIN)
-        .image(HEAP_GUEST)
-        .build()
+def _boot(mode: str) -> Machine:
+    kvm = ModelKvm(host_memory=RAM + MODEL_HEADROOM, host_mte_level=MODEL_MTE_LEVEL)
+    return (
+        MachineBuilder(kvm).memory(RAM).mte(tcf=mode).argument(HEAP_HOLD).image(HEAP_GUEST).build()
     )
-    say(f"Booted the heap guest ({HEAP_GUEST.name}) on tagvisor's A64 core, TCF {mode}.")
-    machine.pause_on_report(REPORT_UAF)
+
+
+def _catch(esr: int, tfsr: int) -> str:
+    if esr:
+        return f"tag check fault, ESR {esr:#x}"
+    if tfsr:
+        return f"recorded in TFSR_EL1 ({tfsr:#x})"
+    return "not caught: tag checks are off (TCF none), though the tags are all there"
+
+
+def _use_after_free(machine: Machine, story: GuestStory, say: Any) -> int | None:
+    """Run to the use-after-free; the freed block's untagged address, or None."""
+    machine.pause_on_report(HEAP_UAF)
     machine.run()
     machine.pause_on_report(None)
-    uaf = _report(machine, REPORT_UAF)
+    uaf = _report(machine, HEAP_UAF)
     if uaf is None:
         story.add("use-after-free", caught=False, error="the guest stopped first")
-        return story
+        return None
     pointer, esr, far, tfsr = uaf[:4]
+    caught = bool(esr or tfsr)
     story.add(
         "use-after-free",
         pointer=hex(pointer),
         esr=hex(esr),
         far=hex(far),
         tfsr=hex(tfsr),
-        caught=bool(esr or tfsr),
+        caught=caught,
     )
-    say(
-        f"1. The guest read freed memory through {pointer:#018x}: "
-        + (
-            f"tag check fault, ESR {esr:#x}, FAR {far:#x}."
-            if esr
-            else f"recorded in TFSR_EL1 ({tfsr:#x})."
-        )
-    )
+    where = f", FAR {far:#x}" if esr else ""
+    say(f"1. The guest read freed memory through {pointer:#018x}: {_catch(esr, tfsr)}{where}.")
+    return pointer & ((1 << 56) - 1)
 
+
+def _snapshot(machine: Machine, block: int, story: GuestStory, say: Any) -> None:
+    """Save the paused guest and show the heap's tags as the file holds them."""
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "heap.snap"
         snap = save_snapshot(machine, path)
-        stored = snap.stats.pages - snap.stats.zero_pages
-        story.add(
-            "snapshot",
-            file_bytes=snap.file_bytes,
-            pages_stored=stored,
-            tag_bytes=snap.stats.tag_bytes,
-            digest=snap.digest,
-        )
-        say(
-            f"2. Snapshot: {stored} pages with {snap.stats.tag_bytes} bytes of tags, "
-            f"{snap.file_bytes} bytes on disk."
-        )
+        tags = page_tags(path, block)
+    first = (block % 4096) // 16
+    shown = [int(tag) for tag in tags[first : first + 3 * BLOCK_GRANULES]]
+    stored = snap.stats.pages - snap.stats.zero_pages
+    story.add(
+        "snapshot",
+        file_bytes=snap.file_bytes,
+        pages_stored=stored,
+        tag_bytes=snap.stats.tag_bytes,
+        digest=snap.digest,
+        heap_tags=shown,
+    )
+    groups = [shown[i : i + BLOCK_GRANULES] for i in range(0, len(shown), BLOCK_GRANULES)]
+    names = ("a (freed)", "b", "c")
+    described = ", ".join(
+        f"{name} {' '.join(f'{t:x}' for t in group)}"
+        for name, group in zip(names, groups, strict=True)
+    )
+    say(
+        f"2. Snapshot: {stored} pages with {snap.stats.tag_bytes} bytes of tags, "
+        f"{snap.file_bytes} bytes on disk. Its tags for the heap at {block:#x}, a "
+        f"granule each: {described}."
+    )
 
-    destination = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tagvisor.cli.main",
-            "incoming",
-            "--listen",
-            "tcp:127.0.0.1:0",
-            "--json",
-            "--timeout",
-            "60",
-        ],
+
+def _destination() -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tagvisor.cli.tour_destination"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert destination.stderr is not None
-    announced = destination.stderr.readline()  # "tagvisor incoming: listening on tcp:H:P"
-    port = int(announced.rsplit(":", 1)[-1])
+    assert process.stderr is not None
+    announced = process.stderr.readline()  # "...: listening on tcp:H:P"
+    try:
+        return process, int(announced.rsplit(":", 1)[-1])
+    except ValueError:
+        process.kill()
+        _, err = process.communicate(timeout=DESTINATION_TIMEOUT)
+        raise RuntimeError(f"the tour's destination did not start: {announced}{err}") from None
+
+
+def run_guest_story(mode: str, say: Any) -> GuestStory:
+    """Run the whole story; ``say(text)`` narrates as it goes."""
+    story = GuestStory(mode)
+    checking = mode != "none"
+    machine = _boot(mode)
+    say(
+        f"Booted the heap guest ({HEAP_GUEST.name}) on tagvisor's A64 core, FEAT_MTE"
+        f"{MODEL_MTE_LEVEL}, TCF {mode}."
+    )
+    block = _use_after_free(machine, story, say)
+    if block is None:
+        return story
+    _snapshot(machine, block, story, say)
+    say("3. Starting a second tagvisor process and live-migrating the guest to it ...")
+    destination, port = _destination()
     report = migrate(machine, TcpAddress("127.0.0.1", port), max_iterations=6)
     source_digest = memory_digest(machine)
-    out, err = destination.communicate(timeout=120)
-    if destination.returncode not in (0, 1):
+    out, err = destination.communicate(timeout=DESTINATION_TIMEOUT)
+    if destination.returncode != 0 or not out.strip():
         story.add("migration", error=err.strip()[-400:])
         return story
     arrived = json.loads(out)
@@ -143,7 +180,7 @@ def run_guest_story(mode: str, say: Any) -> GuestStory:
         digests_equal=same,
     )
     say(
-        f"3. Live-migrated to a second tagvisor process while the guest ran: "
+        f"   Live-migrated while the guest ran (held between its bugs): "
         f"{report.iterations} passes, {report.pages_sent} pages, {report.tag_bytes} tag bytes, "
         f"downtime {report.downtime_seconds * 1e3:.1f} ms."
     )
@@ -155,7 +192,7 @@ def run_guest_story(mode: str, say: Any) -> GuestStory:
         (
             c["args"][1:]
             for c in arrived["ucalls"]
-            if c["cmd"] == "SYNC" and c["args"][:1] == [REPORT_OVERFLOW]
+            if c["cmd"] == "SYNC" and c["args"][:1] == [HEAP_OVERFLOW]
         ),
         None,
     )
@@ -167,9 +204,12 @@ def run_guest_story(mode: str, say: Any) -> GuestStory:
         far=hex(overflow[2]) if overflow else None,
         exit_status=arrived.get("exit_status"),
     )
-    say(
-        "5. At the destination the guest overflowed into its neighbour: "
-        + ("caught again, with its tags intact." if caught else "NOT caught.")
-    )
-    story.ok = bool(uaf) and same and caught
+    if checking and overflow is not None:
+        how = _catch(overflow[1], overflow[3])
+        verdict = f"caught again ({how}), with its tags intact." if caught else "NOT caught."
+    else:
+        verdict = "not caught: tag checks are off (TCF none), as at the source."
+    say(f"5. At the destination the guest overflowed into its neighbour: {verdict}")
+    uaf_caught = story.steps[0]["caught"]
+    story.ok = same and uaf_caught == checking and caught == checking
     return story
