@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tagvisor.cli.backend import add_backend_options, choose
 from tagvisor.cli.errors import CliError, Exit
@@ -203,23 +202,18 @@ def console_sink(enabled: bool, raw: bool = True) -> Callable[[bytes], None]:
     a time with every report the decoder knows put in words (tagvisor.guests.decode)."""
     if not enabled:
         return lambda byte: None
-    if raw:
-
-        def echo(byte: bytes) -> None:
-            sys.stdout.buffer.write(byte)
-            sys.stdout.buffer.flush()
-
-        return echo
     decoder = ReportDecoder()
     pending = bytearray()
 
     def decode(byte: bytes) -> None:
+        # A line at a time, through sys.stdout: a live progress bar redirects it and
+        # prints each line above itself instead of being written over.
         pending.extend(byte)
         if not pending.endswith(b"\n"):
             return
         line = pending.decode("utf-8", "replace").rstrip("\n")
         pending.clear()
-        words = decoder.line(line)
+        words = None if raw else decoder.line(line)
         if words is None:
             print(line, flush=True)
         elif words:
@@ -256,12 +250,14 @@ def boot(args: argparse.Namespace, *, stream: bool, tag_access: str = "copy-tags
 
 @contextmanager
 def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr; yields update(done, total)."""
+    """A rich progress bar on stderr; yields update(done, total). What the guest prints
+    meanwhile goes above the bar (rich redirects stdout while it is live)."""
     with Progress(
+        SpinnerColumn(),
         TextColumn(label),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
-        TimeRemainingColumn(),
+        TimeElapsedColumn(),
         console=Console(stderr=True),
         transient=True,
         disable=not enabled,
@@ -272,6 +268,49 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], Non
             progress.update(task, completed=done, total=max(total, 1))
 
         yield update
+
+
+class MigrationProgress:
+    """What a migration has done, as its bar shows it: the pass, the pages sent so
+    far, and the pages this pass still has to send; once a pass has nothing left, that
+    the source is waiting for the destination (the bar would otherwise sit at 100%)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task = progress.add_task("migrating", total=1)
+        self._pass = 0
+        self._pass_start = 0  # pages sent before the current pass
+        self._sent = 0
+
+    def __call__(self, iteration: int, sent: int, left: int) -> None:
+        if iteration != self._pass:
+            # The callback comes after each window, so the last pass's final count is
+            # where this one started.
+            self._pass, self._pass_start = iteration, self._sent
+        self._sent = sent
+        done = sent - self._pass_start
+        state = f"{left} left" if left else "waiting for the destination"
+        self._progress.update(
+            self._task,
+            completed=done,
+            total=max(done + left, 1),
+            description=f"pass {iteration + 1}: {sent} pages sent, {state}",
+        )
+
+
+@contextmanager
+def migration_bar(enabled: bool) -> Iterator[MigrationProgress]:
+    """A bar for a migration (tagvisor.migration's progress callback), on stderr."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    ) as progress:
+        yield MigrationProgress(progress)
 
 
 def print_json(value: dict[str, Any]) -> None:

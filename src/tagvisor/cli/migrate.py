@@ -35,9 +35,9 @@ from tagvisor.cli.common import (
     console_sink,
     guest_summary,
     host,
+    migration_bar,
     parse_size,
     print_json,
-    progress_bar,
 )
 from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
 from tagvisor.cli.errors import CliError, Exit
@@ -65,14 +65,14 @@ def _migrate(args: argparse.Namespace) -> int:
     machine = boot(args, stream=not args.json)
     machine.run(max_exits=args.exits)
     try:
-        with progress_bar("migrating", not args.json) as progress:
+        with migration_bar(not args.json) as progress:
             report = migrate(
                 machine,
                 address,
                 max_iterations=args.iterations,
                 compress=args.compress,
                 postcopy=args.postcopy,
-                progress=lambda iteration, sent, left: progress(sent, sent + left),
+                progress=progress,
             )
     except (MigrationError, KeyboardInterrupt) as error:
         return _keep_guest(machine, args, error)
