@@ -16,8 +16,9 @@ import json
 import sys
 from typing import Any
 
+from tagvisor.cli.boot_phases import ConsoleWatcher
 from tagvisor.testbed.boot import DEFAULT_TIMEOUT, run_suite
-from tagvisor.testbed.parts import KERNEL_SUITES
+from tagvisor.testbed.parts import KERNEL_SUITES, cache_root
 
 CONFORMANCE = "tagvisor.conformance.suite"
 
@@ -56,7 +57,9 @@ def _cross(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.cross_migrate:
         return _cross(args)
-    run = run_suite(args.suite, kernel_suite=args.kernel, timeout=args.timeout, say=_say)
+    # The boot takes a minute under TCG: say how far it got as it goes.
+    with ConsoleWatcher(cache_root() / "console.log", _say):
+        run = run_suite(args.suite, kernel_suite=args.kernel, timeout=args.timeout, say=_say)
     _say(
         f"testbed: kernel {run.kernel} ({run.kernel_package}); image built in "
         f"{run.seconds_build:.1f} s, boot to power-off {run.seconds_boot:.1f} s, "
