@@ -160,6 +160,7 @@ def add_command(commands: Any, name: str, summary: str, doc: str | None) -> argp
 
 
 def add_machine_options(parser: argparse.ArgumentParser) -> None:
+    """The options that shape a machine: MTE, TCF, RAM, VCPUs, the argument, the console."""
     parser.add_argument("--no-mte", action="store_true", help="do not enable KVM_CAP_ARM_MTE")
     parser.add_argument(
         "--tcf",
@@ -314,10 +315,12 @@ def migration_bar(enabled: bool) -> Iterator[MigrationProgress]:
 
 
 def print_json(value: dict[str, Any]) -> None:
+    """A report as indented JSON with sorted keys on stdout."""
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
 def guest_summary(machine: Machine) -> dict[str, Any]:
+    """What a guest did, for --json: its status, state, console and ucalls."""
     return {
         "exit_status": machine.exit_status,
         "state": machine.state.value,

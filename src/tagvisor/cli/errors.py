@@ -59,6 +59,7 @@ class Parser(argparse.ArgumentParser):
     JSON with --json) instead of argparse exiting on its own."""
 
     def error(self, message: str) -> NoReturn:
+        """Raise the usage error instead of printing it and exiting."""
         raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
 
 

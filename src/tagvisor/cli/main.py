@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from tagvisor import __version__
-from tagvisor.cli import lab, migrate, remote, run, snapshot, testbed, tour
+from tagvisor.cli import inspect, lab, migrate, remote, run, snapshot, testbed, tour
 from tagvisor.cli.errors import CliError, Exit, Parser, describe_os_error, report
 from tagvisor.errors import TagvisorError
 
@@ -42,6 +42,7 @@ def build_parser() -> Parser:
     snapshot.register(commands)
     migrate.register(commands)
     remote.register(commands)
+    inspect.register(commands)
     testbed.register(commands)
     lab.register(commands)
     return parser

@@ -220,6 +220,7 @@ def _incoming_served(args: argparse.Namespace, kvm: Kvm, listener: Listener) -> 
 
 
 def register(commands: Any) -> None:
+    """Add the ``migrate`` and ``incoming`` commands."""
     send = add_command(
         commands,
         "migrate",

@@ -79,6 +79,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
+    """Add the ``snapshot`` and ``restore`` commands."""
     save = add_command(
         commands, "snapshot", "boot a guest, run it a while, and save it with every tag", __doc__
     )

@@ -101,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
+    """Add the ``testbed`` command."""
     parser = commands.add_parser(
         "testbed",
         help="run a suite against a real arm64 KVM with MTE, under QEMU",

@@ -101,6 +101,8 @@ class Step:
 
 @dataclass
 class TourReport:
+    """Part 1 of the tour: each step, what was caught, and the tags it left."""
+
     mode: str
     steps: list[Step] = field(default_factory=list)
     tfsr_tf0: bool = False

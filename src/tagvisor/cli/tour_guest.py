@@ -49,6 +49,7 @@ class GuestStory:
     ok: bool = False
 
     def add(self, step: str, **facts: Any) -> dict[str, Any]:
+        """Record a step and what was found in it."""
         entry = {"step": step, **facts}
         self.steps.append(entry)
         return entry
