@@ -96,3 +96,16 @@ def test_a_guest_that_never_ends_is_announced(
     monkeypatch.setattr("tagvisor.cli.run.boot", boot_that_stops)
     main(["run", "churn"])
     assert "churn runs until stopped" in capsys.readouterr().err
+
+
+def test_a_panic_line_is_put_in_words() -> None:
+    """Scenario: the runtime's panic line after a tag check fault it did not expect:
+    the decoded line names the fault, FAR and ELR; a panic line it cannot parse is
+    left as it is."""
+    decoder = ReportDecoder()
+    line = decoder.line("panic esr=96000011 far=7000000406a6000 elr=40082c08")
+    assert line == (
+        "the guest panicked: tag check fault, read (ESR 0x96000011), "
+        "FAR 0x07000000406a6000, ELR 0x40082c08"
+    )
+    assert decoder.line("panic esr=zz") is None

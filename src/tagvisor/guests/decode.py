@@ -53,6 +53,16 @@ def describe_esr(esr: int) -> str:
     return f"EC {ec:#x}, DFSC {dfsc:#x}"
 
 
+def _panic(text: str) -> str | None:
+    """The runtime's ``panic esr=<hex> far=<hex> elr=<hex>`` line in words."""
+    try:
+        fields = dict(word.split("=", 1) for word in text.split()[1:])
+        esr, far, elr = (int(fields[name], 16) for name in ("esr", "far", "elr"))
+    except (KeyError, ValueError):
+        return None
+    return f"the guest panicked: {describe_esr(esr)} (ESR {esr:#x}), FAR {far:#018x}, ELR {elr:#x}"
+
+
 class ReportDecoder:
     """Decodes one guest's reports in order (it keeps the heap's tags as it goes)."""
 
@@ -76,6 +86,8 @@ class ReportDecoder:
 
     def line(self, text: str) -> str | None:
         """The decoded form of a console line, or None to show it as it is."""
+        if text.startswith("panic "):
+            return _panic(text)
         parsed = parse_ucall_line(text)
         if parsed is None:
             return None
