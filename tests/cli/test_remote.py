@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -103,3 +104,18 @@ def test_remote_without_a_vm_says_how_to_start_one(tmp_path: Path) -> None:
     assert result.returncode == 69
     assert "--api-socket" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_on_a_served_vm_ends_it_and_removes_its_socket(
+    vm: tuple[subprocess.Popen[str], Path],
+) -> None:
+    """Scenario: the user presses Ctrl-C in the shell of `run --api-socket ... --json`:
+    exit 130, the error as JSON on stdout, no traceback, and the socket file is gone
+    (the path can be used again)."""
+    process, socket = vm
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=BOUND)
+    assert process.returncode == 130
+    assert json.loads(out)["error"]["kind"] == "interrupted"
+    assert "Traceback" not in err
+    assert not socket.exists()
