@@ -6,6 +6,7 @@ drift apart from each other.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -90,11 +91,15 @@ GUESTS: Final = (
 BY_NAME: Final = {guest.name: guest for guest in GUESTS}
 
 
-def help_table() -> str:
-    """The guests as `run --help` lists them."""
+def help_table(width: int = 88) -> str:
+    """The guests as `run --help` lists them, wrapped to ``width`` columns."""
     lines = ["shipped guests (docs/guests.md):"]
+    indent = " " * 17
     for guest in GUESTS:
         ends = "ends" if guest.ends else "runs until stopped"
-        lines.append(f"  {guest.name:<14}{guest.does}")
-        lines.append(f"  {'':<14}--arg: {guest.argument}; {ends}")
+        for text, first in (
+            (guest.does, f"  {guest.name:<15}"),
+            (f"--arg: {guest.argument}; {ends}", indent),
+        ):
+            lines.append(textwrap.fill(text, width, initial_indent=first, subsequent_indent=indent))
     return "\n".join(lines)
