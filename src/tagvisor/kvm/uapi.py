@@ -54,6 +54,8 @@ def _iowr(nr: int, struct: type[ctypes.Structure]) -> int:
 
 
 class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801 - the kernel's name
+    """KVM_SET_USER_MEMORY_REGION's argument: a memslot of guest RAM and where the VMM maps it."""
+
     _fields_ = (
         ("slot", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
@@ -64,6 +66,8 @@ class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801 - the kernel'
 
 
 class kvm_enable_cap(ctypes.Structure):  # noqa: N801
+    """KVM_ENABLE_CAP's argument: a capability and its flags and arguments."""
+
     _fields_ = (
         ("cap", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
@@ -73,14 +77,21 @@ class kvm_enable_cap(ctypes.Structure):  # noqa: N801
 
 
 class kvm_one_reg(ctypes.Structure):  # noqa: N801
+    """KVM_GET/SET_ONE_REG's argument: a register id and the address of its value."""
+
     _fields_ = (("id", ctypes.c_uint64), ("addr", ctypes.c_uint64))
 
 
 class kvm_vcpu_init(ctypes.Structure):  # noqa: N801
+    """KVM_ARM_VCPU_INIT's argument: the target CPU and a bitmap of features."""
+
     _fields_ = (("target", ctypes.c_uint32), ("features", ctypes.c_uint32 * 7))
 
 
 class kvm_arm_copy_mte_tags(ctypes.Structure):  # noqa: N801
+    """KVM_ARM_MTE_COPY_TAGS's argument: a guest range, a buffer of a tag byte per
+    granule, the direction."""
+
     _fields_ = (
         ("guest_ipa", ctypes.c_uint64),
         ("length", ctypes.c_uint64),
@@ -91,6 +102,8 @@ class kvm_arm_copy_mte_tags(ctypes.Structure):  # noqa: N801
 
 
 class kvm_dirty_log(ctypes.Structure):  # noqa: N801
+    """KVM_GET_DIRTY_LOG's argument: a memslot and where its bitmap goes."""
+
     _fields_ = (
         ("slot", ctypes.c_uint32),
         ("padding1", ctypes.c_uint32),
@@ -99,6 +112,9 @@ class kvm_dirty_log(ctypes.Structure):  # noqa: N801
 
 
 class kvm_clear_dirty_log(ctypes.Structure):  # noqa: N801
+    """KVM_CLEAR_DIRTY_LOG's argument: a memslot's pages to re-protect, as a bitmap
+    from a first page."""
+
     _fields_ = (
         ("slot", ctypes.c_uint32),
         ("num_pages", ctypes.c_uint32),
@@ -108,6 +124,8 @@ class kvm_clear_dirty_log(ctypes.Structure):  # noqa: N801
 
 
 class kvm_reg_list(ctypes.Structure):  # noqa: N801
+    """KVM_GET_REG_LIST's header: the number of ids; the u64 ids follow it."""
+
     _fields_ = (("n", ctypes.c_uint64),)  # followed by u64 reg[n]
 
 
