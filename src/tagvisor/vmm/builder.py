@@ -174,6 +174,8 @@ class MachineBuilder:
         return self
 
     def vcpus(self, count: int) -> Self:
+        """Give the machine ``count`` VCPUs (1 to 8); the secondaries start powered off
+        until the guest starts them (PSCI CPU_ON)."""
         if not 1 <= count <= MAX_VCPUS:
             raise ValueError(f"tagvisor machines have 1 to {MAX_VCPUS} VCPUs")
         self._vcpus = count

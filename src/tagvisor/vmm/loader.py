@@ -28,6 +28,8 @@ class ImageError(TagvisorError):
 
 @dataclass(frozen=True)
 class Segment:
+    """A load segment: ``data`` at ``gpa``, zero-filled up to ``memsz`` bytes."""
+
     gpa: int
     data: bytes
     memsz: int
@@ -35,6 +37,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class GuestImage:
+    """A validated guest image: its entry point and what to load where."""
+
     entry: int
     segments: tuple[Segment, ...]
 

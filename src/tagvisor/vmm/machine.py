@@ -33,6 +33,8 @@ class MachineError(TagvisorError):
 
 
 class RunState(enum.Enum):
+    """Whether the machine is paused, running, or has stopped for good."""
+
     PAUSED = "paused"
     RUNNING = "running"
     STOPPED = "stopped"

@@ -57,13 +57,16 @@ class GuestRegion:
 
     @property
     def npages(self) -> int:
+        """The region's size in pages."""
         return self.size // PAGE_SIZE
 
     @property
     def end(self) -> int:
+        """The guest-physical address just past the region."""
         return self.gpa + self.size
 
     def contains(self, gpa: int, length: int = 1) -> bool:
+        """Whether [gpa, gpa + length) lies within the region."""
         return self.gpa <= gpa and gpa + length <= self.end
 
 
@@ -91,6 +94,7 @@ class GuestMemory:
         return region
 
     def region_of(self, gpa: int, length: int = 1) -> GuestRegion:
+        """The region holding [gpa, gpa + length); an error if none does."""
         for region in self.regions:
             if region.contains(gpa, length):
                 return region
@@ -100,11 +104,13 @@ class GuestMemory:
 
     @property
     def size(self) -> int:
+        """Guest RAM in bytes, every region's."""
         return sum(region.size for region in self.regions)
 
     # -- data ------------------------------------------------------------------------
 
     def read(self, gpa: int, length: int) -> bytes:
+        """A copy of ``length`` bytes of guest RAM at ``gpa``."""
         region = self.region_of(gpa, length)
         return self.user.read(region.hva + gpa - region.gpa, length)
 
@@ -191,6 +197,7 @@ class GuestMemory:
             region.mark_dirty(slice(None))
 
     def stop_dirty_log(self) -> None:
+        """Turn KVM_MEM_LOG_DIRTY_PAGES off again on every region."""
         for region in self.regions:
             self._set_logging(region, False)
 

@@ -63,16 +63,22 @@ class TagAccess(Protocol):
 
     name: str
 
-    def read_data(self, gpa: int, length: int) -> bytes: ...
+    def read_data(self, gpa: int, length: int) -> bytes:
+        """``length`` bytes of guest memory at ``gpa``, without tripping a tag check."""
+        ...
 
-    def write_data(self, gpa: int, data: bytes) -> None: ...
+    def write_data(self, gpa: int, data: bytes) -> None:
+        """Store ``data`` into guest memory at ``gpa``, without tripping a tag check."""
+        ...
 
     def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
         """Tags of ``granules`` granules from granule-aligned ``gpa``, one per byte (into
         ``out`` if given, which is then returned)."""
         ...
 
-    def write_tags(self, gpa: int, tags: U8) -> None: ...
+    def write_tags(self, gpa: int, tags: U8) -> None:
+        """Set the tags of ``tags.size`` granules from granule-aligned ``gpa``, one per byte."""
+        ...
 
 
 class CopyTagsAccess:
@@ -96,9 +102,11 @@ class CopyTagsAccess:
         return self._buffer
 
     def read_data(self, gpa: int, length: int) -> bytes:
+        """Guest data through the VMM's plain mapping."""
         return self.memory.read(gpa, length)
 
     def write_data(self, gpa: int, data: bytes) -> None:
+        """Guest data through the VMM's plain mapping (marked dirty)."""
         self.memory.write(gpa, data)
 
     def _copy(self, first_page: int, pages: int, *, to_guest: bool) -> int:
@@ -126,6 +134,7 @@ class CopyTagsAccess:
         return buffer
 
     def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
+        """Tags through KVM_ARM_MTE_COPY_TAGS FROM_GUEST of the whole pages involved."""
         first = gpa - gpa % PAGE_SIZE
         end = gpa + granules * TAG_GRANULE
         pages = -(-(end - first) // PAGE_SIZE)
@@ -142,6 +151,7 @@ class CopyTagsAccess:
         return out
 
     def write_tags(self, gpa: int, tags: U8) -> None:
+        """Tags through KVM_ARM_MTE_COPY_TAGS TO_GUEST (read-modify-write of partial pages)."""
         first = gpa - gpa % PAGE_SIZE
         end = gpa + tags.size * TAG_GRANULE
         pages = -(-(end - first) // PAGE_SIZE)
@@ -202,16 +212,19 @@ class ProcessMteAccess:
             self.state.tco = False
 
     def read_data(self, gpa: int, length: int) -> bytes:
+        """Guest data through the PROT_MTE mapping, checked as this way's pointers are."""
         hva = self._hva(gpa, length)
         self._check(hva, length, write=False)
         return self.user.read(hva, length)
 
     def write_data(self, gpa: int, data: bytes) -> None:
+        """Guest data through the PROT_MTE mapping, checked as this way's pointers are."""
         hva = self._hva(gpa, len(data))
         self._check(hva, len(data), write=True)
         self.memory.write(gpa, data)
 
     def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
+        """Tags by the VMM's own LDG on its PROT_MTE mapping."""
         tags = self.tagging.load_tags(self._hva(gpa, granules * TAG_GRANULE), granules)
         if out is None:
             return tags
@@ -219,6 +232,7 @@ class ProcessMteAccess:
         return out
 
     def write_tags(self, gpa: int, tags: U8) -> None:
+        """Tags by the VMM's own STG on its PROT_MTE mapping (the pages marked dirty)."""
         self.tagging.store_tags(self._hva(gpa, tags.size * TAG_GRANULE), tags)
         region = self.memory.region_of(gpa)
         first = (gpa - region.gpa) // PAGE_SIZE

@@ -13,9 +13,13 @@ class MmioDevice(Protocol):
 
     name: str
 
-    def mmio_read(self, offset: int, size: int) -> bytes: ...
+    def mmio_read(self, offset: int, size: int) -> bytes:
+        """The ``size`` bytes a guest load at ``offset`` reads (little-endian)."""
+        ...
 
-    def mmio_write(self, offset: int, data: bytes) -> None: ...
+    def mmio_write(self, offset: int, data: bytes) -> None:
+        """A guest store of ``data`` at ``offset``."""
+        ...
 
 
 class BusError(TagvisorError):
@@ -36,6 +40,7 @@ class MmioBus:
         self._windows: list[_Window] = []
 
     def attach(self, base: int, size: int, device: MmioDevice) -> None:
+        """Put ``device`` at [base, base + size); BusError if that overlaps a window."""
         for window in self._windows:
             if base < window.base + window.size and window.base < base + size:
                 raise BusError(
@@ -50,9 +55,11 @@ class MmioBus:
         raise BusError(f"the guest accessed {address:#x}, where no device is mapped")
 
     def read(self, address: int, size: int) -> bytes:
+        """An MMIO read at guest-physical ``address``, answered by its device."""
         window = self._find(address)
         return window.device.mmio_read(address - window.base, size)
 
     def write(self, address: int, data: bytes) -> None:
+        """An MMIO write at guest-physical ``address``, handed to its device."""
         window = self._find(address)
         window.device.mmio_write(address - window.base, data)

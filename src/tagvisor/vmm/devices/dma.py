@@ -35,14 +35,17 @@ class DmaState:
     status: int
 
     def encode(self) -> bytes:
+        """The registers and status as deterministic JSON."""
         return wire.dumps({"registers": list(self.registers), "status": self.status})
 
     @classmethod
     def decode(cls, payload: wire.Payload) -> DmaState:
+        """The state in ``payload``, every field checked (FormatError otherwise)."""
         return cls.from_json(wire.loads(payload, "the DMA engine's state"))
 
     @classmethod
     def from_json(cls, raw: dict[str, object]) -> DmaState:
+        """The state in a parsed JSON object, every field checked."""
         registers = wire.field(raw, "registers", list)
         if len(registers) != 3 or not all(_is_u64(value) for value in registers):
             raise wire.FormatError("the DMA engine's registers are not three u64 values")
@@ -55,6 +58,9 @@ def _is_u64(value: object) -> bool:
 
 
 class DmaEngine:
+    """A DMA engine the guest programs with SRC, DST and LEN: the VMM copies guest
+    memory, with its tags when CMD asks (docs/guest-abi.md)."""
+
     name = "dma"
 
     def __init__(self, access: TagAccess) -> None:
@@ -64,10 +70,12 @@ class DmaEngine:
         self.last_error = ""
 
     def mmio_read(self, offset: int, size: int) -> bytes:
+        """A register's value (STATUS, or SRC, DST, LEN as written)."""
         value = self.status if offset == STATUS else self.registers.get(offset, 0)
         return value.to_bytes(8, "little")[:size]
 
     def mmio_write(self, offset: int, data: bytes) -> None:
+        """Set a register; a write to CMD runs the copy it names."""
         value = int.from_bytes(data, "little")
         if offset in self.registers:
             self.registers[offset] = value
@@ -94,9 +102,11 @@ class DmaEngine:
         return True
 
     def save(self) -> DmaState:
+        """The registers and status."""
         registers = self.registers
         return DmaState((registers[SRC], registers[DST], registers[LEN]), self.status)
 
     def restore(self, state: DmaState) -> None:
+        """Set the registers and status."""
         self.registers.update(zip((SRC, DST, LEN), state.registers, strict=True))
         self.status = state.status

@@ -27,15 +27,21 @@ S = TypeVar("S")
 class State(Protocol):
     """A device's plain state: deterministic bytes for the same state."""
 
-    def encode(self) -> bytes: ...
+    def encode(self) -> bytes:
+        """The state as bytes, the same bytes for the same state."""
+        ...
 
 
 class Persistent(MmioDevice, Protocol[S]):
     """A device whose state can be saved and restored."""
 
-    def save(self) -> S: ...
+    def save(self) -> S:
+        """The device's state now (a snapshot's or a migration's)."""
+        ...
 
-    def restore(self, state: S) -> None: ...
+    def restore(self, state: S) -> None:
+        """Make the device's state ``state`` (before the guest runs)."""
+        ...
 
 
 @dataclass(frozen=True)

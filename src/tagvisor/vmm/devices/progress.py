@@ -12,6 +12,8 @@ WINDOW: Final = 0x1000
 
 
 class ProgressRegister:
+    """A register bulk workloads store a counter to after each batch."""
+
     name = "progress"
 
     def __init__(self) -> None:
@@ -19,8 +21,10 @@ class ProgressRegister:
         self.writes = 0
 
     def mmio_read(self, offset: int, size: int) -> bytes:
+        """The last value stored."""
         return self.value.to_bytes(8, "little")[:size]
 
     def mmio_write(self, offset: int, data: bytes) -> None:
+        """Store a new value, and count the store."""
         self.value = int.from_bytes(data, "little")
         self.writes += 1

@@ -26,6 +26,8 @@ MAX_STRING: Final = 256
 
 
 class UcallCmd(enum.IntEnum):
+    """The ucall commands of docs/guest-abi.md."""
+
     SYNC = 1
     ASSERT = 2
     PRINT = 3
@@ -38,6 +40,8 @@ class UcallError(TagvisorError):
 
 @dataclass(frozen=True)
 class Ucall:
+    """One ucall a guest made: its command, arguments and (UCALL_PRINT) string."""
+
     cmd: UcallCmd
     args: tuple[int, ...]
     text: str = ""
@@ -56,17 +60,21 @@ class UcallLog:
     calls: tuple[Ucall, ...]
 
     def encode(self) -> bytes:
+        """The log as deterministic JSON."""
         return wire.dumps({"calls": self.to_json()})
 
     def to_json(self) -> list[list[Any]]:
+        """The log as JSON values: [cmd, [args], text] per ucall."""
         return [[int(call.cmd), list(call.args), call.text] for call in self.calls]
 
     @classmethod
     def decode(cls, payload: wire.Payload) -> UcallLog:
+        """The log in ``payload``, each entry checked as a guest could have made it."""
         return cls.from_json(wire.field(wire.loads(payload, "the ucall log"), "calls", list))
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> UcallLog:
+        """The log in parsed JSON values, each entry checked."""
         return cls(tuple(_ucall(entry) for entry in raw))
 
 
@@ -87,6 +95,9 @@ def _ucall(entry: object) -> Ucall:
 
 
 class UcallDevice:
+    """The ucall doorbell: a store of a ``struct ucall``'s address, read from guest
+    RAM as hostile input and logged."""
+
     name = "ucall"
 
     def __init__(self, memory: GuestMemory) -> None:
@@ -97,9 +108,11 @@ class UcallDevice:
         self.listener: Callable[[Ucall], None] | None = None
 
     def mmio_read(self, offset: int, size: int) -> bytes:
+        """Zeros: the doorbell is write-only."""
         return bytes(size)
 
     def mmio_write(self, offset: int, data: bytes) -> None:
+        """A ring of the doorbell: decode the ucall at the stored address and log it."""
         if offset != 0 or len(data) != 8:
             raise UcallError(
                 f"the ucall doorbell takes one 8-byte store at offset 0, got "
@@ -111,6 +124,7 @@ class UcallDevice:
             self.listener(call)
 
     def decode(self, address: int) -> Ucall:
+        """The ucall at guest-physical ``address``; UcallError if it is malformed."""
         try:
             raw = self.memory.read(address, UCALL_SIZE)
         except GuestMemoryError as error:
@@ -147,7 +161,9 @@ class UcallDevice:
         return None
 
     def save(self) -> UcallLog:
+        """Every ucall logged so far."""
         return UcallLog(tuple(self.calls))
 
     def restore(self, state: UcallLog) -> None:
+        """Take up the log of ucalls made before."""
         self.calls[:] = state.calls
