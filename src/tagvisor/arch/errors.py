@@ -74,6 +74,7 @@ class TagCheckFault(ArchException):
 
     @property
     def fsc(self) -> int:
+        """The fault status code the fault reports: 0b010001, a synchronous tag check fault."""
         return FSC_TAG_CHECK
 
     def __str__(self) -> str:

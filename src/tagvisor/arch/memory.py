@@ -75,20 +75,26 @@ class FlatTaggedMemory:
         return offset
 
     def load_tags(self, address: int, count: int) -> U8:
+        """Tags of ``count`` granules from the granule-aligned ``address`` (NO_TAG each
+        where the memory is not Normal Tagged)."""
         offset = self._offset(address, count * TAG_GRANULE)
         if not self.tagged:
             return np.full(count, NO_TAG, dtype=np.uint8)
         return self.tags.get(offset // TAG_GRANULE, count)
 
     def store_tags(self, address: int, tags: U8) -> None:
+        """Set the tags of ``tags.size`` granules from the granule-aligned ``address``
+        (ignored where the memory is not Normal Tagged)."""
         offset = self._offset(address, tags.size * TAG_GRANULE)
         if self.tagged:
             self.tags.set(offset // TAG_GRANULE, tags)
 
     def write_data(self, address: int, data: bytes) -> None:
+        """Store ``data`` at ``address`` (no tag check: callers check first)."""
         offset = self._offset(address, len(data))
         self.data[offset : offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
 
     def read_data(self, address: int, length: int) -> bytes:
+        """``length`` bytes at ``address`` (no tag check: callers check first)."""
         offset = self._offset(address, length)
         return self.data[offset : offset + length].tobytes()

@@ -92,5 +92,7 @@ class MteState:
         return self.sctlr.tcf0 if el == 0 else self.sctlr.tcf
 
     def store_only(self, el: int | None = None) -> bool:
+        """Whether only stores are checked at ``el`` (SCTLR_EL1.TCSO0 / TCSO,
+        FEAT_MTE_STORE_ONLY)."""
         el = self.el if el is None else el
         return self.sctlr.tcso0 if el == 0 else self.sctlr.tcso

@@ -51,11 +51,13 @@ class GcrEl1:
 
     @classmethod
     def from_raw(cls, value: int) -> GcrEl1:
+        """The fields of a raw GCR_EL1 value (RegisterValueError for RES0 bits set)."""
         _check_res0("GCR_EL1", value, cls.VALID)
         return cls(exclude=value & 0xFFFF, rrnd=bool(value >> 16 & 1))
 
     @property
     def raw(self) -> int:
+        """The register's value."""
         return self.exclude | (int(self.rrnd) << 16)
 
 
@@ -70,11 +72,13 @@ class RgsrEl1:
 
     @classmethod
     def from_raw(cls, value: int) -> RgsrEl1:
+        """The fields of a raw RGSR_EL1 value (RegisterValueError for RES0 bits set)."""
         _check_res0("RGSR_EL1", value, cls.VALID)
         return cls(tag=value & 0xF, seed=_field(value, 8, 16))
 
     @property
     def raw(self) -> int:
+        """The register's value."""
         return self.tag | (self.seed << 8)
 
 
@@ -93,11 +97,13 @@ class Tfsr:
 
     @classmethod
     def from_raw(cls, value: int, name: str = "TFSR_EL1") -> Tfsr:
+        """The fields of a raw TFSR value (``name`` says which, for errors)."""
         _check_res0(name, value, cls.VALID)
         return cls(tf0=bool(value & 1), tf1=bool(value & 2))
 
     @property
     def raw(self) -> int:
+        """The register's value."""
         return int(self.tf0) | (int(self.tf1) << 1)
 
 
@@ -111,6 +117,7 @@ class GmidEl1:
 
     @classmethod
     def from_raw(cls, value: int) -> GmidEl1:
+        """The fields of a raw GMID_EL1 value (RegisterValueError for RES0 bits set)."""
         _check_res0("GMID_EL1", value, cls.VALID)
         if not 2 <= value <= 6:
             # Arm ARM: BS values below 2 (one granule) or above 6 (16 tags in a
@@ -133,6 +140,7 @@ class DczidEl0:
 
     @classmethod
     def from_raw(cls, value: int) -> DczidEl0:
+        """The fields of a raw DCZID_EL0 value (BS from 2 to 9)."""
         _check_res0("DCZID_EL0", value, 0x1F)
         bs = value & 0xF
         if not 2 <= bs <= 9:
@@ -141,6 +149,7 @@ class DczidEl0:
 
     @property
     def block_size(self) -> int:
+        """Bytes one DC ZVA / DC GVA / DC GZVA covers (4 << BS)."""
         return 4 << self.bs
 
 
@@ -165,6 +174,7 @@ class SctlrMte:
 
     @classmethod
     def from_raw(cls, value: int) -> SctlrMte:
+        """The MTE fields of a raw SCTLR_EL1 value."""
         if value < 0 or value >> 64:
             raise RegisterValueError(f"SCTLR_EL1: {value:#x} is not a 64-bit value")
         return cls(
@@ -205,6 +215,7 @@ class TcrMte:
 
     @classmethod
     def from_raw(cls, value: int) -> TcrMte:
+        """The MTE-related fields of a raw TCR_EL1 value."""
         if value < 0 or value >> 64:
             raise RegisterValueError(f"TCR_EL1: {value:#x} is not a 64-bit value")
         return cls(
@@ -215,6 +226,7 @@ class TcrMte:
         )
 
     def apply(self, tcr: int) -> int:
+        """``tcr`` with these fields written into it."""
         mask = (1 << 37) | (1 << 38) | (1 << 57) | (1 << 58)
         value = tcr & ~mask
         value |= int(self.tbi0) << 37 | int(self.tbi1) << 38

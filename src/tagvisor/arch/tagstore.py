@@ -50,6 +50,7 @@ class TagStorage:
 
     @property
     def granules(self) -> int:
+        """How many granules the storage covers."""
         return self._granules
 
     @property

@@ -63,6 +63,7 @@ def _lazy_zeroed(size: int) -> NDArray[np.uint8]:
 
 
 def as_pfns(frames: Pfns | list[int] | int) -> Pfns:
+    """One frame number, a list or an array of them, as an int64 array."""
     return np.atleast_1d(np.asarray(frames, dtype=np.int64))
 
 

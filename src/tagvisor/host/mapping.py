@@ -82,6 +82,7 @@ class Backing:
 
     @classmethod
     def of_size(cls, kind: BackingKind, length: int, name: str = "") -> Backing:
+        """A backing of ``kind`` with enough pages for ``length`` bytes."""
         return cls(kind, -(-length // PAGE_SIZE), name)
 
 
@@ -99,10 +100,12 @@ class Vma:
 
     @property
     def end(self) -> int:
+        """The address just past the mapping."""
         return self.start + self.length
 
     @property
     def npages(self) -> int:
+        """The mapping's length in pages."""
         return self.length // PAGE_SIZE
 
     @property
@@ -112,6 +115,7 @@ class Vma:
 
     @property
     def hugetlb(self) -> bool:
+        """Whether a hugetlbfs file backs the mapping."""
         return self.backing.kind is BackingKind.HUGETLB
 
     def page_index(self, address: int) -> int:
@@ -119,5 +123,6 @@ class Vma:
         return self.page_offset + (address - self.start) // PAGE_SIZE
 
     def describe(self) -> str:
+        """The mapping in a few words, for error messages."""
         flags = "MAP_SHARED" if self.shared else "MAP_PRIVATE"
         return f"{self.backing.kind.value} {flags} at {self.start:#x}+{self.length:#x}"

@@ -61,6 +61,7 @@ class Prefaulter:
         self._thread = threading.Thread(target=self._run, name="migration-prefault", daemon=True)
 
     def start(self) -> Prefaulter:
+        """Start the thread (when there are frames to fault in and the host can); returns self."""
         if self.frames is not None and self.limit > 0 and available():
             self._thread.start()
         return self

@@ -82,6 +82,7 @@ class HostProcess:
     # -- MMU notifiers ---------------------------------------------------------------
 
     def register_notifier(self, hook: InvalidateHook) -> None:
+        """Have ``hook`` called on every invalidation (mmu_notifier_register)."""
         self._notifiers.append(hook)
 
     def invalidate(self, start: int, end: int) -> None:

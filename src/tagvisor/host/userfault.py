@@ -64,6 +64,7 @@ class Userfaultfd:
         return PROPOSAL_UFFDIO_COPY_MTE in self.process.proposals
 
     def covers(self, address: int) -> bool:
+        """Whether ``address`` lies in the registered range."""
         return self.start <= address < self.end
 
     def unregister(self) -> None:
@@ -148,5 +149,6 @@ class Userfaultfd:
             raise SyscallError(errno.EFAULT, "userfault", f"{page:#x} was never placed")
 
     def present(self, address: int) -> bool:
+        """Whether the page at ``address`` has been placed."""
         vma = self.process.find_vma(address)
         return vma is not None and vma.backing.pfns[vma.page_index(address)] != NO_FRAME

@@ -71,16 +71,19 @@ def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> i
 
 
 def munmap(address: int, length: int) -> None:
+    """munmap(2); OSError with the errno on failure."""
     if libc().munmap(address, length) != 0:
         raise _fail("munmap")
 
 
 def mprotect(address: int, length: int, prot: int) -> None:
+    """mprotect(2); OSError with the errno on failure."""
     if libc().mprotect(address, length, prot) != 0:
         raise _fail("mprotect")
 
 
 def madvise(address: int, length: int, advice: int) -> None:
+    """madvise(2); OSError with the errno on failure."""
     if libc().madvise(address, length, advice) != 0:
         raise _fail("madvise")
 

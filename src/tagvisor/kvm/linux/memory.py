@@ -58,6 +58,8 @@ class UserMemoryError(TagvisorError, OSError):
 
 @dataclass
 class Mapping:
+    """One mapping this backend made: where, how long, its protection and backing."""
+
     address: int
     length: int
     prot: int
@@ -66,6 +68,7 @@ class Mapping:
 
     @property
     def end(self) -> int:
+        """The address just past the mapping."""
         return self.address + self.length
 
 
@@ -270,5 +273,6 @@ class LinuxUserMemory(UserMemory):
                 raise UserMemoryError(exc.errno or errno.EIO, "madvise") from None
 
     def close(self) -> None:
+        """Unmap every mapping this backend made."""
         for mapping in list(self.mappings.values()):
             self.unmap(mapping.address, mapping.length)

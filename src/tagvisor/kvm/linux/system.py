@@ -126,6 +126,7 @@ class LinuxVcpu(_Fd, Vcpu):
         self._thread: int | None = None  # the thread inside KVM_RUN, for kick()
 
     def close(self) -> None:
+        """Unmap the VCPU's kvm_run and close its file descriptor."""
         kvm_run = getattr(self, "kvm_run", None)
         if kvm_run is not None and not kvm_run.closed:
             kvm_run.close()
@@ -206,15 +207,18 @@ class LinuxVm(_Fd):
         self.slot_sizes: dict[int, int] = {}
 
     def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM: 0 if the capability is absent, else its value."""
         return ioctl(self.fd, KVM_CHECK_EXTENSION, cap)
 
     def enable_cap(self, cap: int, flags: int = 0, args: Sequence[int] = ()) -> None:
+        """KVM_ENABLE_CAP (e.g. KVM_CAP_ARM_MTE, before any VCPU exists)."""
         request = kvm_enable_cap(cap=cap, flags=flags)
         for i, value in enumerate(args):
             request.args[i] = value
         ioctl(self.fd, KVM_ENABLE_CAP, request)
 
     def set_user_memory_region(self, region: kvm_userspace_memory_region) -> None:
+        """KVM_SET_USER_MEMORY_REGION: add, move or delete a memslot."""
         ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, region)
         if region.memory_size:
             self.slot_sizes[region.slot] = region.memory_size
@@ -222,6 +226,7 @@ class LinuxVm(_Fd):
             self.slot_sizes.pop(region.slot, None)
 
     def create_vcpu(self, vcpu_id: int) -> LinuxVcpu:
+        """KVM_CREATE_VCPU, with its kvm_run mapped."""
         fd = ioctl(self.fd, KVM_CREATE_VCPU, vcpu_id)
         try:
             return LinuxVcpu(fd, self.kvm.get_vcpu_mmap_size())
@@ -230,6 +235,7 @@ class LinuxVm(_Fd):
             raise
 
     def arm_preferred_target(self) -> kvm_vcpu_init:
+        """KVM_ARM_PREFERRED_TARGET: the target VCPUs of this host should be."""
         init = kvm_vcpu_init()
         ioctl(self.fd, KVM_ARM_PREFERRED_TARGET, init)
         return init
@@ -239,12 +245,14 @@ class LinuxVm(_Fd):
         return max(8, -(-pages // 64) * 8)
 
     def get_dirty_log(self, slot: int) -> bytes:
+        """KVM_GET_DIRTY_LOG: the slot's dirty bitmap."""
         bitmap = ctypes.create_string_buffer(self._bitmap_bytes(slot))
         log = kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
         ioctl(self.fd, KVM_GET_DIRTY_LOG, log)
         return bitmap.raw
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
+        """KVM_CLEAR_DIRTY_LOG: re-protect the pages of ``bitmap`` from ``first_page``."""
         buffer = ctypes.create_string_buffer(bytes(bitmap), max(8, len(bitmap)))
         clear = kvm_clear_dirty_log(
             slot=slot,
@@ -255,6 +263,7 @@ class LinuxVm(_Fd):
         ioctl(self.fd, KVM_CLEAR_DIRTY_LOG, clear)
 
     def arm_mte_copy_tags(self, copy: kvm_arm_copy_mte_tags) -> int:
+        """KVM_ARM_MTE_COPY_TAGS; returns the bytes of guest memory covered."""
         return ioctl(self.fd, KVM_ARM_MTE_COPY_TAGS, copy)
 
 
@@ -272,6 +281,7 @@ class LinuxKvm(_Fd, Kvm):
 
     @property
     def user_memory(self) -> LinuxUserMemory:
+        """This process's memory, where guest RAM and buffers are mapped."""
         return self._user_memory
 
     def get_api_version(self) -> int:
