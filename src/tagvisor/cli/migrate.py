@@ -115,7 +115,9 @@ def _keep_guest(machine: Machine, args: argparse.Namespace, error: BaseException
 def _say(args: argparse.Namespace, message: str, code: int | None = None) -> None:
     print(f"tagvisor migrate: {message}", file=sys.stderr, flush=True)
     if args.json and code is not None:
-        print_json({"error": message, "exit_code": code, "migrated": False})
+        # The same error object as every other command's (tagvisor.cli.errors.report).
+        error = {"kind": "migration-failed", "message": message, "exit_status": code}
+        print_json({"error": error, "migrated": False})
 
 
 def _listen(args: argparse.Namespace) -> tuple[Kvm, Listener]:
