@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from tagvisor.api import Controller
 from tagvisor.cli import common
+from tagvisor.cli.capture import CapturingListener
 from tagvisor.cli.common import (
     add_command,
     add_console_options,
@@ -36,6 +38,7 @@ from tagvisor.cli.common import (
     guest_summary,
     host,
     migration_bar,
+    output_file,
     parse_size,
     print_json,
 )
@@ -52,6 +55,7 @@ from tagvisor.migration import (
     migrate,
 )
 from tagvisor.migration.destination import DEFAULT_MAX_MEMORY
+from tagvisor.migration.transport import TransportError
 from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.vmm import Machine
 
@@ -128,16 +132,24 @@ def _listen(args: argparse.Namespace) -> tuple[Kvm, Listener]:
         )
     kvm = host(args, args.max_mem, prealloc=args.prealloc)
     try:
-        listener = Listener(args.listen)
-    except OSError as error:
+        listener = _listener(args)
+    except TransportError as error:  # the address is taken, or not this host's
         raise CliError(
-            f"cannot listen on {args.listen}: {error.strerror} (choose another --listen)",
-            Exit.UNAVAILABLE,
-            "unavailable",
+            f"{error} (choose another --listen)", Exit.UNAVAILABLE, "unavailable"
         ) from None
     # Announced on stderr (stdout stays clean for --json); port 0 picks a free one.
     print(f"tagvisor incoming: listening on {listener.address}", file=sys.stderr, flush=True)
     return kvm, listener
+
+
+def _listener(args: argparse.Namespace) -> Listener:
+    if args.capture is None:
+        return Listener(args.listen)
+    output_file(args.capture)
+    # Unbuffered: what came before a failure is in the file too. Closed at exit, after
+    # the last read (a post-copy receiver reads on after incoming() returns).
+    sink = args.capture.open("wb", buffering=0)
+    return CapturingListener(args.listen, sink)
 
 
 def _arrived(args: argparse.Namespace, machine: Machine, report: IncomingReport) -> str | None:
@@ -288,5 +300,11 @@ def register(commands: Any) -> None:
     add_console_options(receive)
     add_host_options(receive)
     add_api_option(receive)
+    receive.add_argument(
+        "--capture",
+        type=Path,
+        metavar="FILE",
+        help="keep the stream the source sends in FILE, for `tagvisor inspect FILE`",
+    )
     receive.add_argument("--json", action="store_true", help="print a JSON report at the end")
     receive.set_defaults(run=_incoming)
