@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,3 +116,18 @@ def test_ctrl_c_ends_a_running_guest_with_one_line_and_status_130(tmp_path: Path
     assert process.returncode == Exit.INTERRUPTED
     assert "interrupted" in err
     assert "Traceback" not in err
+
+
+def test_a_listen_address_in_use_exits_69_with_what_to_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Scenario: `incoming --listen` a port another program holds: exit 69 and one
+    line that names the address and says to choose another."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["incoming", "--listen", f"tcp:127.0.0.1:{port}"]) == Exit.UNAVAILABLE
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot listen on tcp:127.0.0.1:{port}" in last
+    assert "choose another --listen" in last
