@@ -50,13 +50,14 @@ class Served:
 
 
 def read_line(sock: socket.socket) -> dict[str, Any]:
-    """One JSON line from ``sock`` (bytes after it are not expected)."""
-    data = b""
+    """The next JSON line from ``sock``, read a byte at a time so that a reply that
+    arrives in the same packet as the next one is left for the next call."""
+    data = bytearray()
     while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed after {data!r}")
-        data += chunk
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionError(f"closed after {bytes(data)!r}")
+        data += byte
     value: dict[str, Any] = json.loads(data)
     return value
 
