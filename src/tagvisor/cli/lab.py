@@ -87,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
+    """Add the ``lab`` command and its actions."""
     parser = add_command(commands, "lab", "measure the seed thread's ABI designs", __doc__)
     actions = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="one experiment per line")
