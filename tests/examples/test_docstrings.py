@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tagvisor"
-DOCUMENTED = ["cli", "api", "guests", "vmm", "arch", "host"]
+# Every package but kvm, which is next (its api protocols are documented already).
+DOCUMENTED = [
+    *("cli", "api", "guests", "vmm", "arch", "host"),
+    *("snapshot", "migration", "cpu", "testbed", "conformance", "lab"),
+]
 
 
 def _undocumented(path: Path) -> list[str]:

@@ -33,6 +33,9 @@ def model_results(profile: str = "linux-6.1") -> dict[str, Result]:
 
 @dataclass(frozen=True)
 class Difference:
+    """One field a scenario recorded differently on the model and on the real KVM (``<missing>``
+    where one side lacks it)."""
+
     scenario: str
     field: str
     model: Any

@@ -87,6 +87,7 @@ class Session:
 
 
 def run_with_watchdog(machine: Machine) -> RunResult:
+    """Run ``machine`` until it stops or pauses; after TIMEOUT seconds the watchdog pauses it."""
     watchdog = threading.Timer(TIMEOUT, machine.pause)
     watchdog.daemon = True
     watchdog.start()
@@ -97,6 +98,8 @@ def run_with_watchdog(machine: Machine) -> RunResult:
 
 
 def outcome_of(result: RunResult) -> dict[str, Any]:
+    """What the VMM saw of a run: the machine's state, the guest's exit status, the PSCI system
+    event, any error, and the MMIO exits."""
     return {
         "state": result.state.value,
         "status": result.exit_status,
@@ -112,30 +115,39 @@ def release(machine: Machine) -> None:
 
 
 def reported(machine: Machine, report: int) -> bool:
+    """Whether the guest made a SYNC ucall whose first argument is ``report``."""
     return any(c.cmd is UcallCmd.SYNC and c.args[:1] == (report,) for c in machine.ucall.calls)
 
 
 def boot(kvm: Kvm, guest: str, *, argument: int = 0, tcf: str = "sync") -> Result:
+    """Boot the shipped guest ``guest`` in an MTE machine in tag check mode ``tcf`` and run it to
+    the end (:meth:`Session.run`)."""
     return Session(kvm, guest, argument=argument, tcf=tcf).run()
 
 
 @scenario("guest program mte-smoke: every MTE instruction, reported from inside the guest")
 def guest_mte_smoke(kvm: Kvm) -> Result:
+    """The mte-smoke guest's console and outcome."""
     return boot(kvm, "mte-smoke")
 
 
 @scenario("guest program heap: use-after-free, overflow, underflow caught, sync mode")
 def guest_heap_sync(kvm: Kvm) -> Result:
+    """The heap guest's console and outcome in synchronous mode: its use-after-free, overflow
+    and underflow, each caught."""
     return boot(kvm, "heap", tcf="sync")
 
 
 @scenario("guest program heap in asymmetric mode (loads sync, stores set TFSR_EL1)")
 def guest_heap_asymm(kvm: Kvm) -> Result:
+    """The heap guest's console and outcome in asymmetric mode: loads fault at once, stores are
+    reported through TFSR_EL1."""
     return boot(kvm, "heap", tcf="asymm")
 
 
 @scenario(f"guest program churn: {CHURN_ROUNDS} rounds of allocate/verify/retag")
 def guest_churn(kvm: Kvm) -> Result:
+    """The churn guest's console and outcome after CHURN_ROUNDS rounds."""
     return boot(kvm, "churn", argument=CHURN_ROUNDS)
 
 
@@ -151,6 +163,9 @@ def _plant_tags(kvm: Kvm, session: Session, gpa: int, tag: int) -> int:
     "tag 0; a store that changes only tags (STG) marks its page in the dirty log"
 )
 def guest_first_touch_and_dirty_log(kvm: Kvm) -> Result:
+    """Tags planted with COPY_TAGS before the guest first touches a page, a VMM write after them,
+    and which of kvm-probe's pages the dirty log reports after the guest stores tags only: the
+    outcomes, the console, and ``dirty_page<n>``."""
     session = Session(kvm, "kvm-probe")
     memory = session.machine.memory
     region = memory.region_of(PROBE_BASE)
@@ -184,6 +199,9 @@ def guest_first_touch_and_dirty_log(kvm: Kvm) -> Result:
     "new VM: memory and tags equal, and it goes on to catch its overflow"
 )
 def snapshot_restore_heap(kvm: Kvm) -> Result:
+    """Pause the heap guest in its use-after-free report, snapshot it, restore it into a new VM
+    and run it: whether the pages' digests match, the console, the outcome and the tag bytes
+    stored."""
     session = Session(kvm, "heap", ram=MOVED_RAM)
     session.machine.pause_on_report(HEAP_UAF)
     paused = run_with_watchdog(session.machine)
@@ -241,6 +259,9 @@ def receive_held_heap(kvm: Kvm, listener: Listener) -> Result:
     "its use-after-free report: memory and tags equal at the switch, the guest finishes"
 )
 def migrate_heap_between_vms(kvm: Kvm) -> Result:
+    """Migrate the held heap guest to a second VM of the same backend (:func:`send_held_heap`,
+    :func:`receive_held_heap`): whether it arrived with the same digest, whether it caught its
+    overflow there, the source's state after, and the destination's outcome."""
     listener = Listener(TcpAddress("127.0.0.1", 0))
     arrived: list[Result] = []
     receiver = threading.Thread(

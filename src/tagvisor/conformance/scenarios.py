@@ -63,6 +63,9 @@ def outcome(call: Callable[[], Any]) -> int:
 
 @dataclass(frozen=True)
 class Scenario:
+    """One registered scenario: its name (the function's), the function, its one-line summary,
+    and the backends that can run it."""
+
     name: str
     run: Callable[[Kvm], Result]
     summary: str
@@ -76,6 +79,9 @@ SCENARIOS: list[Scenario] = []
 def scenario(
     summary: str, backends: tuple[str, ...] = ("model", "linux")
 ) -> Callable[[Callable[[Kvm], Result]], Callable[[Kvm], Result]]:
+    """Register the decorated function as a scenario with ``summary``, for ``backends``; the
+    function is returned unchanged."""
+
     def register(function: Callable[[Kvm], Result]) -> Callable[[Kvm], Result]:
         SCENARIOS.append(Scenario(function.__name__, function, summary, backends))
         return function
@@ -87,10 +93,13 @@ def scenario(
 
 
 def enable_mte(vm: Vm) -> int:
+    """KVM_ENABLE_CAP(KVM_CAP_ARM_MTE) on ``vm``: its raw outcome."""
     return outcome(lambda: vm.enable_cap(Cap.ARM_MTE))
 
 
 def add_slot(vm: Vm, slot: int, gpa: int, size: int, uaddr: int, flags: int = 0) -> int:
+    """KVM_SET_USER_MEMORY_REGION of ``size`` bytes at ``gpa`` from ``uaddr`` as ``slot``: its
+    raw outcome."""
     region = kvm_userspace_memory_region(
         slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size, userspace_addr=uaddr
     )
@@ -118,12 +127,16 @@ def copy_tags(
     flags: int = KVM_ARM_TAGS_FROM_GUEST,
     reserved: tuple[int, int] = (0, 0),
 ) -> int:
+    """KVM_ARM_MTE_COPY_TAGS of ``length`` bytes' tags at ``ipa`` to or from ``addr``
+    (``flags``), with ``reserved`` in the reserved words: its raw outcome."""
     request = kvm_arm_copy_mte_tags(guest_ipa=ipa, length=length, addr=addr, flags=flags)
     request.reserved[0], request.reserved[1] = reserved
     return outcome(lambda: vm.arm_mte_copy_tags(request))
 
 
 def init_vcpu(vm: Vm, features: int = 0) -> tuple[Vcpu, int]:
+    """VCPU 0 of ``vm`` and the raw outcome of KVM_ARM_VCPU_INIT with the preferred target and
+    ``features``."""
     vcpu = vm.create_vcpu(0)
     init = vm.arm_preferred_target()
     request = kvm_vcpu_init(target=init.target)
@@ -136,6 +149,8 @@ def init_vcpu(vm: Vm, features: int = 0) -> tuple[Vcpu, int]:
 
 @scenario("KVM_CHECK_EXTENSION(KVM_CAP_ARM_MTE) on /dev/kvm and on a VM; an unknown cap")
 def check_extension_mte(kvm: Kvm) -> Result:
+    """KVM_CHECK_EXTENSION(KVM_CAP_ARM_MTE) on ``/dev/kvm`` and on a VM, of an unknown
+    capability, and the API version."""
     vm = kvm.create_vm()
     return {
         "system": kvm.check_extension(Cap.ARM_MTE),
@@ -147,6 +162,8 @@ def check_extension_mte(kvm: Kvm) -> Result:
 
 @scenario("ENABLE_CAP(ARM_MTE) twice before any VCPU, then after KVM_CREATE_VCPU")
 def enable_cap_order(kvm: Kvm) -> Result:
+    """ENABLE_CAP(ARM_MTE): the first and second time, after a VCPU exists, and first on a VM
+    whose VCPU exists already."""
     vm = kvm.create_vm()
     first = enable_mte(vm)
     second = enable_mte(vm)
@@ -164,6 +181,7 @@ def enable_cap_order(kvm: Kvm) -> Result:
 
 @scenario("ENABLE_CAP(ARM_MTE) with flags != 0 (EINVAL), with args != 0 (not checked)")
 def enable_cap_flags_args(kvm: Kvm) -> Result:
+    """ENABLE_CAP(ARM_MTE) with ``flags`` 1 and with non-zero ``args``: the outcomes."""
     vm = kvm.create_vm()
     flags = outcome(lambda: vm.enable_cap(Cap.ARM_MTE, flags=1))
     args = outcome(lambda: vm.enable_cap(Cap.ARM_MTE, args=(1, 2, 3, 4)))
@@ -172,6 +190,8 @@ def enable_cap_flags_args(kvm: Kvm) -> Result:
 
 @scenario("A 32-bit EL1 VCPU in an MTE VM is refused at KVM_ARM_VCPU_INIT")
 def el1_32bit_with_mte(kvm: Kvm) -> Result:
+    """KVM_ARM_VCPU_INIT with EL1_32BIT in an MTE VM, and whether the host has 32-bit EL1 at all
+    (a host fact)."""
     vm = kvm.create_vm()
     vm.enable_cap(Cap.ARM_MTE)
     _, init = init_vcpu(vm, 1 << VcpuFeature.EL1_32BIT)
@@ -183,6 +203,8 @@ def el1_32bit_with_mte(kvm: Kvm) -> Result:
 
 @scenario("COPY_TAGS argument checks, each EINVAL, in the kernel's order")
 def copy_tags_einval(kvm: Kvm) -> Result:
+    """COPY_TAGS with MTE off, non-zero reserved words, unknown flags, unaligned address or
+    length, and several wrongs at once (which one wins)."""
     user = kvm.user_memory
     buffer = user.map_anonymous(PAGE)
     off, _ = mte_vm(kvm, mte=False)
@@ -203,6 +225,8 @@ def copy_tags_einval(kvm: Kvm) -> Result:
 
 @scenario("COPY_TAGS EFAULT paths: no memslot; NULL, unmapped or read-only user buffer")
 def copy_tags_efault(kvm: Kvm) -> Result:
+    """COPY_TAGS both ways with no memslot at the address, and with a NULL, unmapped or read-only
+    user buffer."""
     user = kvm.user_memory
     vm, _ = mte_vm(kvm)
     buffer = user.map_anonymous(PAGE)
@@ -226,6 +250,8 @@ def copy_tags_efault(kvm: Kvm) -> Result:
 
 @scenario("COPY_TAGS partial copies (the second page outside the slot) and length 0")
 def copy_tags_partial_and_zero(kvm: Kvm) -> Result:
+    """COPY_TAGS that cross the slot's end or the buffer's, and of length 0 (even with no memslot
+    or a NULL buffer): how much each reports copied."""
     user = kvm.user_memory
     vm, _ = mte_vm(kvm)
     buffer = user.map_anonymous(4 * PAGE)
@@ -257,6 +283,8 @@ INT_MAX: Final = 2**31 - 1
 
 @scenario("COPY_TAGS lengths around INT_MAX (6.4+: above it is EINVAL; before: partial)")
 def copy_tags_int_max(kvm: Kvm) -> Result:
+    """COPY_TAGS lengths just under and over INT_MAX and of 4 GiB: the outcomes, which the kernel
+    version decides."""
     user = kvm.user_memory
     vm, _ = mte_vm(kvm)
     buffer = user.map_anonymous(SLOT_PAGES * TAGS_PER_PAGE + PAGE)
@@ -272,6 +300,8 @@ def copy_tags_int_max(kvm: Kvm) -> Result:
 
 @scenario("COPY_TAGS while the slot logs dirty pages (6.12+: TO_GUEST is EBUSY)")
 def copy_tags_while_dirty_logging(kvm: Kvm) -> Result:
+    """COPY_TAGS both ways while the slot logs dirty pages, and TO_GUEST again once logging is
+    off."""
     user = kvm.user_memory
     vm, ram = mte_vm(kvm)
     buffer = user.map_anonymous(PAGE)
@@ -294,6 +324,8 @@ def copy_tags_while_dirty_logging(kvm: Kvm) -> Result:
 
 @scenario("TO_GUEST keeps the low nibble (0xf3 reads back 0x03); other pages stay zero")
 def copy_tags_round_trip(kvm: Kvm) -> Result:
+    """Tags written TO_GUEST and read back FROM_GUEST: only their low nibble kept, the page not
+    written all zero."""
     user = kvm.user_memory
     vm, _ = mte_vm(kvm)
     buffer = user.map_anonymous(2 * PAGE)
@@ -314,6 +346,8 @@ def copy_tags_round_trip(kvm: Kvm) -> Result:
 
 @scenario("FROM_GUEST of pages never tagged: zeros (untouched, and touched by the VMM)")
 def never_tagged_reads_zero(kvm: Kvm) -> Result:
+    """FROM_GUEST over pages the guest never tagged, one of them written by the VMM: the outcome
+    and the tag values read."""
     user = kvm.user_memory
     vm, ram = mte_vm(kvm)
     user.write(ram + 2 * PAGE, b"\x5a" * PAGE)  # data written by the VMM only
@@ -345,6 +379,8 @@ def _map(kvm: Kvm, backing: str, size: int) -> int:
 
 @scenario("KVM_SET_USER_MEMORY_REGION over each backing, with MTE on, off, and on later")
 def memslot_backings(kvm: Kvm) -> Result:
+    """KVM_SET_USER_MEMORY_REGION over anonymous, shared anonymous, memfd, file and hugetlb
+    memory, with MTE on, off and enabled after the slot: each outcome (or why mmap failed)."""
     result: Result = {}
     size = 2 << 20  # one huge page
     for backing in BACKINGS:
@@ -365,6 +401,7 @@ def memslot_backings(kvm: Kvm) -> Result:
 
 @scenario("COPY_TAGS through a slot whose memory was made read-only after the slot")
 def copy_tags_readonly_guest_memory(kvm: Kvm) -> Result:
+    """COPY_TAGS both ways through a slot whose memory the VMM made read-only after adding it."""
     user = kvm.user_memory
     vm, ram = mte_vm(kvm)
     buffer = user.map_anonymous(PAGE)
@@ -379,15 +416,19 @@ def copy_tags_readonly_guest_memory(kvm: Kvm) -> Result:
 
 
 def get_reg(vcpu: Vcpu, reg: int) -> int:
+    """KVM_GET_ONE_REG of ``reg``: the value, or -errno."""
     return outcome(lambda: vcpu.get_one_reg(reg))
 
 
 def set_reg(vcpu: Vcpu, reg: int, value: int) -> int:
+    """KVM_SET_ONE_REG of ``reg`` to ``value``: its raw outcome."""
     return outcome(lambda: vcpu.set_one_reg(reg, value))
 
 
 @scenario("ONE_REG of GCR/RGSR/TFSR/TFSRE0 with MTE on (reset value, any value) and off")
 def one_reg_mte_registers(kvm: Kvm) -> Result:
+    """GCR, RGSR, TFSR and TFSRE0_EL1 through ONE_REG, MTE on and off: before VCPU init, reset
+    value, setting all ones, reading back, KVM_GET_REG_LIST listing; and ID_AA64PFR1_EL1.MTE."""
     result: Result = {}
     for mte in (True, False):
         vm = kvm.create_vm()
@@ -429,6 +470,8 @@ UART: Final = 0x0900_0000
 
 @scenario("KVM_RUN: an MMIO write, an MMIO read answered by the VMM, PSCI SYSTEM_OFF")
 def run_mmio_and_system_off(kvm: Kvm) -> Result:
+    """KVM_RUN of MMIO_PROGRAM: each exit's reason, MMIO address, length, direction and data
+    (reads answered 0x12345678), then the system event."""
     vm, ram = mte_vm(kvm)
     code = b"".join(word.to_bytes(4, "little") for word in MMIO_PROGRAM)
     kvm.user_memory.write(ram, code)
@@ -463,6 +506,8 @@ KICK_AFTER: Final = 0.3
 
 @scenario("KVM_RUN interrupted: a kick while the guest spins; a kick before KVM_RUN")
 def run_kick(kvm: Kvm) -> Result:
+    """KVM_RUN of a guest that spins, kicked from another thread, then run after a kick that came
+    first: both exit reasons, and whether the PC stayed put."""
     vm, ram = mte_vm(kvm)
     kvm.user_memory.write(ram, SPIN.to_bytes(4, "little"))
     vcpu, init = init_vcpu(vm, 1 << VcpuFeature.PSCI_0_2)

@@ -15,6 +15,9 @@ from tagvisor.testbed.boot import PAGECACHE_DIR
 
 
 def run() -> dict[str, Any]:
+    """The scenarios on the image's real ``/dev/kvm`` (only those ``$TAGVISOR_SCENARIOS`` names,
+    if set), file memslots in the page-cache mount when there is one; with the backend's name
+    and that directory."""
     only = [name for name in os.environ.get("TAGVISOR_SCENARIOS", "").split(",") if name]
     # File memslots are backed by page cache there, as the model's map_file is.
     file_dir = PAGECACHE_DIR if os.path.ismount(PAGECACHE_DIR) else None

@@ -89,6 +89,7 @@ def add_with_carry(a: int, b: int, carry: int, width: int) -> tuple[int, Flags]:
 
 
 def carry_flag(flags: Flags) -> int:
+    """PSTATE.C of the lazy ``flags`` (what ADC, SBC and CARRY read)."""
     return (nzcv(flags) >> 1) & 1
 
 
@@ -106,6 +107,7 @@ def sdiv(a: int, b: int, width: int) -> int:
 
 
 def clz(value: int, width: int) -> int:
+    """CLZ: leading zero bits of the ``width``-bit ``value``."""
     return width - value.bit_length()
 
 
@@ -115,6 +117,7 @@ def cls(value: int, width: int) -> int:
 
 
 def rbit(value: int, width: int) -> int:
+    """RBIT: ``value`` with its ``width`` bits in reverse order."""
     return int(format(value, f"0{width}b")[::-1], 2)
 
 
@@ -130,8 +133,10 @@ def rev_bytes(value: int, width: int, container: int) -> int:
 
 
 def signed64(value: int) -> int:
+    """A 64-bit register value read as two's complement."""
     return value - ((value >> 63) << 64)
 
 
 def smulh(a: int, b: int) -> int:
+    """SMULH: the high 64 bits of the signed 128-bit product, as a register value."""
     return ((signed64(a) * signed64(b)) >> 64) & M64

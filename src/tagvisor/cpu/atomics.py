@@ -86,13 +86,17 @@ class AtomicOps:
         return 0
 
     def store_exclusive_int(self, va: int, size: int, value: int) -> int:
+        """STXR / STLXR of an integer: 0 if the store happened, 1 if the monitor failed."""
         return self.store_exclusive(va, size, value.to_bytes(size, "little"))
 
     def store_exclusive_pair(self, va: int, size: int, first: int, second: int) -> int:
+        """STXP / STLXP of two ``size``-byte elements (low address first): 0 if stored, 1 if the
+        monitor failed."""
         data = first.to_bytes(size, "little") + second.to_bytes(size, "little")
         return self.store_exclusive(va, 2 * size, data)
 
     def clear_monitor(self) -> None:
+        """CLREX: clear the exclusive monitor, so the next store-exclusive fails."""
         self.state.monitor = None
 
     # -- LSE atomics -----------------------------------------------------------------------------

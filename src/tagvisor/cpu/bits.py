@@ -22,6 +22,7 @@ def field(word: int, lsb: int, width: int) -> int:
 
 
 def bit(word: int, n: int) -> int:
+    """Bit ``n`` of ``word``."""
     return (word >> n) & 1
 
 
@@ -33,6 +34,7 @@ def sign_extend(value: int, width: int) -> int:
 
 
 def ones(n: int) -> int:
+    """Ones(n): the low ``n`` bits set."""
     return (1 << n) - 1
 
 
@@ -46,6 +48,7 @@ def ror(value: int, amount: int, width: int) -> int:
 
 
 def replicate(value: int, esize: int, width: int) -> int:
+    """Replicate(value): the ``esize``-bit ``value`` repeated to fill ``width`` bits."""
     out = 0
     for shift in range(0, width, esize):
         out |= value << shift

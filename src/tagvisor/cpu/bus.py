@@ -48,7 +48,9 @@ class GenerationCounter(Protocol):
     MMU-notifier unmaps, dirty-log write protection)."""
 
     @property
-    def generation(self) -> int: ...
+    def generation(self) -> int:
+        """A counter that moves whenever a cached stage-2 answer may be stale."""
+        ...
 
 
 class HostFrames(Protocol):
@@ -56,18 +58,26 @@ class HostFrames(Protocol):
     of packed tags (two per byte, the even granule's in the low nibble)."""
 
     @property
-    def data(self) -> NDArray[np.uint8]: ...
+    def data(self) -> NDArray[np.uint8]:
+        """Page data, one 4096-byte row per host frame."""
+        ...
 
     @property
-    def packed_pages(self) -> NDArray[np.uint8]: ...
+    def packed_pages(self) -> NDArray[np.uint8]:
+        """Allocation tags, one 128-byte row of packed tags per host frame."""
+        ...
 
 
 class BusLock(Protocol):
     """The stage-2 lock: reentrant, held while a block runs."""
 
-    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool:
+        """Take the lock as ``threading.RLock.acquire`` does."""
+        ...
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Release the lock once."""
+        ...
 
     def __enter__(self) -> bool: ...
 
@@ -84,13 +94,19 @@ class PhysicalBus(Protocol):
     """Guest-physical memory of one VM as the core reaches it: stage 2."""
 
     @property
-    def memslots(self) -> GenerationCounter: ...
+    def memslots(self) -> GenerationCounter:
+        """The memslot table's generation counter."""
+        ...
 
     @property
-    def frames(self) -> HostFrames: ...
+    def frames(self) -> HostFrames:
+        """The host frames that back guest RAM, for the fast paths to index by frame."""
+        ...
 
     @property
-    def lock(self) -> BusLock: ...
+    def lock(self) -> BusLock:
+        """The stage-2 lock the core holds around each translated block."""
+        ...
 
     def page_for(self, gpa: int, *, write: bool) -> tuple[int, bool]:
         """(host frame, stage-2 writable) of the page holding ``gpa``, faulted in for
@@ -116,20 +132,28 @@ class RegisterFile(Protocol):
     """
 
     @property
-    def core(self) -> list[int]: ...
+    def core(self) -> list[int]:
+        """x0-x30, SP_EL0, PC, PSTATE and SP_EL1, in KVM's ``kvm_regs`` order."""
+        ...
 
     @property
-    def sysregs(self) -> dict[int, int]: ...
+    def sysregs(self) -> dict[int, int]:
+        """The system registers by ONE_REG id."""
+        ...
 
 
 class CoreContext(Protocol):
     """A VCPU as ``A64Core.run`` sees it: its registers, its VM's bus, its MTE state."""
 
     @property
-    def regs(self) -> RegisterFile: ...
+    def regs(self) -> RegisterFile:
+        """The VCPU's registers, loaded at the start of a run and saved at its end."""
+        ...
 
     @property
-    def stage2(self) -> PhysicalBus: ...
+    def stage2(self) -> PhysicalBus:
+        """The VM's guest-physical memory (stage 2)."""
+        ...
 
     @property
     def tag_access(self) -> bool:

@@ -40,6 +40,7 @@ class FlagSource(NamedTuple):
 
 
 def mask(sf: int) -> str:
+    """The register mask of the width ``sf`` selects (64 or 32 bits), as a hex literal."""
     return MASK64 if sf else MASK32
 
 
@@ -93,6 +94,8 @@ class BlockSource:
         return self.start + 4 * max(index, 0)
 
     def text(self) -> str:
+        """The block as the source of one function, ``_block(x)`` over the X registers, ready to
+        ``compile``."""
         body = "\n".join("    " + line for line in self.lines)
         return f"def _block(x):\n{body}\n"
 
@@ -110,11 +113,14 @@ class Builder:
     # -- structure ------------------------------------------------------------------------
 
     def begin(self, pc: int) -> None:
+        """Start the code of the instruction at ``pc``, noting its first line so a fault maps
+        back to its PC."""
         self.pc = pc
         self.count += 1
         self.out.insn_lines.append(len(self.out.lines))
 
     def emit(self, line: str) -> None:
+        """Append one line of Python to the block."""
         self.out.lines.append(line)
 
     def end(self, next_pc_expr: str) -> None:
@@ -123,11 +129,13 @@ class Builder:
         self.ended = True
 
     def end_raise(self, exception_expr: str) -> None:
+        """Finish the block with ``raise exception_expr``."""
         self.emit(f"raise {exception_expr}")
         self.ended = True
 
     @property
     def next_pc(self) -> int:
+        """The address of the instruction after the current one (modulo 2^64)."""
         return (self.pc + 4) & M64
 
     # -- registers --------------------------------------------------------------------------
@@ -143,6 +151,7 @@ class Builder:
         return "0" if n == 31 else f"(x[{n}] & {MASK32})"
 
     def r(self, n: int, sf: int) -> str:
+        """Xn if ``sf`` is 1, else Wn; register 31 is the zero register."""
         return self.x(n) if sf else self.w(n)
 
     @staticmethod
@@ -171,6 +180,8 @@ class Builder:
         self.flags = FlagSource(kind, a, b, r)
 
     def flags_unknown(self) -> None:
+        """Forget which expressions ``C.flags`` holds (the flags were set by a helper or
+        conditionally): conditions read the NZCV table again."""
         self.flags = None
 
     def cond(self, cond: int) -> str:

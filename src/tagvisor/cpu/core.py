@@ -139,11 +139,13 @@ class A64Core:
 
     @property
     def memory(self) -> GuestMemory:
+        """The guest memory paths of the VM the core is bound to (after its first run)."""
         assert self._memory is not None, "the core has not run yet"
         return self._memory
 
     @property
     def sysregs(self) -> SystemRegisters:
+        """The system registers as MRS and MSR reach them (after the first run)."""
         assert self._sysregs is not None, "the core has not run yet"
         return self._sysregs
 
@@ -154,13 +156,18 @@ class A64Core:
     # -- hooks used by system registers and memory ----------------------------------------------
 
     def translation_changed(self) -> None:
+        """Hook for a write to SCTLR, TCR, TTBR or MAIR_EL1, a TLBI or new registers at a run's
+        start: drop the TLB, the fast paths and the PC cache."""
         self.memory.flush_tlb()
         self._pc_cache.clear()
 
     def checks_changed(self) -> None:
+        """Hook for a change of PSTATE.TCO: drop the fast paths, which have tag checking built
+        in."""
         self.memory.flush_fast()
 
     def code_changed(self) -> None:
+        """Hook for IC IALLU(IS) or a VMM that rewrote guest code: drop every translated block."""
         self.blocks.clear()
         self._code_keys.clear()
         self._pc_cache.clear()

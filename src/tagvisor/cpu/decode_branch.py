@@ -15,6 +15,8 @@ from tagvisor.cpu.sysreg import SYSREG_BASE, encoding
 
 
 def branch_system(w: int, b: Builder) -> None:
+    """Append the code of a branch, exception-generating or system instruction ``w``
+    (ReservedEncoding if UNDEFINED here)."""
     if (w >> 26) & 0x1F == 0b00101:
         _branch_immediate(w, b)
     elif (w >> 25) & 0x3F == 0b011010:

@@ -48,6 +48,8 @@ def _add_sub(
 
 
 def dp_immediate(w: int, b: Builder) -> None:
+    """Append the code of a data-processing (immediate) instruction ``w``: PC-relative, add/sub,
+    ADDG/SUBG, logical, move wide, bitfield, extract."""
     kind = field(w, 23, 3)
     if kind <= 1:
         _pc_relative(w, b)
@@ -182,6 +184,8 @@ def _extract(w: int, b: Builder) -> None:
 
 
 def dp_register(w: int, b: Builder) -> None:
+    """Append the code of a data-processing (register) instruction ``w`` (ReservedEncoding if
+    UNDEFINED here)."""
     op1, op2 = bit(w, 28), field(w, 21, 4)
     if not op1:
         if not op2 & 8:

@@ -19,6 +19,8 @@ from tagvisor.cpu.decode_dp import extended
 
 
 def load_store(w: int, b: Builder) -> None:
+    """Append the code of a load or store ``w``, MTE tag loads and stores included
+    (ReservedEncoding if UNDEFINED here)."""
     if field(w, 24, 6) == 0b001000:
         _exclusive_ordered(w, b)
     elif w >> 24 == 0xD9 and bit(w, 21):

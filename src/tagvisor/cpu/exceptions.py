@@ -81,6 +81,7 @@ def data_abort(
 
 
 def instruction_abort(fsc: int, far: int) -> GuestException:
+    """An instruction abort from the current EL (EC 0x21) with fault status ``fsc`` at ``far``."""
     return GuestException(EC_IABT_SAME, fsc, far=far)
 
 

@@ -229,6 +229,7 @@ class GuestMemory:
         self.write_checked.clear()
 
     def flush_tlb(self) -> None:
+        """Forget the stage-1 TLB and the fast-path entries built on it."""
         self.mmu.flush()
         self.flush_fast()
 
@@ -461,15 +462,19 @@ class GuestMemory:
     # -- integer forms the fast paths fall back to ----------------------------------------
 
     def read_int(self, va: int, size: int) -> int:
+        """A little-endian integer load of ``size`` bytes by the slow path."""
         return int.from_bytes(self.load(va, size), "little")
 
     def write_int(self, va: int, size: int, value: int) -> None:
+        """A little-endian integer store of ``size`` bytes by the slow path."""
         self.store(va, value.to_bytes(size, "little"))
 
     def read_pair(self, va: int, size: int) -> tuple[int, int]:
+        """Two ``size``-byte elements loaded as one access (LDP) by the slow path."""
         data = self.load(va, 2 * size, elem=size)
         return int.from_bytes(data[:size], "little"), int.from_bytes(data[size:], "little")
 
     def write_pair(self, va: int, size: int, first: int, second: int) -> None:
+        """Two ``size``-byte elements stored as one access (STP) by the slow path."""
         data = first.to_bytes(size, "little") + second.to_bytes(size, "little")
         self.store(va, data, elem=size)

@@ -101,9 +101,11 @@ class Stage1Mmu:
         self.walks = 0
 
     def flush(self) -> None:
+        """Empty the TLB (TLBI, or a translation register changed)."""
         self.tlb.clear()
 
     def mmu_enabled(self) -> bool:
+        """SCTLR_EL1.M: whether stage 1 translates (else virtual addresses are physical)."""
         return bool(self.sysregs[SCTLR_EL1] & SCTLR_M)
 
     def translate(self, va: int) -> TlbEntry:

@@ -31,22 +31,31 @@ class MteOps:
         return VirtualTagMemory(self.memory, write=write, el=self.state.el, pointer=pointer)
 
     def irg(self, operand: int, exclude: int) -> int:
+        """IRG: ``operand`` with a random allocation tag outside ``exclude`` and GCR_EL1.Exclude."""
         return taggen.irg(self.state.mte, operand, exclude)
 
     @staticmethod
     def gmi(pointer: int, mask: int) -> int:
+        """GMI: ``mask`` with the bit of the pointer's logical tag set."""
         return taggen.gmi(pointer, mask)
 
     def addg(self, pointer: int, granules: int, tag_offset: int) -> int:
+        """ADDG: ``pointer`` plus ``granules`` * 16 bytes, its tag advanced by
+        ``tag_offset`` (ChooseNonExcludedTag)."""
         return taggen.addg(self.state.mte, pointer, granules, tag_offset)
 
     def subg(self, pointer: int, granules: int, tag_offset: int) -> int:
+        """SUBG: ``pointer`` minus ``granules`` * 16 bytes, its tag advanced by
+        ``tag_offset`` (ChooseNonExcludedTag)."""
         return taggen.subg(self.state.mte, pointer, granules, tag_offset)
 
     def ldg(self, address: int, xt: int) -> int:
+        """LDG: ``xt`` with bits 59:56 replaced by the allocation tag of ``address``'s granule."""
         return tagmove.ldg(self.state.mte, self._tags(address, write=False), address, xt)
 
     def stg(self, address: int, source: int, granules: int, zero: bool) -> None:
+        """STG / ST2G / STZG / STZ2G: set ``granules`` granules' tags to ``source``'s logical
+        tag, zeroing their data if ``zero``."""
         memory = self._tags(address, write=True)
         try:
             tagmove.stg(self.state.mte, memory, address, source, granules=granules, zero_data=zero)
@@ -54,6 +63,7 @@ class MteOps:
             raise data_abort(FSC_ALIGNMENT, fault.address, write=True) from None
 
     def stgp(self, address: int, first: int, second: int) -> None:
+        """STGP: store 16 bytes of data (``first``, ``second``) and the address's own tag."""
         memory = self._tags(address, write=True)
         try:
             tagmove.stgp(self.state.mte, memory, address, first & M64, second & M64)
@@ -61,18 +71,21 @@ class MteOps:
             raise data_abort(FSC_ALIGNMENT, fault.address, write=True) from None
 
     def ldgm(self, address: int) -> int:
+        """LDGM: the tags of a GMID_EL1.BS block as nibbles (UNDEFINED at EL0)."""
         try:
             return tagmove.ldgm(self.state.mte, self._tags(address, write=False), address)
         except UndefinedInstruction:
             raise undefined() from None
 
     def stgm(self, address: int, xt: int) -> None:
+        """STGM: set a GMID_EL1.BS block's tags from the nibbles of ``xt`` (UNDEFINED at EL0)."""
         try:
             tagmove.stgm(self.state.mte, self._tags(address, write=True), address, xt)
         except UndefinedInstruction:
             raise undefined() from None
 
     def stzgm(self, address: int, xt: int) -> None:
+        """STZGM: zero a DCZID_EL0.BS block and give it the tag ``xt[3:0]`` (UNDEFINED at EL0)."""
         try:
             tagmove.stzgm(self.state.mte, self._tags(address, write=True), address, xt)
         except UndefinedInstruction:

@@ -78,6 +78,7 @@ class CpuState:
 
     @property
     def tco(self) -> bool:
+        """PSTATE.TCO: whether tag checks are suppressed."""
         return self.mte.tco
 
     def pstate(self) -> int:

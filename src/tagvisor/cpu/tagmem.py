@@ -52,6 +52,8 @@ class VirtualTagMemory:
         return out
 
     def load_tags(self, address: int, count: int) -> U8:
+        """Tags of ``count`` granules from virtual ``address``; NO_TAG where the page is not
+        Normal Tagged, outside RAM, or tags are not reachable (HCR_EL2.ATA)."""
         tags = np.full(count, NO_TAG, np.uint8)
         stage2 = self.memory.stage2
         for here, offset, size in self._chunks(address, count * TAG_GRANULE):
@@ -70,6 +72,8 @@ class VirtualTagMemory:
         return tags
 
     def store_tags(self, address: int, tags: U8) -> None:
+        """Store tags from virtual ``address``, a write for both stages; dropped where the page
+        is not Normal Tagged or tags are not reachable, an external abort outside RAM."""
         stage2 = self.memory.stage2
         for here, offset, size in self._chunks(address, int(tags.size) * TAG_GRANULE):
             far = self._far(here)
@@ -83,6 +87,7 @@ class VirtualTagMemory:
                 raise data_abort(FSC_EXTERNAL, far, write=True) from None
 
     def write_data(self, address: int, data: bytes) -> None:
+        """Write ``data`` at virtual ``address`` through both stages (STGP, STZG and DC GZVA)."""
         for here, offset, size in self._chunks(address, len(data)):
             _, gpa = self.memory.translate_data(here, write=True, el=self.el, far=self._far(here))
             self.memory.write_phys(gpa, data[offset : offset + size])

@@ -52,6 +52,7 @@ PAGE_TABLE_PER_PAGE: Final = 8 + 8 / 512
 
 
 def needs_prot_mte(design: str) -> bool:
+    """Whether ``design`` maps guest RAM PROT_MTE in the VMM (the TCO, TCMA and naive ways)."""
     return design in AVOID
 
 
@@ -72,10 +73,12 @@ class CountingProcessAccess(ProcessMteAccess):
             raise
 
     def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
+        """The tags of ``granules`` granules at ``gpa``, counted as one LDG each."""
         self.counters.tag_instructions += granules
         return super().read_tags(gpa, granules, out)
 
     def write_tags(self, gpa: int, tags: U8) -> None:
+        """Store ``tags`` from ``gpa``, counted as one STG each."""
         self.counters.tag_instructions += int(tags.size)
         super().write_tags(gpa, tags)
 
@@ -105,12 +108,16 @@ class TwoMappingsAccess:
         return self._tag_hva[region.slot] + gpa - region.gpa
 
     def read_data(self, gpa: int, length: int) -> bytes:
+        """Guest data through the memslot's own (unchecked) mapping."""
         return self.memory.read(gpa, length)
 
     def write_data(self, gpa: int, data: bytes) -> None:
+        """Write guest data through the memslot's own (unchecked) mapping."""
         self.memory.write(gpa, data)
 
     def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
+        """The tags of ``granules`` granules at ``gpa`` by LDG through the PROT_MTE mapping
+        (counted), into ``out`` if given."""
         self.counters.tag_instructions += granules
         tags = self.process.load_tags(self._tags_at(gpa, granules * TAG_GRANULE), granules)
         if out is None:
@@ -119,6 +126,8 @@ class TwoMappingsAccess:
         return out
 
     def write_tags(self, gpa: int, tags: U8) -> None:
+        """Store ``tags`` from ``gpa`` by STG through the PROT_MTE mapping (counted), and mark
+        the pages dirty for the VMM's own dirty tracking: KVM sees no write."""
         self.counters.tag_instructions += int(tags.size)
         self.process.store_tags(self._tags_at(gpa, int(tags.size) * TAG_GRANULE), tags)
         region = self.memory.region_of(gpa)
@@ -143,12 +152,16 @@ class DirtyLogTagsVm(CountingVm):
         return bitmap
 
     def set_user_memory_region(self, region: kvm_userspace_memory_region) -> None:
+        """Set the memslot; when it starts dirty logging, a first harvest reports every page with
+        its tags, so the first pass has them all."""
         super().set_user_memory_region(region)
         if region.flags & KVM_MEM_LOG_DIRTY_PAGES and region.slot in self.buffers:
             # The first harvest reports every page, so the first pass has its tags.
             self._harvest(region.slot, DIRTY_LOG_TAGS_ALL)
 
     def get_dirty_log(self, slot: int) -> bytes:
+        """A harvest with the proposal's KVM_GET_DIRTY_LOG_TAGS: the dirty bitmap, the reported
+        pages' tags into the slot's buffer (counted as kernel tag bytes)."""
         return self._harvest(slot, 0)
 
 
@@ -163,12 +176,16 @@ class DirtyLogTagsAccess:
         self.buffers = buffers
 
     def read_data(self, gpa: int, length: int) -> bytes:
+        """Guest data through the memslot's plain mapping."""
         return self.memory.read(gpa, length)
 
     def write_data(self, gpa: int, data: bytes) -> None:
+        """Write guest data through the memslot's plain mapping."""
         self.memory.write(gpa, data)
 
     def read_tags(self, gpa: int, granules: int, out: U8 | None = None) -> U8:
+        """The tags of ``granules`` granules at ``gpa`` as the last harvest left them in the
+        slot's buffer; TagAccessError while the slot does not log."""
         region = self.memory.region_of(gpa, granules * TAG_GRANULE)
         if not region.logging:
             raise TagAccessError(
@@ -186,6 +203,8 @@ class DirtyLogTagsAccess:
         return out
 
     def write_tags(self, gpa: int, tags: U8) -> None:
+        """Refused (TagAccessError): the proposal only returns tags, and gives the VMM no way to
+        write them."""
         raise TagAccessError(
             "a dirty log that returns tags only reads them: the VMM has no way to write tags"
         )

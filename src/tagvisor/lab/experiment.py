@@ -19,6 +19,7 @@ class Scale:
     quick: bool
 
     def pick(self, quick: int, full: int) -> int:
+        """``quick`` when running quick, else ``full``."""
         return quick if self.quick else full
 
 
@@ -53,6 +54,7 @@ class Outcome:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The outcome as a JSON-ready dict, for ``tagvisor lab run --json``."""
         return asdict(self)
 
 

@@ -39,12 +39,15 @@ def _level(vm: CountingVm, features: int) -> int:
 
 
 def capability(kvm: ModelKvm, counters: Counters) -> int | None:
-    """1 if MTE, 0 if not; says nothing of the level (None)."""
+    """2 if KVM_CAP_ARM_MTE is there (the least level it implies), 0 if not: presence only,
+    never whether the host has MTE3."""
     counters.ioctls["KVM_CHECK_EXTENSION"] += 1
     return 2 if kvm.check_extension(Cap.ARM_MTE) else 0
 
 
 def cap_and_id_register(kvm: ModelKvm, counters: Counters) -> int | None:
+    """The capability, then a scratch MTE VM's VCPU's ID_AA64PFR1_EL1.MTE: the level (0 without
+    the capability)."""
     counters.ioctls["KVM_CHECK_EXTENSION"] += 1
     if not kvm.check_extension(Cap.ARM_MTE):
         return 0
@@ -55,6 +58,8 @@ def cap_and_id_register(kvm: ModelKvm, counters: Counters) -> int | None:
 
 
 def scratch_vcpu_feature(kvm: ModelKvm, counters: Counters) -> int | None:
+    """The seed v2 probe: ID_AA64PFR1_EL1.MTE of a scratch VCPU initialised with feature bit 7,
+    or 0 if the kernel refuses the bit."""
     counters.ioctls["KVM_CREATE_VM"] += 1
     vm = CountingVm(kvm.create_vm(), counters)
     try:
@@ -125,6 +130,8 @@ def _conclusion(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def run(scale: Scale, progress: ProgressFn) -> Outcome:
+    """Question 1: every probe on every host and ABI, what it answered and whether rightly, and
+    its ioctls and time per probe."""
     repeat = scale.pick(200, 5000)
     results: dict[str, dict[str, dict[str, Any]]] = {probe: {} for probe in PROBES}
     total, done = len(PROBES) * len(PROFILES) * len(HOSTS), 0

@@ -202,6 +202,9 @@ def _conclusion(f: dict[str, Any]) -> str:
 
 
 def run(scale: Scale, progress: ProgressFn) -> Outcome:
+    """Question 2: the heap guest booted per profile, a guest thread moving between a tagged and
+    a plain VCPU, promotion by the plain VCPU, the split VM's migration with ``copy-tags`` and
+    with ``prot-mte+tco``, and what the VM capability rules out."""
     allocations = scale.pick(100, 2000)
     figures: dict[str, Any] = {
         "boot": {p: boot_heap(p) for p in ("seed-v2", "linux-6.13")},

@@ -213,6 +213,8 @@ def _conclusion(touch: dict[str, Any], moves: dict[str, Any], risk: dict[str, An
 
 
 def run(scale: Scale, progress: ProgressFn) -> Outcome:
+    """Question 3: the first-touch cost of MTE, swap, page migration and CoW with and without it,
+    and each setup's hazards (stale tags, tags lost on swap, VMM faults on DMA)."""
     touch_size = scale.pick(256 * MiB, 4 * GiB)
     size = scale.pick(32 * MiB, 512 * MiB)
     touch: dict[str, Any] = {

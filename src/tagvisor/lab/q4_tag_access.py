@@ -235,6 +235,8 @@ def _conclusion(mig: dict[str, dict[str, dict[str, Any]]], dmas: dict[str, Any])
 
 
 def run(scale: Scale, progress: ProgressFn) -> Outcome:
+    """Question 4: each design migrating an idle and a churning guest, and serving DMA with tags
+    (the naive PROT_MTE way too): the costs of each, against ``copy-tags``."""
     ram = scale.pick(256 * MiB, 4096 * MiB)
     tagged = scale.pick(64 * MiB, 1024 * MiB)
     copies = scale.pick(50, 500)

@@ -226,6 +226,8 @@ def _conclusion(
 
 
 def run(scale: Scale, progress: ProgressFn) -> Outcome:
+    """Question 5: torn page/tag pairs per design and read order, whether pre-copy repairs them,
+    and the post-copy window with and without atomic placement of a page and its tags."""
     samples = scale.pick(1500, 20000)
     steps = 2 * len(DESIGNS) + 2
     sampled: dict[str, dict[str, Any]] = {}

@@ -141,6 +141,8 @@ def _conclusion(plans: dict[str, dict[str, Any]], copies: dict[str, list[dict[st
 
 
 def run(scale: Scale, progress: ProgressFn) -> Outcome:
+    """Question 6: a logging destination's placement plans before 6.12 and on 6.12, and COPY_TAGS
+    of 1 to 4 GiB on 6.1 and 6.4."""
     size = scale.pick(16 * MiB, 256 * MiB)
     plans: dict[str, dict[str, Any]] = {}
     for index, plan in enumerate(PLANS):

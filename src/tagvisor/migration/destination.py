@@ -66,6 +66,9 @@ class IncomingError(TagvisorError):
 
 @dataclass
 class IncomingReport:
+    """What an incoming migration received: the pages applied, the pre-copy iterations (ITER
+    sections), the bytes read from the connection and the VCPUs restored."""
+
     pages_received: int = 0
     iterations: int = 0
     bytes_received: int = 0

@@ -54,10 +54,14 @@ PUSH_PAGES: Final = 64
 
 
 def encode_pending(masks: list[NDArray[np.bool_]]) -> bytes:
+    """The POST payload: for each RAM region in turn, one bit per page (least significant bit
+    first), set for a page the destination does not have yet."""
     return b"".join(np.packbits(mask, bitorder="little").tobytes() for mask in masks)
 
 
 def decode_pending(payload: Payload, machine: Machine) -> list[NDArray[np.bool_]]:
+    """The masks of a POST payload, one per RAM region of ``machine`` (FormatError if its length
+    does not match guest RAM)."""
     masks, offset = [], 0
     for region in machine.memory.regions:
         size = -(-region.npages // 8)
@@ -158,6 +162,8 @@ class PostcopyReceiver:
         self.thread = threading.Thread(target=self._receive, name="postcopy", daemon=True)
 
     def start(self) -> None:
+        """Start the receiving thread, which places the pages the source answers or pushes, with
+        their tags, until END!."""
         self.thread.start()
 
     def join(self, timeout: float = 60.0) -> None:

@@ -90,6 +90,9 @@ REPLY_LIMIT: Final = 16 << 10
 
 @dataclass(frozen=True)
 class Hello:
+    """The HELO greeting: the machine's shape, whether PAGE sections are compressed, and
+    optionally the pages of the first pass."""
+
     machine: MachineState
     compress: bool
     #: Pages the first pass will send, if the source says (a hint, never trusted
@@ -97,6 +100,7 @@ class Hello:
     pages: int | None = None
 
     def encode(self) -> bytes:
+        """The HELO payload: JSON with the shape as CONF gives it."""
         value = {"machine": wire.loads(self.machine.encode(), "HELO"), "compress": self.compress}
         if self.pages is not None:
             value["pages"] = self.pages
@@ -104,6 +108,7 @@ class Hello:
 
     @classmethod
     def decode(cls, payload: Payload) -> Hello:
+        """The greeting from a HELO payload, every field checked (FormatError if one is wrong)."""
         raw = wire.loads(payload, "the HELO section")
         machine = MachineState.from_json(wire.field(raw, "machine", dict))
         compress = raw.get("compress")
@@ -116,6 +121,8 @@ class Hello:
 
 
 def send_json(sink: ByteSink, tag: bytes, value: dict[str, Any]) -> None:
+    """Write one section whose payload is ``value`` as JSON with sorted keys (the replies and
+    control sections)."""
     write_section(sink, tag, json.dumps(value, sort_keys=True).encode())
 
 
@@ -126,6 +133,8 @@ def reason(reply: dict[str, Any]) -> str:
 
 
 def read_reply(source: ByteSource, expected: tuple[bytes, ...]) -> tuple[bytes, dict[str, Any]]:
+    """The peer's next section, which must be one of ``expected`` and at most ``REPLY_LIMIT``
+    bytes: its tag and its JSON object."""
     section = read_section(source, lambda tag: REPLY_LIMIT)
     if section.tag not in expected:
         raise FormatError(f"expected one of {expected}, the peer sent {section.tag!r}")

@@ -103,6 +103,7 @@ class MigrationReport:
         return self.tag_bytes / self.data_bytes if self.data_bytes else 0.0
 
     def add(self, stats: EncodeStats) -> None:
+        """Add the cost of encoded pages (``EncodeStats``) to the totals."""
         self.pages_sent += stats.pages
         self.zero_pages += stats.zero_pages
         self.uniform_tag_pages += stats.uniform_tag_pages
@@ -111,6 +112,8 @@ class MigrationReport:
         self.wire_bytes += stats.wire_bytes
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict, ``throughput_bytes_per_second`` and ``tag_share``
+        included."""
         value = asdict(self)
         value.update(throughput_bytes_per_second=self.throughput, tag_share=self.tag_share)
         return value

@@ -1,5 +1,6 @@
-"""TCP transport for migration: addresses, a listener that binds loopback by default,
-and connections that read exactly and fail with a clear error on a cut or a timeout."""
+"""TCP transport for migration: addresses, a listener on the address it is given (the
+CLI's default is loopback), and connections that fail with a clear error on a cut or a
+timeout."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class TransportError(TagvisorError):
 
 @dataclass(frozen=True)
 class TcpAddress:
+    """A migration endpoint; ``str()`` writes it back as ``tcp:HOST:PORT``."""
+
     host: str
     port: int
 
@@ -84,6 +87,8 @@ class Connection:
         return TransportError(f"receiving failed: {error}")
 
     def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (at most 4 MiB) as they arrive; the peer closing is a
+        FormatError, a failed or late receive a TransportError."""
         self._arm()
         try:
             data = self.sock.recv(min(size, 1 << 22))
@@ -95,6 +100,8 @@ class Connection:
         return data
 
     def readinto(self, buffer: memoryview) -> int:
+        """Receive into ``buffer`` (at most 4 MiB at once); the byte count, failures as in
+        :meth:`read`."""
         self._arm()
         try:
             got = self.sock.recv_into(buffer, min(len(buffer), 1 << 22))
@@ -106,6 +113,7 @@ class Connection:
         return got
 
     def write(self, data: bytes | memoryview) -> int:
+        """Send all of ``data`` (TransportError if sending fails); its length."""
         try:
             self.sock.sendall(data)
         except OSError as error:
@@ -133,6 +141,7 @@ class Connection:
         return total
 
     def close(self) -> None:
+        """Shut the connection down both ways and close it: the peer's next read sees the end."""
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -154,6 +163,8 @@ class Listener:
         self.address = TcpAddress(address.host, self.sock.getsockname()[1])
 
     def accept(self, timeout: float = DEFAULT_TIMEOUT) -> Connection:
+        """The connection of the first source to connect within ``timeout`` seconds
+        (TransportError if none does)."""
         self.sock.settimeout(timeout)
         try:
             sock, _peer = self.sock.accept()
@@ -162,10 +173,13 @@ class Listener:
         return Connection(sock)
 
     def close(self) -> None:
+        """Stop listening and release the port."""
         self.sock.close()
 
 
 def connect(address: TcpAddress, timeout: float = DEFAULT_TIMEOUT) -> Connection:
+    """A connection to ``address`` (TransportError if none is made within ``timeout`` seconds);
+    reads then time out after ``timeout`` seconds too."""
     try:
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
     except OSError as error:

@@ -59,15 +59,25 @@ END_TAG: Final = b"END!"
 
 
 class ByteSink(Protocol):
-    def write(self, data: bytes | memoryview, /) -> object: ...
+    """Where a writer puts a container: a file, a connection, a buffer."""
+
+    def write(self, data: bytes | memoryview, /) -> object:
+        """Write all of ``data``."""
+        ...
 
 
 class ByteSource(Protocol):
-    def read(self, size: int) -> bytes: ...
+    """Where a reader takes a container from: a file, a connection, a buffer."""
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; empty at the end of the input."""
+        ...
 
 
 @dataclass(frozen=True)
 class Version:
+    """A format version, ``major.minor``: readers accept their own major and any minor."""
+
     major: int
     minor: int
 
@@ -77,16 +87,20 @@ class Version:
 
 @dataclass(frozen=True)
 class Section:
+    """One section read and verified: its tag, flags and payload."""
+
     tag: bytes
     flags: int
     payload: Payload
 
     @property
     def optional(self) -> bool:
+        """Whether a reader that does not know the tag may skip the section (the OPTIONAL flag)."""
         return bool(self.flags & OPTIONAL)
 
 
 def write_header(sink: ByteSink, magic: bytes, version: Version) -> None:
+    """Write the 20-byte header: ``magic``, ``version`` and the CRC-32C of the first 16 bytes."""
     head = HEADER.pack(magic, version.major, version.minor, 0)
     sink.write(head + CRC.pack(crc32c(head)))
 

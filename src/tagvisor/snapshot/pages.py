@@ -46,6 +46,9 @@ MAX_BODY: Final = MAX_PAGES * (1 + 1 + PACKED_TAGS_PER_PAGE + PAGE_SIZE)
 
 
 class Kind(enum.IntEnum):
+    """What a PAGE section stores of one page (the table above): data or not, one tag byte or all
+    256 tags, or nothing (SKIP)."""
+
     ZERO = 0
     DATA_UNIFORM = 1
     DATA_TAGS = 2
@@ -95,6 +98,9 @@ class PageRun:
 
 @dataclass
 class EncodeStats:
+    """What encoding pages cost: the pages held, how many of them were ZERO, the data and tag bytes
+    stored, the pages whose tags took one byte, and the bytes on the wire."""
+
     pages: int = 0
     zero_pages: int = 0
     data_bytes: int = 0
@@ -103,6 +109,7 @@ class EncodeStats:
     wire_bytes: int = 0
 
     def add(self, other: EncodeStats) -> None:
+        """Add ``other``'s counts to these (the totals over several sections)."""
         for name in vars(self):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 

@@ -50,6 +50,8 @@ MAJOR: Final = 1
 
 
 class Phase(enum.Enum):
+    """When a kind of state travels as a machine is saved or restored (the phases above)."""
+
     SETUP = "setup"
     ITERATE = "iterate"
     COMPLETE = "complete"
@@ -100,9 +102,11 @@ class MachineShape(StateKind):
     tag, phase, limit = b"CONF", Phase.SETUP, 64 << 10
 
     def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """The CONF section: the machine's config, kernel profile and MTE level."""
         return [(self.tag, capture_machine(machine).encode())]
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Decode CONF into ``loaded.machine``; a second CONF is refused."""
         if loaded.machine is not None:
             raise FormatError("a second CONF section: the machine's shape is given twice")
         loaded.machine = MachineState.decode(payload)
@@ -123,18 +127,21 @@ class VcpuRegisters(StateKind):
         ]
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Decode one VCPU section into ``loaded.vcpus``; a VCPU given twice is refused."""
         state = VcpuState.decode(payload)
         if state.vcpu_id in loaded.vcpus:
             raise FormatError(f"VCPU {state.vcpu_id}'s registers are given twice")
         loaded.vcpus[state.vcpu_id] = state
 
     def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        """Registers are there for exactly the VCPUs 0 to n-1 of a machine of n VCPUs."""
         if sorted(loaded.vcpus) != list(range(config.vcpus)):
             raise FormatError(
                 f"registers of VCPUs {sorted(loaded.vcpus)} for a machine of {config.vcpus}"
             )
 
     def apply(self, loaded: Loaded, machine: Machine) -> None:
+        """Write each VCPU's registers into ``machine``, in VCPU order (``apply_vcpu``)."""
         for vcpu_id, state in sorted(loaded.vcpus.items()):
             apply_vcpu(state, machine.vcpus[vcpu_id])
 
@@ -146,9 +153,13 @@ class WideRegisters(StateKind):
     tag, phase, limit, since = b"VREG", Phase.COMPLETE, 128 << 10, 1
 
     def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """None: ``VcpuRegisters.save`` writes each VREG section beside its VCPU section, from the
+        same reading."""
         return []  # written by VcpuRegisters.save beside each VCPU, from one reading
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Add one VREG section's registers to the state of its VCPU, whose VCPU section must come
+        first."""
         if len(payload) < 4:
             raise FormatError("a VREG section is shorter than its header")
         vcpu_id = int.from_bytes(payload[:4], "little")
@@ -167,13 +178,16 @@ class DeviceSection(StateKind):
         self.tag, self.limit, self.since = kind.tag, kind.limit, kind.since
 
     def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """The device's section, or none when ``machine`` has no device of this kind."""
         device = machine.devices.get(self.kind.name)
         return [] if device is None else [(self.tag, device.save().encode())]
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Decode the device's state into ``loaded.devices``; a state given twice is refused."""
         _keep(loaded, self.kind.name, self.kind.decode(payload))
 
     def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        """The state is there exactly when a machine shaped ``config`` has the device."""
         wanted = self.kind.name in _device_names(config)
         if wanted != (self.kind.name in loaded.devices):
             raise FormatError(
@@ -183,6 +197,7 @@ class DeviceSection(StateKind):
             )
 
     def apply(self, loaded: Loaded, machine: Machine) -> None:
+        """Restore the loaded state into ``machine``'s device of this kind."""
         machine.devices[self.kind.name].restore(loaded.devices[self.kind.name])
 
 
@@ -193,9 +208,12 @@ class LegacyDevices(StateKind):
     tag, phase, limit, until = b"DEVS", Phase.COMPLETE, 16 << 20, 1
 
     def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """None: DEVS is only read now; each device writes its own section."""
         return []
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Split the DEVS object into the console, ucall log and DMA states, as if each had come in
+        its own section."""
         raw = wire.loads(payload, "device state")
         _keep(loaded, kinds.CONSOLE.name, ConsoleState(wire.field(raw, "console", str)))
         _keep(loaded, kinds.UCALL.name, UcallLog.from_json(wire.field(raw, "ucalls", list)))
@@ -273,6 +291,8 @@ class Registry:
             kind.check(loaded, config)
 
     def apply(self, loaded: Loaded, machine: Machine) -> None:
+        """Write every kind's loaded state into ``machine``, in the registry's order (after
+        :meth:`check` found it complete)."""
         for kind in self.kinds():
             kind.apply(loaded, machine)
 

@@ -72,6 +72,9 @@ class SnapshotError(TagvisorError):
 
 @dataclass
 class SnapshotReport:
+    """What :func:`save_snapshot` wrote: the file, the pages of guest RAM, what encoding them cost,
+    the SHA-256 of every page's data and tags (the END! summary's digest), and the file's size."""
+
     path: str
     pages_total: int
     stats: EncodeStats
@@ -92,6 +95,7 @@ class Snapshot:
 
     @property
     def vcpus(self) -> list[VcpuState]:
+        """The VCPUs' register states, in VCPU order."""
         return [state for _, state in sorted(self.loaded.vcpus.items())]
 
 

@@ -108,6 +108,8 @@ class MachineState:
     mte_level: int
 
     def encode(self) -> bytes:
+        """The CONF payload as deterministic JSON; a config without extra devices leaves ``devices``
+        out, so it reads as before 1.2."""
         config = asdict(self.config)
         if not config["devices"]:
             del config["devices"]  # a machine without extra devices reads as before 1.2
@@ -115,6 +117,7 @@ class MachineState:
 
     @classmethod
     def decode(cls, payload: Payload) -> MachineState:
+        """The state from a CONF payload, every field checked (FormatError if one is wrong)."""
         return cls.from_json(wire.loads(payload, "machine state"))
 
     @classmethod
@@ -177,6 +180,7 @@ class VcpuState:
         return [(reg, value) for reg, value in self.registers if reg_size(reg) == 8]
 
     def encode(self) -> bytes:
+        """The VCPU payload: VCPU id and count, then (id, value) for each 64-bit register."""
         narrow = self._narrow()
         head = VCPU_HEAD.pack(self.vcpu_id, len(narrow))
         return head + b"".join(REG.pack(reg, value) for reg, value in narrow)
@@ -222,6 +226,8 @@ class VcpuState:
 
     @classmethod
     def decode(cls, payload: Payload) -> VcpuState:
+        """The state from a VCPU payload, its length and register widths checked (FormatError if
+        wrong); a VREG section adds the wide registers later (:meth:`with_wide`)."""
         if len(payload) < VCPU_HEAD.size:
             raise FormatError("a VCPU section is shorter than its header")
         vcpu_id, count = VCPU_HEAD.unpack_from(payload)
@@ -237,6 +243,8 @@ class VcpuState:
 
 
 def capture_machine(machine: Machine) -> MachineState:
+    """The shape of ``machine`` as CONF carries it: its config, the backend's ABI profile and the
+    MTE level in VCPU 0's ID_AA64PFR1_EL1."""
     profile = machine.kvm.abi_profile()
     level = machine.vcpus[0].get_one_reg(ID_AA64PFR1_EL1) >> 8 & 0xF
     return MachineState(machine.config, profile, level)
@@ -252,6 +260,7 @@ def vcpu_sections(state: VcpuState) -> list[tuple[bytes, bytes]]:
 
 
 def capture_vcpu(vcpu_id: int, vcpu: Vcpu) -> VcpuState:
+    """Every register KVM_GET_REG_LIST names for ``vcpu``, with its value, sorted by id."""
     registers = tuple(sorted((reg, vcpu.get_one_reg(reg)) for reg in vcpu.get_reg_list()))
     return VcpuState(vcpu_id, registers)
 

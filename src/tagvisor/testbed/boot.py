@@ -126,6 +126,8 @@ class Network:
     forwards: tuple[tuple[int, int], ...] = ()
 
     def qemu_args(self) -> list[str]:
+        """The ``-nic`` arguments: a virtio-net NIC on user-mode networking, with the forwards as
+        ``hostfwd`` rules."""
         rules = "".join(f",hostfwd=tcp:127.0.0.1:{h}-{GUEST_IP}:{g}" for h, g in self.forwards)
         return ["-nic", f"user,model=virtio-net-pci{rules}"]
 
@@ -230,6 +232,9 @@ def _modules(parts: Parts) -> list[tuple[str, bytes]]:
 
 
 def qemu_command(parts: Parts, initrd: Path, network: Network | None = None) -> list[str]:
+    """The QEMU command line that boots ``parts``' kernel with ``initrd``: an ``-M virt`` machine
+    with virtualization and MTE on (so KVM runs inside), TCG, the serial console on QEMU's
+    standard output, and no network unless ``network`` is given."""
     nic = network.qemu_args() if network is not None else ["-nic", "none"]
     return [
         str(parts.qemu),
@@ -249,6 +254,7 @@ class ConsoleWatch:
         self.process = process
 
     def text(self) -> str:
+        """Everything the console has printed so far, undecodable bytes replaced."""
         return self.path.read_bytes().decode(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:

@@ -52,6 +52,10 @@ def kernel_log() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    """Import the suite module ``argv[1]``, call its ``run()``, and print the result (or the
+    traceback) with the kernel, machine, Python version, time taken and the kernel's MTE and KVM
+    lines, framed; the exit status is 0 if the suite returned, 1 if it raised, 2 on a usage
+    error."""
     if len(argv) != 2:
         print("usage: python3 -m tagvisor.testbed.guest <suite module>", file=sys.stderr)
         return 2

@@ -56,6 +56,7 @@ class CpioWriter:
         self.out.write(b"\0" * (-length % 4))
 
     def directory(self, name: str, mode: int = 0o755) -> None:
+        """A directory entry and those of its parents, each written once."""
         if name in self.seen:
             return
         self.parents(name)
@@ -63,11 +64,13 @@ class CpioWriter:
         self._header(name, stat.S_IFDIR | mode, 0)
 
     def parents(self, name: str) -> None:
+        """The directory entries of ``name``'s parents that are not written yet."""
         parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             self.directory("/".join(parts[:i]))
 
     def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        """A regular file holding ``data``, after its parent directories."""
         self.parents(name)
         self.seen.add(name)
         self._header(name, stat.S_IFREG | mode, len(data))
@@ -75,6 +78,7 @@ class CpioWriter:
         self._pad(len(data))
 
     def symlink(self, name: str, target: str) -> None:
+        """A symbolic link to ``target``, after its parent directories."""
         self.parents(name)
         self.seen.add(name)
         data = target.encode()
@@ -83,6 +87,8 @@ class CpioWriter:
         self._pad(len(data))
 
     def char_device(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        """A character device node ``major:minor`` (e.g. dev/console), after its parent
+        directories."""
         self.parents(name)
         self.seen.add(name)
         self._header(name, stat.S_IFCHR | mode, 0, (major, minor))
@@ -109,6 +115,7 @@ class CpioWriter:
                     self.file(name, path.read_bytes(), mode)
 
     def close(self) -> None:
+        """End the archive with the ``TRAILER!!!`` entry."""
         self._header(TRAILER, 0, 0)
 
 

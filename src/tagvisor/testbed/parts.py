@@ -59,6 +59,8 @@ WHEELS: Final = ("numpy>=1.26,<2.3", "crc32c>=2.4,<3")
 
 
 def cache_root() -> Path:
+    """Where the testbed caches what it downloads and builds: ``$TAGVISOR_TESTBED_CACHE``, else
+    ``.cache/testbed`` in the repository."""
     override = os.environ.get("TAGVISOR_TESTBED_CACHE")
     return Path(override) if override else REPO / ".cache" / "testbed"
 
@@ -112,6 +114,9 @@ def _source_uris() -> list[tuple[str, list[str]]]:
 
 @dataclass(frozen=True)
 class Mirrors:
+    """The Debian archive and security URIs to fetch arm64 packages from, for the host's release
+    ``codename``."""
+
     codename: str
     archive: str
     security: str | None
@@ -173,10 +178,14 @@ class Apt:
         (root / "empty" / "status").touch()
 
     def update(self) -> None:
+        """Fetch the arm64 package lists for the suite (apt-get update; its output goes to
+        ``update.log``)."""
         what = f"apt-get update for arm64 ({self.dist} at {self.mirrors.archive})"
         _run(["apt-get", *self.options, "update"], what, log=self.root / "update.log")
 
     def candidate(self, package: str) -> str:
+        """The version apt would install of the arm64 ``package`` (TestbedError if the suite has
+        none)."""
         out = _run(["apt-cache", *self.options, "policy", package], f"apt-cache policy {package}")
         match = re.search(r"Candidate:\s*(\S+)", out)
         if not match or match.group(1) == "(none)":
