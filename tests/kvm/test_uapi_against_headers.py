@@ -48,6 +48,9 @@ def python_side() -> dict[str, int]:
         uapi.kvm_dirty_log,
         uapi.kvm_clear_dirty_log,
         uapi.kvm_reg_list,
+        uapi.kvm_irq_level,
+        uapi.kvm_create_device,
+        uapi.kvm_device_attr,
     ]
     for struct in structs:
         values[f"sizeof_{struct.__name__}"] = ctypes.sizeof(struct)
