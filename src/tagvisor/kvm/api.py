@@ -297,6 +297,19 @@ class Vcpu(Protocol):
         return False
 
 
+class Device(Protocol):
+    """A device file descriptor from KVM_CREATE_DEVICE (e.g. the in-kernel GICv3)."""
+
+    def set_device_attr(self, group: int, attr: int, value: bytes = b"") -> None:
+        """KVM_SET_DEVICE_ATTR: ``value`` is what kvm_device_attr.addr points at (none
+        for a control such as KVM_DEV_ARM_VGIC_CTRL_INIT, whose addr KVM ignores)."""
+        ...
+
+    def get_device_attr(self, group: int, attr: int, size: int = 8) -> bytes:
+        """KVM_GET_DEVICE_ATTR into a buffer of ``size`` bytes."""
+        ...
+
+
 class Vm(Protocol):
     """A VM file descriptor's ioctls."""
 
@@ -331,6 +344,16 @@ class Vm(Protocol):
 
     def arm_mte_copy_tags(self, copy: kvm_arm_copy_mte_tags) -> int:
         """KVM_ARM_MTE_COPY_TAGS; returns the bytes of guest memory covered."""
+        ...
+
+    def create_device(self, device_type: int, *, test: bool = False) -> Device | None:
+        """KVM_CREATE_DEVICE of a ``KVM_DEV_TYPE_*``; with ``test``
+        (KVM_CREATE_DEVICE_TEST) only asks whether it could, and returns None."""
+        ...
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE: drive the line ``irq`` (arm64's encoding, kvm.uapi.arm_spi_irq)
+        to ``level``."""
         ...
 
 
