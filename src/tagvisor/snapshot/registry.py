@@ -183,7 +183,11 @@ class DeviceSection(StateKind):
             )
 
     def apply(self, loaded: Loaded, machine: Machine) -> None:
-        machine.devices[self.kind.name].restore(loaded.devices[self.kind.name])
+        # check() matched the sections to the machine's devices; a kind this machine
+        # does not have (an extra kind registered for other machines) has none here.
+        state = loaded.devices.get(self.kind.name)
+        if state is not None:
+            machine.devices[self.kind.name].restore(state)
 
 
 class LegacyDevices(StateKind):
