@@ -34,7 +34,13 @@ from tagvisor.vmm.devices.kinds import AMBA_CONSOLE, CONSOLE, DMA, UCALL
 from tagvisor.vmm.devices.persist import DEVICE_KINDS, DeviceParts, Persistent
 from tagvisor.vmm.linux import platform
 from tagvisor.vmm.linux.gic import create_gicv3
-from tagvisor.vmm.linux.guest import DEFAULT_BOOTARGS, LinuxGuest, linux_guest, load_linux
+from tagvisor.vmm.linux.guest import (
+    DEFAULT_BOOTARGS,
+    LinuxGuest,
+    LinuxUnsupported,
+    linux_guest,
+    load_linux,
+)
 from tagvisor.vmm.loader import GuestImage, load, parse_elf
 from tagvisor.vmm.machine import Machine, MachineConfig, MachineError
 from tagvisor.vmm.memory import GuestMemory
@@ -270,7 +276,7 @@ class MachineBuilder:
         """Linux needs an interrupt controller, the arch timer and FP/SIMD: a KVM
         without an in-kernel GIC (KVM_CAP_IRQCHIP 0, the model's) cannot run it."""
         if self._linux is not None and not self._kvm.check_extension(Cap.IRQCHIP):
-            raise MachineError(
+            raise LinuxUnsupported(
                 "this KVM cannot run Linux: it has no in-kernel GIC (KVM_CAP_IRQCHIP is 0). "
                 "The software model has no interrupt controller, no arch timer and no "
                 "FP/SIMD; boot Linux guests on a real /dev/kvm (e.g. in `tagvisor testbed`)"

@@ -18,6 +18,7 @@ from tagvisor.vmm.linux.devicetree import MachineShape, device_tree
 from tagvisor.vmm.linux.image import KernelImage, parse_image
 from tagvisor.vmm.linux.layout import BootLayout, check_bootargs, initrd_format, plan
 from tagvisor.vmm.linux.platform import UART_BASE, GicLayout
+from tagvisor.vmm.machine import MachineError
 from tagvisor.vmm.memory import GuestMemory
 
 DEFAULT_BOOTARGS: Final = "console=ttyAMA0 panic=-1"
@@ -28,6 +29,10 @@ def kvm_mpidr(vcpu_id: int) -> int:
     reset_mpidr: Aff0 = id[3:0], Aff1 = id[11:4], Aff2 = id[19:12]): what the cpus
     node's ``reg`` must say for Linux to match its CPUs with PSCI's."""
     return (vcpu_id & 0xF) | ((vcpu_id >> 4) & 0xFF) << 8 | ((vcpu_id >> 12) & 0xFF) << 16
+
+
+class LinuxUnsupported(MachineError):
+    """This KVM cannot run a Linux guest at all (no in-kernel irqchip)."""
 
 
 @dataclass(frozen=True)
