@@ -28,6 +28,7 @@ from tagvisor.kvm.uapi import (
     arm_spi_irq,
     core_reg_x,
 )
+from tagvisor.snapshot.snapshot import save_snapshot
 from tagvisor.vmm import MachineBuilder
 from tagvisor.vmm.devices.amba_pl011 import INT_TX, UARTDR, UARTIMSC
 from tagvisor.vmm.linux.platform import UART_BASE
@@ -154,3 +155,15 @@ def test_a_kvm_whose_gic_creation_fails_names_the_step(tmp_path: Path) -> None:
     kernel, _ = files(tmp_path)
     with pytest.raises(MachineError, match=r"KVM_CREATE_DEVICE\(KVM_DEV_TYPE_ARM_VGIC_V3\)"):
         MachineBuilder(GicKvm(host_memory=128 << 20)).memory(32 << 20).linux(kernel).build()
+
+
+def test_a_linux_machine_is_not_snapshotted_without_its_gic(
+    tmp_path: Path, gic_log: list[tuple[Any, ...]]
+) -> None:
+    """Scenario: save_snapshot of a Linux machine: refused, naming the in-kernel GIC
+    whose state no section carries yet, and no file is left."""
+    kernel, _ = files(tmp_path)
+    machine = MachineBuilder(GicKvm(host_memory=256 << 20)).memory(64 << 20).linux(kernel).build()
+    with pytest.raises(MachineError, match="in-kernel GIC"):
+        save_snapshot(machine, tmp_path / "linux.snap")
+    assert not (tmp_path / "linux.snap").exists()
