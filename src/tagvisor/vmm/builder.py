@@ -227,6 +227,8 @@ class MachineBuilder:
         """
         initrd_bytes = None if initrd is None else initrd.read_bytes()
         self._linux = linux_guest(kernel.read_bytes(), initrd_bytes, append)
+        if (AMBA_CONSOLE.name, platform.UART_BASE) in self._devices:
+            return self  # a second call replaces the files, not the console
         return self.device(AMBA_CONSOLE.name, platform.UART_BASE)
 
     def python_guest(self, program: GuestProgram) -> Self:
