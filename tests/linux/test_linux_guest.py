@@ -17,10 +17,13 @@ import pytest
 
 from tagvisor.testbed.boot import SuiteRun
 from tagvisor.testbed.errors import TestbedError
-from tagvisor.testbed.linux_guest import GUEST_INIT, boot_linux_guest, guest_initrd
+from tagvisor.testbed.linux_guest import PROGRAM_EXIT, boot_linux_guest, guest_init, guest_initrd
 from tagvisor.testbed.linux_suite import ECHO, MARKER, ConsoleWatch
 from tagvisor.testbed.parts import Parts
 from tests.linux.test_testbed_image import parse_newc
+from tests.support import cross
+
+MTE_CHECK = Path(__file__).with_name("mte_check.c")
 
 
 def parts_with_busybox(tmp_path: Path) -> Parts:
@@ -29,16 +32,27 @@ def parts_with_busybox(tmp_path: Path) -> Parts:
     return Parts(tmp_path / "qemu", tmp_path / "Image", "linux-image-x", tmp_path, "id")
 
 
-def test_the_guest_initrd_holds_busybox_init_and_a_console(tmp_path: Path) -> None:
-    """Scenario: build the guest's initrd from a userland with a busybox: /init is
-    executable and prints the marker, busybox is there, /dev/console is 5:1."""
-    entries = parse_newc(gzip.decompress(guest_initrd(parts_with_busybox(tmp_path))))
+def test_the_guest_initrd_holds_busybox_init_programs_and_a_console(tmp_path: Path) -> None:
+    """Scenario: build the guest's initrd with one program from a userland with a
+    busybox: /init is executable, prints the marker, runs the program and reports its
+    status; busybox and the program are there, /dev/console is 5:1."""
+    initrd = guest_initrd(parts_with_busybox(tmp_path), {"probe": b"\x7fELF probe"})
+    entries = parse_newc(gzip.decompress(initrd))
     mode, init, _ = entries["init"]
     assert stat.S_IMODE(mode) == 0o755
-    assert init == GUEST_INIT.encode()
+    assert init == guest_init(["probe"]).encode()
     assert MARKER.encode() in init
+    assert f'/bin/probe; /bin/busybox echo "{PROGRAM_EXIT} probe $?"'.encode() in init
     assert entries["bin/busybox"][1] == b"\x7fELF busybox"
+    assert entries["bin/probe"][1] == b"\x7fELF probe"
     assert entries["dev/console"][2] == (5, 1)
+
+
+def test_a_program_name_that_is_no_file_name_is_refused() -> None:
+    """Scenario: a name with a slash or a shell metacharacter never reaches /init."""
+    for name in ("../x", "a;b", ""):
+        with pytest.raises(TestbedError, match="not a plain file name"):
+            guest_init([name])
 
 
 def test_a_userland_without_busybox_is_named(tmp_path: Path) -> None:
@@ -61,8 +75,10 @@ def test_the_console_watch_notes_the_marker_and_echoes_lines(
 
 @pytest.fixture(scope="module")
 def booted() -> SuiteRun:
+    flags = ("-O1", "-static", "-march=armv8.5-a+memtag", "-Wall", "-Werror")
+    programs = {"mte-check": cross.build(MTE_CHECK, flags).read_bytes()}
     try:
-        return boot_linux_guest("release", say=print)
+        return boot_linux_guest("release", programs=programs, say=print)
     except TestbedError as exc:
         problem = str(exc)
     pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
@@ -82,3 +98,14 @@ def test_debians_kernel_boots_to_init_as_a_tagvisor_guest_on_real_kvm(booted: Su
     assert result["system_event"] == 1
     features = next(line for line in result["console"].splitlines() if "Features" in line)
     assert " mte" in features
+
+
+@pytest.mark.oracle
+def test_a_process_in_the_linux_guest_takes_a_sync_tag_check_fault(booted: SuiteRun) -> None:
+    """Scenario: in the same guest, mte_check.c tags a PROT_MTE granule with IRG + STG
+    and stores through the wrong tag: SIGSEGV with SEGV_MTESERR (9) at the faulting
+    address (its tag cleared, no SA_EXPOSE_TAGBITS), exit status 0, so MTE works end
+    to end in a guest tagvisor booted."""
+    console = booted.result["console"]
+    assert "MTE-CHECK fault signal 11 si_code 9 at the faulting address" in console, console
+    assert f"{PROGRAM_EXIT} mte-check 0" in console

@@ -3,7 +3,8 @@ real KVM (nested under QEMU's TCG), and bring its console and timings back.
 
 The guest's initrd is tiny: busybox-static from the testbed's userland and an /init
 that prints a marker with the guest's uptime and the CPU features (``mte`` among them
-when KVM_CAP_ARM_MTE is on), then powers off (PSCI SYSTEM_OFF, which KVM turns into
+when KVM_CAP_ARM_MTE is on), runs the static programs it was given (each followed by
+a line with its exit status), then powers off (PSCI SYSTEM_OFF, which KVM turns into
 KVM_SYSTEM_EVENT_SHUTDOWN). The image-side suite is
 :mod:`tagvisor.testbed.linux_suite`.
 """
@@ -11,6 +12,7 @@ KVM_SYSTEM_EVENT_SHUTDOWN). The image-side suite is
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -26,8 +28,11 @@ GUEST_INIT: Final = f"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox echo "{MARKER} uptime $(/bin/busybox cut -d' ' -f1 /proc/uptime)"
 /bin/busybox grep -m1 Features /proc/cpuinfo
-/bin/busybox poweroff -f
+{{programs}}/bin/busybox poweroff -f
 """
+#: The line /init prints after each program: ``<PROGRAM_EXIT> <name> <status>``.
+PROGRAM_EXIT: Final = "=== TAGVISOR-LINUX-GUEST-PROGRAM"
+PROGRAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 #: ``quiet``: printing the boot log through an emulated UART dominates under TCG.
 GUEST_APPEND: Final = "console=ttyAMA0 panic=-1 rdinit=/init quiet"
 
@@ -43,8 +48,22 @@ class GuestShape:
     deadline: float = 420.0
 
 
-def guest_initrd(parts: Parts) -> bytes:
-    """busybox and /init as a gzip'd cpio archive (about 1 MB)."""
+def guest_init(programs: list[str]) -> str:
+    """/init: the marker, the CPU features, each program in /bin and its status."""
+    for name in programs:
+        if not PROGRAM_NAME.fullmatch(name):
+            raise TestbedError(f"guest program name {name!r} is not a plain file name")
+    runs = "".join(
+        f'/bin/{name}; /bin/busybox echo "{PROGRAM_EXIT} {name} $?"\n' for name in programs
+    )
+    return GUEST_INIT.format(programs=runs)
+
+
+def guest_initrd(parts: Parts, programs: dict[str, bytes] | None = None) -> bytes:
+    """busybox, /init and ``programs`` (static arm64 binaries, run in order by /init)
+    as a gzip'd cpio archive (about 1 MB)."""
+    programs = programs or {}
+    init = guest_init(list(programs))
     busybox = parts.userland / "bin" / "busybox"
     if not busybox.is_file():
         raise TestbedError(f"{busybox} is missing: the testbed userland has no busybox-static")
@@ -55,7 +74,9 @@ def guest_initrd(parts: Parts) -> bytes:
         writer.char_device("dev/console", 5, 1)
         writer.file("bin/busybox", busybox.read_bytes(), 0o755)
         writer.symlink("bin/sh", "busybox")
-        writer.file("init", GUEST_INIT.encode(), 0o755)
+        for name, binary in programs.items():
+            writer.file(f"bin/{name}", binary, 0o755)
+        writer.file("init", init.encode(), 0o755)
 
     return gzip_cpio(build)
 
@@ -64,16 +85,18 @@ def boot_linux_guest(
     kernel_suite: str = "release",
     shape: GuestShape | None = None,
     *,
+    programs: dict[str, bytes] | None = None,
     timeout: float = 600.0,
     say: Callable[[str], None] = print,
 ) -> SuiteRun:
-    """Boot the testbed; inside it, boot its kernel again as tagvisor's guest. The
-    guest's console is kept in ``.cache/testbed/linux-guest-console.log``."""
+    """Boot the testbed; inside it, boot its kernel again as tagvisor's guest, whose
+    /init runs ``programs``. The guest's console is kept in
+    ``.cache/testbed/linux-guest-console.log``."""
     shape = shape or GuestShape()
     parts = fetch(kernel_suite, say=say)
     files = {
         "Image": parts.kernel.read_bytes(),
-        "guest-initrd.gz": guest_initrd(parts),
+        "guest-initrd.gz": guest_initrd(parts, programs),
         "linux_guest.json": json.dumps(shape.__dict__).encode(),
     }
     run = run_suite(SUITE, kernel_suite=kernel_suite, timeout=timeout, say=say, files=files)
