@@ -100,6 +100,15 @@ def boot_config(tcf: int, mte: bool, ram_size: int, argument: int = 0, irg_seed:
     )
 
 
+def spi_lines(vm: Vm) -> Callable[[int, bool], None]:
+    """spi(n, level): drive SPI n of ``vm``'s in-kernel GIC through KVM_IRQ_LINE."""
+
+    def spi(number: int, level: bool) -> None:
+        vm.irq_line(arm_spi_irq(number), int(level))
+
+    return spi
+
+
 class MachineBuilder:
     """Collects a machine's shape; :meth:`build` makes it, paused."""
 
@@ -255,7 +264,7 @@ class MachineBuilder:
         if self._linux is not None:
             irqchip = create_gicv3(vm, platform.gic_layout(self._vcpus))
         tags = make_tag_access(self._tag_access, vm, memory, self._kvm.user_memory)
-        bus, devices = self._attach_devices(memory, tags, vm if irqchip else None)
+        bus, devices = self._attach_devices(memory, tags, None if irqchip is None else vm)
         machine = Machine(
             self._kvm,
             vm,
@@ -341,13 +350,7 @@ class MachineBuilder:
     ) -> tuple[MmioBus, dict[str, Persistent[Any]]]:
         """Every device on the MMIO bus: the built-in ones, then the extra kinds;
         with ``irq_vm`` (a VM with an in-kernel GIC) they raise SPIs through it."""
-        spi = None
-        if irq_vm is not None:
-            vm = irq_vm
-
-            def spi(number: int, level: bool) -> None:
-                vm.irq_line(arm_spi_irq(number), int(level))
-
+        spi = None if irq_vm is None else spi_lines(irq_vm)
         parts = DeviceParts(memory, tags, self._console_sink, spi)
         bus = MmioBus()
         bus.attach(PROGRESS_BASE, progress.WINDOW, progress.ProgressRegister())
