@@ -28,6 +28,7 @@ GUEST_INIT: Final = f"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox echo "{MARKER} uptime $(/bin/busybox cut -d' ' -f1 /proc/uptime)"
 /bin/busybox grep -m1 Features /proc/cpuinfo
+/bin/busybox echo "CPUs online: $(/bin/busybox grep -c ^processor /proc/cpuinfo)"
 {{programs}}/bin/busybox poweroff -f
 """
 #: The line /init prints after each program: ``<PROGRAM_EXIT> <name> <status>``.
@@ -42,7 +43,8 @@ class GuestShape:
     """The Linux guest's machine, as the suite inside the image builds it."""
 
     mem: int = 256 << 20
-    vcpus: int = 1
+    #: Two, so that Linux brings the second up through PSCI CPU_ON.
+    vcpus: int = 2
     mte: bool = True
     append: str = GUEST_APPEND
     deadline: float = 420.0

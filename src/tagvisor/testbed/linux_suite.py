@@ -42,6 +42,40 @@ class ConsoleWatch:
             self.marker_line = text
 
 
+def gic_round_trip(kvm: Any, machine: Any, vcpus: int) -> dict[str, Any]:
+    """Save the stopped guest's GIC, restore it into a fresh VM's, read it back: how
+    many registers there are, how many Linux changed, and any that did not survive."""
+    from tagvisor.kvm.uapi import VcpuFeature
+    from tagvisor.vmm.linux.gic import create_gicv3
+    from tagvisor.vmm.linux.gic_state import restore_gic, save_gic
+    from tagvisor.vmm.linux.guest import kvm_mpidr
+    from tagvisor.vmm.linux.platform import gic_layout
+
+    layout = gic_layout(vcpus)
+    mpidrs = tuple(kvm_mpidr(index) for index in range(vcpus))
+    saved = save_gic(machine.irqchip, mpidrs, layout.nr_irqs)
+    vm = kvm.create_vm()
+    fresh = []
+    for index in range(vcpus):
+        vcpu = vm.create_vcpu(index)
+        init = vm.arm_preferred_target()
+        init.features[0] = 1 << VcpuFeature.PSCI_0_2
+        vcpu.arm_vcpu_init(init)
+        fresh.append(vcpu)
+    gic = create_gicv3(vm, layout)
+    reset = save_gic(gic, mpidrs, layout.nr_irqs)
+    restore_gic(gic, saved)
+    back = save_gic(gic, mpidrs, layout.nr_irqs)
+    pairs = list(zip(saved.values, back.values, strict=True))
+    lost = [
+        f"group {a[0].group} attr {a[0].attr:#x}: {a[1]:#x} -> {b[1]:#x}"
+        for a, b in pairs
+        if a[1] != b[1]
+    ]
+    changed = sum(a[1] != r[1] for a, r in zip(saved.values, reset.values, strict=True))
+    return {"registers": len(saved.values), "changed_by_linux": changed, "lost": lost[:20]}
+
+
 def run() -> dict[str, Any]:
     from tagvisor.kvm.linux import LinuxKvm
     from tagvisor.vmm import MachineBuilder
@@ -50,8 +84,9 @@ def run() -> dict[str, Any]:
     shape = json.loads((SUITE_DIR / "linux_guest.json").read_text())
     started = time.monotonic()
     watch = ConsoleWatch(started)
+    kvm = LinuxKvm()
     machine = (
-        MachineBuilder(LinuxKvm())
+        MachineBuilder(kvm)
         .memory(int(shape["mem"]))
         .mte(bool(shape["mte"]))
         .vcpus(int(shape["vcpus"]))
@@ -61,10 +96,12 @@ def run() -> dict[str, Any]:
     )
     built = time.monotonic() - started
     result = run_linux(machine, float(shape["deadline"]))
+    seconds = time.monotonic() - started
     return {
+        "gic_round_trip": gic_round_trip(kvm, machine, int(shape["vcpus"])),
         "seconds_build": round(built, 2),
         "seconds_to_marker": None if watch.marker_at is None else round(watch.marker_at, 2),
-        "seconds_total": round(time.monotonic() - started, 2),
+        "seconds_total": round(seconds, 2),
         "marker_line": watch.marker_line,
         "exit_status": result.exit_status,
         "system_event": result.system_event,
