@@ -19,6 +19,8 @@ int main(void)
 	P(KVM_GET_ONE_REG); P(KVM_SET_ONE_REG); P(KVM_ARM_VCPU_INIT);
 	P(KVM_ARM_PREFERRED_TARGET); P(KVM_GET_REG_LIST); P(KVM_ARM_MTE_COPY_TAGS);
 	P(KVM_CLEAR_DIRTY_LOG); P(KVM_API_VERSION);
+	P(KVM_GET_MP_STATE); P(KVM_SET_MP_STATE); P(KVM_CAP_MP_STATE);
+	P(KVM_MP_STATE_RUNNABLE); P(KVM_MP_STATE_STOPPED); P(KVM_MP_STATE_SUSPENDED);
 	P(KVM_IRQ_LINE); P(KVM_CREATE_DEVICE); P(KVM_SET_DEVICE_ATTR); P(KVM_GET_DEVICE_ATTR);
 	P(KVM_CAP_IRQCHIP); P(KVM_CAP_DEVICE_CTRL);
 	P(KVM_DEV_TYPE_ARM_VGIC_V3); P(KVM_CREATE_DEVICE_TEST);
@@ -62,6 +64,7 @@ int main(void)
 	SIZE(kvm_userspace_memory_region); SIZE(kvm_enable_cap); SIZE(kvm_one_reg);
 	SIZE(kvm_vcpu_init); SIZE(kvm_arm_copy_mte_tags); SIZE(kvm_dirty_log);
 	SIZE(kvm_clear_dirty_log); SIZE(kvm_reg_list); SIZE(kvm_run);
+	SIZE(kvm_mp_state); OFF(kvm_mp_state, mp_state);
 	SIZE(kvm_irq_level); SIZE(kvm_create_device); SIZE(kvm_device_attr);
 	OFF(kvm_irq_level, irq); OFF(kvm_irq_level, level);
 	OFF(kvm_create_device, type); OFF(kvm_create_device, fd); OFF(kvm_create_device, flags);

@@ -277,6 +277,14 @@ class Vcpu(Protocol):
         """KVM_RUN: run the guest until its next exit, and say why it exited."""
         ...
 
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE: a ``kvm.uapi.MpState`` (STOPPED while powered off)."""
+        ...
+
+    def set_mp_state(self, state: int) -> None:
+        """KVM_SET_MP_STATE (arm64 takes RUNNABLE, STOPPED and SUSPENDED)."""
+        ...
+
     def set_mmio_read_data(self, data: bytes) -> None:
         """Fill kvm_run.mmio.data for an MMIO read before the next KVM_RUN."""
         ...

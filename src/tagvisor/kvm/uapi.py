@@ -129,6 +129,10 @@ class kvm_reg_list(ctypes.Structure):  # noqa: N801
     _fields_ = (("n", ctypes.c_uint64),)  # followed by u64 reg[n]
 
 
+class kvm_mp_state(ctypes.Structure):  # noqa: N801
+    _fields_ = (("mp_state", ctypes.c_uint32),)
+
+
 class kvm_irq_level(ctypes.Structure):  # noqa: N801
     # union { __u32 irq; __s32 status; }: KVM_IRQ_LINE uses irq.
     _fields_ = (("irq", ctypes.c_uint32), ("level", ctypes.c_uint32))
@@ -162,6 +166,8 @@ KVM_IRQ_LINE: Final = _iow(0x61, kvm_irq_level)
 KVM_GET_DIRTY_LOG: Final = _iow(0x42, kvm_dirty_log)
 KVM_SET_USER_MEMORY_REGION: Final = _iow(0x46, kvm_userspace_memory_region)
 KVM_RUN: Final = _io(0x80)
+KVM_GET_MP_STATE: Final = _ior(0x98, kvm_mp_state)
+KVM_SET_MP_STATE: Final = _iow(0x99, kvm_mp_state)
 KVM_ENABLE_CAP: Final = _iow(0xA3, kvm_enable_cap)
 KVM_GET_ONE_REG: Final = _iow(0xAB, kvm_one_reg)
 KVM_SET_ONE_REG: Final = _iow(0xAC, kvm_one_reg)
@@ -191,6 +197,7 @@ class Cap(enum.IntEnum):
 
     IRQCHIP = 0
     USER_MEMORY = 3
+    MP_STATE = 14
     ONE_REG = 70
     READONLY_MEM = 81
     DEVICE_CTRL = 89
@@ -239,6 +246,15 @@ class VcpuFeature(enum.IntEnum):
     PTRAUTH_ADDRESS = 5
     PTRAUTH_GENERIC = 6
     HAS_EL2 = 7
+
+
+class MpState(enum.IntEnum):
+    """KVM_MP_STATE_* that arm64 uses (arm.c kvm_arch_vcpu_ioctl_set_mpstate): a
+    VCPU runs, is powered off (PSCI CPU_OFF, KVM_ARM_VCPU_POWER_OFF), or suspended."""
+
+    RUNNABLE = 0
+    STOPPED = 5
+    SUSPENDED = 10
 
 
 #: The seed thread's v2 design used feature bit 7 for per-VCPU MTE (never merged;

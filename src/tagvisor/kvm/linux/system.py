@@ -41,6 +41,7 @@ from tagvisor.kvm.uapi import (
     KVM_GET_API_VERSION,
     KVM_GET_DEVICE_ATTR,
     KVM_GET_DIRTY_LOG,
+    KVM_GET_MP_STATE,
     KVM_GET_ONE_REG,
     KVM_GET_REG_LIST,
     KVM_GET_VCPU_MMAP_SIZE,
@@ -48,6 +49,7 @@ from tagvisor.kvm.uapi import (
     KVM_RUN,
     KVM_RUN_IMMEDIATE_EXIT_OFFSET,
     KVM_SET_DEVICE_ATTR,
+    KVM_SET_MP_STATE,
     KVM_SET_ONE_REG,
     KVM_SET_USER_MEMORY_REGION,
     Cap,
@@ -59,6 +61,7 @@ from tagvisor.kvm.uapi import (
     kvm_dirty_log,
     kvm_enable_cap,
     kvm_irq_level,
+    kvm_mp_state,
     kvm_one_reg,
     kvm_userspace_memory_region,
     kvm_vcpu_init,
@@ -170,6 +173,15 @@ class LinuxVcpu(_Fd, Vcpu):
         regs = (ctypes.c_uint64 * (1 + count))(count)
         ioctl(self.fd, KVM_GET_REG_LIST, regs)
         return [int(reg) for reg in regs[1 : 1 + int(regs[0])]]
+
+    def get_mp_state(self) -> int:
+        state = kvm_mp_state()
+        ioctl(self.fd, KVM_GET_MP_STATE, state)
+        return int(state.mp_state)
+
+    def set_mp_state(self, state: int) -> None:
+        request = kvm_mp_state(mp_state=state)
+        ioctl(self.fd, KVM_SET_MP_STATE, request)
 
     def run(self) -> VcpuExit:
         """KVM_RUN; a signal or a kick that interrupted it is KVM_EXIT_INTR."""
