@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tagvisor.kvm.uapi import MpState
 from tagvisor.testbed.boot import SuiteRun
 from tagvisor.testbed.errors import TestbedError
 from tagvisor.testbed.linux_guest import PROGRAM_EXIT, boot_linux_guest, guest_init, guest_initrd
@@ -103,6 +104,16 @@ def test_debians_kernel_boots_to_init_as_a_tagvisor_guest_on_real_kvm(booted: Su
     features = next(line for line in result["console"].splitlines() if "Features" in line)
     assert " mte" in features
     assert "CPUs online: 2" in result["console"]
+
+
+@pytest.mark.oracle
+def test_each_vcpus_psci_power_state_is_what_kvm_says(booted: SuiteRun) -> None:
+    """Scenario: KVM_GET_MP_STATE of both VCPUs when built (VCPU 1 with
+    KVM_ARM_VCPU_POWER_OFF: RUNNABLE, STOPPED) and after PSCI SYSTEM_OFF (KVM's
+    kvm_prepare_system_event stops every VCPU: STOPPED, STOPPED)."""
+    states = booted.result["mp_states"]
+    assert states["built"] == [MpState.RUNNABLE, MpState.STOPPED]
+    assert states["powered_off"] == [MpState.STOPPED, MpState.STOPPED]
 
 
 @pytest.mark.oracle

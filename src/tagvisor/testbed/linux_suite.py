@@ -95,10 +95,15 @@ def run() -> dict[str, Any]:
         .build()
     )
     built = time.monotonic() - started
+    mp_before = [vcpu.get_mp_state() for vcpu in machine.vcpus]
     result = run_linux(machine, float(shape["deadline"]))
     seconds = time.monotonic() - started
     return {
         "gic_round_trip": gic_round_trip(kvm, machine, int(shape["vcpus"])),
+        "mp_states": {
+            "built": mp_before,
+            "powered_off": [vcpu.get_mp_state() for vcpu in machine.vcpus],
+        },
         "seconds_build": round(built, 2),
         "seconds_to_marker": None if watch.marker_at is None else round(watch.marker_at, 2),
         "seconds_total": round(seconds, 2),
