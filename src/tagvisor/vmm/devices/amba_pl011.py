@@ -60,11 +60,14 @@ class AmbaUartState:
     text: str
 
     def encode(self) -> bytes:
+        """Deterministic JSON: registers by offset, RIS, text."""
         registers = {f"{offset:#05x}": value for offset, value in self.registers}
         return wire.dumps({"registers": registers, "ris": self.ris, "text": self.text})
 
     @classmethod
     def decode(cls, payload: wire.Payload) -> AmbaUartState:
+        """A state from a hostile payload: the exact register set, each a 16-bit
+        value, RIS within the eleven interrupt bits, bounded text (FormatError)."""
         raw = wire.loads(payload, "the PL011's state")
         registers = wire.field(raw, "registers", dict)
         names = {f"{offset:#05x}": offset for offset in (*STORED, UARTIMSC)}
@@ -100,9 +103,11 @@ class AmbaPl011:
 
     @property
     def text(self) -> str:
+        """The console output so far, as text."""
         return self.output.decode("utf-8", errors="replace")
 
     def mmio_read(self, offset: int, size: int) -> bytes:
+        """A register's value, little endian, ``size`` bytes."""
         return self._value(offset).to_bytes(4, "little")[:size].ljust(size, b"\0")
 
     def _value(self, offset: int) -> int:
@@ -117,6 +122,8 @@ class AmbaPl011:
         return self.registers.get(offset, 0)  # UARTDR: nothing received
 
     def mmio_write(self, offset: int, data: bytes) -> None:
+        """Transmit (UARTDR), clear (UARTICR), mask (UARTIMSC) or store a register;
+        then drive the line."""
         value = int.from_bytes(data[:4], "little")
         if offset == UARTDR:
             self._transmit(bytes(data[:1]))
@@ -144,9 +151,11 @@ class AmbaPl011:
                 self.irq(level)
 
     def save(self) -> AmbaUartState:
+        """The registers, RIS and text (Persist)."""
         return AmbaUartState(tuple(sorted(self.registers.items())), self.ris, self.text)
 
     def restore(self, state: AmbaUartState) -> None:
+        """Put a saved state back and drive the line to match it (Persist)."""
         self.registers = dict(state.registers)
         self.ris = state.ris
         self.output[:] = state.text.encode()

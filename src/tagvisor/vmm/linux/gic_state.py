@@ -62,10 +62,12 @@ PRIBITS_SHIFT: Final = 8
 
 
 def icc_ap0r(n: int) -> int:
+    """ICC_AP0R<n>_EL1's encoding (group 0 active priorities)."""
     return _icc(3, 0, 12, 8, 4 + n)
 
 
 def icc_ap1r(n: int) -> int:
+    """ICC_AP1R<n>_EL1's encoding (group 1 active priorities)."""
     return _icc(3, 0, 12, 9, n)
 
 

@@ -30,6 +30,7 @@ def console_text(machine: Machine) -> str:
 
 
 def console_tail(machine: Machine, lines: int = TAIL_LINES) -> str:
+    """The console's last ``lines`` lines, or a note that it stayed silent."""
     tail = console_text(machine).splitlines()[-lines:]
     return "\n".join(tail) if tail else "(the console stayed silent)"
 
