@@ -26,6 +26,7 @@ def python_side() -> dict[str, int]:
         (uapi.ExitReason, "KVM_EXIT_"),
         (uapi.SystemEvent, "KVM_SYSTEM_EVENT_"),
         (uapi.VcpuFeature, "KVM_ARM_VCPU_"),
+        (uapi.MpState, "KVM_MP_STATE_"),
     ):
         for member in enum:
             values[prefix + member.name] = int(member)
@@ -48,6 +49,10 @@ def python_side() -> dict[str, int]:
         uapi.kvm_dirty_log,
         uapi.kvm_clear_dirty_log,
         uapi.kvm_reg_list,
+        uapi.kvm_mp_state,
+        uapi.kvm_irq_level,
+        uapi.kvm_create_device,
+        uapi.kvm_device_attr,
     ]
     for struct in structs:
         values[f"sizeof_{struct.__name__}"] = ctypes.sizeof(struct)

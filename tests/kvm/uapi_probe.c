@@ -1,6 +1,9 @@
 /* Prints the KVM uapi numbers, sizes and offsets tagvisor.kvm.uapi models, one
  * "NAME VALUE" line each, as the arm64 headers define them. */
 #include <linux/kvm.h>
+/* asm/kvm.h writes the VGIC frame sizes with the kernel's SZ_64K (linux/sizes.h is not
+ * uapi), so the probe gives it the kernel's value to expand them. */
+#define SZ_64K 0x00010000
 #include <stddef.h>
 #include <stdio.h>
 
@@ -16,6 +19,20 @@ int main(void)
 	P(KVM_GET_ONE_REG); P(KVM_SET_ONE_REG); P(KVM_ARM_VCPU_INIT);
 	P(KVM_ARM_PREFERRED_TARGET); P(KVM_GET_REG_LIST); P(KVM_ARM_MTE_COPY_TAGS);
 	P(KVM_CLEAR_DIRTY_LOG); P(KVM_API_VERSION);
+	P(KVM_GET_MP_STATE); P(KVM_SET_MP_STATE); P(KVM_CAP_MP_STATE);
+	P(KVM_MP_STATE_RUNNABLE); P(KVM_MP_STATE_STOPPED); P(KVM_MP_STATE_SUSPENDED);
+	P(KVM_IRQ_LINE); P(KVM_CREATE_DEVICE); P(KVM_SET_DEVICE_ATTR); P(KVM_GET_DEVICE_ATTR);
+	P(KVM_CAP_IRQCHIP); P(KVM_CAP_DEVICE_CTRL);
+	P(KVM_DEV_TYPE_ARM_VGIC_V3); P(KVM_CREATE_DEVICE_TEST);
+	P(KVM_DEV_ARM_VGIC_GRP_ADDR); P(KVM_DEV_ARM_VGIC_GRP_DIST_REGS);
+	P(KVM_DEV_ARM_VGIC_GRP_NR_IRQS); P(KVM_DEV_ARM_VGIC_GRP_CTRL);
+	P(KVM_DEV_ARM_VGIC_GRP_REDIST_REGS); P(KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS);
+	P(KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO); P(KVM_DEV_ARM_VGIC_CTRL_INIT);
+	P(KVM_VGIC_V3_ADDR_TYPE_DIST); P(KVM_VGIC_V3_ADDR_TYPE_REDIST);
+	P(KVM_VGIC_V3_DIST_SIZE); P(KVM_VGIC_V3_REDIST_SIZE);
+	P(KVM_ARM_IRQ_VCPU2_SHIFT); P(KVM_ARM_IRQ_TYPE_SHIFT); P(KVM_ARM_IRQ_VCPU_SHIFT);
+	P(KVM_ARM_IRQ_NUM_SHIFT); P(KVM_ARM_IRQ_TYPE_CPU); P(KVM_ARM_IRQ_TYPE_SPI);
+	P(KVM_ARM_IRQ_TYPE_PPI);
 	P(KVM_CAP_USER_MEMORY); P(KVM_CAP_ONE_REG); P(KVM_CAP_READONLY_MEM);
 	P(KVM_CAP_ARM_EL1_32BIT); P(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2); P(KVM_CAP_ARM_MTE);
 	P(KVM_EXIT_UNKNOWN); P(KVM_EXIT_EXCEPTION); P(KVM_EXIT_IO); P(KVM_EXIT_HYPERCALL);
@@ -47,6 +64,12 @@ int main(void)
 	SIZE(kvm_userspace_memory_region); SIZE(kvm_enable_cap); SIZE(kvm_one_reg);
 	SIZE(kvm_vcpu_init); SIZE(kvm_arm_copy_mte_tags); SIZE(kvm_dirty_log);
 	SIZE(kvm_clear_dirty_log); SIZE(kvm_reg_list); SIZE(kvm_run);
+	SIZE(kvm_mp_state); OFF(kvm_mp_state, mp_state);
+	SIZE(kvm_irq_level); SIZE(kvm_create_device); SIZE(kvm_device_attr);
+	OFF(kvm_irq_level, irq); OFF(kvm_irq_level, level);
+	OFF(kvm_create_device, type); OFF(kvm_create_device, fd); OFF(kvm_create_device, flags);
+	OFF(kvm_device_attr, flags); OFF(kvm_device_attr, group); OFF(kvm_device_attr, attr);
+	OFF(kvm_device_attr, addr);
 	OFF(kvm_userspace_memory_region, slot); OFF(kvm_userspace_memory_region, flags);
 	OFF(kvm_userspace_memory_region, guest_phys_addr);
 	OFF(kvm_userspace_memory_region, memory_size);

@@ -23,6 +23,8 @@ from typing import Any
 from tagvisor.api import Controller
 from tagvisor.cli.common import add_command, add_machine_options, boot, guest_summary, print_json
 from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
+from tagvisor.cli.errors import UsageError
+from tagvisor.cli.linux import add_linux_options, run_linux_guest
 from tagvisor.guests.catalogue import BY_NAME, help_table
 from tagvisor.vmm import Machine
 from tagvisor.vmm.machine import RunResult
@@ -73,6 +75,10 @@ def _warn_if_endless(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.kernel is not None:
+        return run_linux_guest(args)
+    if args.guest is None:
+        raise UsageError("tagvisor run: name a guest, or a Linux kernel with --kernel")
     machine = boot(args, stream=not args.json, tag_access=args.tag_access)
     _warn_if_endless(args)
     if args.api_socket is not None:
@@ -91,7 +97,9 @@ def register(commands: Any) -> None:
         "boot a guest and show its console, its reports in words",
         f"{__doc__}\n{help_table()}",
     )
-    parser.add_argument("guest", help="an AArch64 ELF file, or a shipped guest name (e.g. heap)")
+    parser.add_argument(
+        "guest", nargs="?", help="an AArch64 ELF file, or a shipped guest name (e.g. heap)"
+    )
     add_machine_options(parser)
     parser.add_argument(
         "--tag-access",
@@ -100,6 +108,7 @@ def register(commands: Any) -> None:
         help="how the VMM reaches guest tags (default copy-tags)",
     )
     add_api_option(parser)
+    add_linux_options(parser)
     parser.add_argument(
         "--json", action="store_true", help="print a JSON report instead of streaming the console"
     )

@@ -57,6 +57,10 @@ def _cross(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.cross_migrate:
         return _cross(args)
+    if args.linux_guest:
+        from tagvisor.cli.linux_testbed import run_linux_guest_in_testbed
+
+        return run_linux_guest_in_testbed(args)
     # The boot takes a minute under TCG: say how far it got as it goes.
     with ConsoleWatcher(cache_root() / "console.log", _say):
         run = run_suite(args.suite, kernel_suite=args.kernel, timeout=args.timeout, say=_say)
@@ -122,6 +126,11 @@ def register(commands: Any) -> None:
         "--cross-migrate",
         action="store_true",
         help="migrate the heap guest model -> real KVM and back instead of a suite",
+    )
+    parser.add_argument(
+        "--linux-guest",
+        action="store_true",
+        help="boot the testbed's kernel as tagvisor's Linux guest on the real KVM instead",
     )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -277,6 +277,14 @@ class Vcpu(Protocol):
         """KVM_RUN: run the guest until its next exit, and say why it exited."""
         ...
 
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE: a ``kvm.uapi.MpState`` (STOPPED while powered off)."""
+        ...
+
+    def set_mp_state(self, state: int) -> None:
+        """KVM_SET_MP_STATE (arm64 takes RUNNABLE, STOPPED and SUSPENDED)."""
+        ...
+
     def set_mmio_read_data(self, data: bytes) -> None:
         """Fill kvm_run.mmio.data for an MMIO read before the next KVM_RUN."""
         ...
@@ -295,6 +303,19 @@ class Vcpu(Protocol):
         """Run ``program`` on this VCPU instead of guest code in memory; False where
         the backend cannot run Python guests (only the model can)."""
         return False
+
+
+class Device(Protocol):
+    """A device file descriptor from KVM_CREATE_DEVICE (e.g. the in-kernel GICv3)."""
+
+    def set_device_attr(self, group: int, attr: int, value: bytes = b"") -> None:
+        """KVM_SET_DEVICE_ATTR: ``value`` is what kvm_device_attr.addr points at (none
+        for a control such as KVM_DEV_ARM_VGIC_CTRL_INIT, whose addr KVM ignores)."""
+        ...
+
+    def get_device_attr(self, group: int, attr: int, size: int = 8) -> bytes:
+        """KVM_GET_DEVICE_ATTR into a buffer of ``size`` bytes."""
+        ...
 
 
 class Vm(Protocol):
@@ -331,6 +352,16 @@ class Vm(Protocol):
 
     def arm_mte_copy_tags(self, copy: kvm_arm_copy_mte_tags) -> int:
         """KVM_ARM_MTE_COPY_TAGS; returns the bytes of guest memory covered."""
+        ...
+
+    def create_device(self, device_type: int, *, test: bool = False) -> Device | None:
+        """KVM_CREATE_DEVICE of a ``KVM_DEV_TYPE_*``; with ``test``
+        (KVM_CREATE_DEVICE_TEST) only asks whether it could, and returns None."""
+        ...
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE: drive the line ``irq`` (arm64's encoding, kvm.uapi.arm_spi_irq)
+        to ``level``."""
         ...
 
 

@@ -129,6 +129,32 @@ class kvm_reg_list(ctypes.Structure):  # noqa: N801
     _fields_ = (("n", ctypes.c_uint64),)  # followed by u64 reg[n]
 
 
+class kvm_mp_state(ctypes.Structure):  # noqa: N801
+    _fields_ = (("mp_state", ctypes.c_uint32),)
+
+
+class kvm_irq_level(ctypes.Structure):  # noqa: N801
+    # union { __u32 irq; __s32 status; }: KVM_IRQ_LINE uses irq.
+    _fields_ = (("irq", ctypes.c_uint32), ("level", ctypes.c_uint32))
+
+
+class kvm_create_device(ctypes.Structure):  # noqa: N801
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("fd", ctypes.c_uint32),  # out: the device's file descriptor
+        ("flags", ctypes.c_uint32),  # KVM_CREATE_DEVICE_TEST
+    )
+
+
+class kvm_device_attr(ctypes.Structure):  # noqa: N801
+    _fields_ = (
+        ("flags", ctypes.c_uint32),
+        ("group", ctypes.c_uint32),
+        ("attr", ctypes.c_uint64),
+        ("addr", ctypes.c_uint64),  # void __user * to the attribute's value
+    )
+
+
 # -- ioctl numbers ------------------------------------------------------------------
 
 KVM_GET_API_VERSION: Final = _io(0x00)
@@ -136,9 +162,12 @@ KVM_CREATE_VM: Final = _io(0x01)
 KVM_CHECK_EXTENSION: Final = _io(0x03)
 KVM_GET_VCPU_MMAP_SIZE: Final = _io(0x04)
 KVM_CREATE_VCPU: Final = _io(0x41)
+KVM_IRQ_LINE: Final = _iow(0x61, kvm_irq_level)
 KVM_GET_DIRTY_LOG: Final = _iow(0x42, kvm_dirty_log)
 KVM_SET_USER_MEMORY_REGION: Final = _iow(0x46, kvm_userspace_memory_region)
 KVM_RUN: Final = _io(0x80)
+KVM_GET_MP_STATE: Final = _ior(0x98, kvm_mp_state)
+KVM_SET_MP_STATE: Final = _iow(0x99, kvm_mp_state)
 KVM_ENABLE_CAP: Final = _iow(0xA3, kvm_enable_cap)
 KVM_GET_ONE_REG: Final = _iow(0xAB, kvm_one_reg)
 KVM_SET_ONE_REG: Final = _iow(0xAC, kvm_one_reg)
@@ -147,6 +176,10 @@ KVM_ARM_PREFERRED_TARGET: Final = _ior(0xAF, kvm_vcpu_init)
 KVM_GET_REG_LIST: Final = _iowr(0xB0, kvm_reg_list)
 KVM_ARM_MTE_COPY_TAGS: Final = _ior(0xB4, kvm_arm_copy_mte_tags)
 KVM_CLEAR_DIRTY_LOG: Final = _iowr(0xC0, kvm_clear_dirty_log)
+KVM_CREATE_DEVICE: Final = _iowr(0xE0, kvm_create_device)
+# ioctls of the file descriptor KVM_CREATE_DEVICE returns.
+KVM_SET_DEVICE_ATTR: Final = _iow(0xE1, kvm_device_attr)
+KVM_GET_DEVICE_ATTR: Final = _iow(0xE2, kvm_device_attr)
 
 IOCTL_NAMES: Final = {
     value: name
@@ -162,9 +195,12 @@ KVM_API_VERSION: Final = 12
 class Cap(enum.IntEnum):
     """KVM_CAP_* numbers used by tagvisor."""
 
+    IRQCHIP = 0
     USER_MEMORY = 3
+    MP_STATE = 14
     ONE_REG = 70
     READONLY_MEM = 81
+    DEVICE_CTRL = 89
     ARM_EL1_32BIT = 93
     MANUAL_DIRTY_LOG_PROTECT2 = 168
     ARM_MTE = 205
@@ -212,6 +248,15 @@ class VcpuFeature(enum.IntEnum):
     HAS_EL2 = 7
 
 
+class MpState(enum.IntEnum):
+    """KVM_MP_STATE_* that arm64 uses (arm.c kvm_arch_vcpu_ioctl_set_mpstate): a
+    VCPU runs, is powered off (PSCI CPU_OFF, KVM_ARM_VCPU_POWER_OFF), or suspended."""
+
+    RUNNABLE = 0
+    STOPPED = 5
+    SUSPENDED = 10
+
+
 #: The seed thread's v2 design used feature bit 7 for per-VCPU MTE (never merged;
 #: bit 7 is HAS_EL2 upstream).
 SEED_V2_VCPU_FEATURE_MTE: Final = 7
@@ -227,6 +272,44 @@ KVM_ARM_TAGS_FROM_GUEST: Final = 1
 
 KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE: Final = 1 << 0
 KVM_DIRTY_LOG_INITIALLY_SET: Final = 1 << 1
+
+# -- the in-kernel GICv3 (Documentation/virt/kvm/devices/arm-vgic-v3.rst) ----------------
+
+#: enum kvm_device_type (include/uapi/linux/kvm.h).
+KVM_DEV_TYPE_ARM_VGIC_V3: Final = 7
+KVM_CREATE_DEVICE_TEST: Final = 1
+# Attribute groups (arch/arm64/include/uapi/asm/kvm.h).
+KVM_DEV_ARM_VGIC_GRP_ADDR: Final = 0
+KVM_DEV_ARM_VGIC_GRP_DIST_REGS: Final = 1
+KVM_DEV_ARM_VGIC_GRP_NR_IRQS: Final = 3
+KVM_DEV_ARM_VGIC_GRP_CTRL: Final = 4
+KVM_DEV_ARM_VGIC_GRP_REDIST_REGS: Final = 5
+KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS: Final = 6
+KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO: Final = 7
+KVM_DEV_ARM_VGIC_CTRL_INIT: Final = 0
+# KVM_DEV_ARM_VGIC_GRP_ADDR attributes, and the frames' sizes.
+KVM_VGIC_V3_ADDR_TYPE_DIST: Final = 2
+KVM_VGIC_V3_ADDR_TYPE_REDIST: Final = 3
+KVM_VGIC_V3_DIST_SIZE: Final = 0x10000
+KVM_VGIC_V3_REDIST_SIZE: Final = 2 * 0x10000
+
+# KVM_IRQ_LINE's irq field on arm64 (api.rst, "KVM_IRQ_LINE"): vcpu2_index (31:28),
+# irq_type (27:24), vcpu_index (23:16), irq_id (15:0); an SPI's irq_id is its INTID.
+KVM_ARM_IRQ_VCPU2_SHIFT: Final = 28
+KVM_ARM_IRQ_TYPE_SHIFT: Final = 24
+KVM_ARM_IRQ_VCPU_SHIFT: Final = 16
+KVM_ARM_IRQ_NUM_SHIFT: Final = 0
+KVM_ARM_IRQ_TYPE_CPU: Final = 0
+KVM_ARM_IRQ_TYPE_SPI: Final = 1
+KVM_ARM_IRQ_TYPE_PPI: Final = 2
+#: INTIDs 0-31 are private (SGIs and PPIs); SPI n is INTID 32 + n.
+VGIC_NR_PRIVATE_IRQS: Final = 32
+
+
+def arm_spi_irq(spi: int) -> int:
+    """KVM_IRQ_LINE's irq for SPI ``spi`` (INTID 32 + spi) on the in-kernel GIC."""
+    return (KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | (VGIC_NR_PRIVATE_IRQS + spi)
+
 
 # -- register ids (arch/arm64/include/uapi/asm/kvm.h) ----------------------------------
 

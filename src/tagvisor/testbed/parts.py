@@ -54,8 +54,8 @@ USERLAND: Final = (
 KERNEL_SUITES: Final = ("release", "backports")
 
 #: Wheels for aarch64 (manylinux2014, CPython 3.11): NumPy for the VMM, crc32c for
-#: snapshots and migration streams.
-WHEELS: Final = ("numpy>=1.26,<2.3", "crc32c>=2.4,<3")
+#: snapshots and migration streams, fdt (pure Python) for Linux guests' device trees.
+WHEELS: Final = ("numpy>=1.26,<2.3", "crc32c>=2.4,<3", "fdt>=0.3.3,<0.4")
 
 
 def cache_root() -> Path:

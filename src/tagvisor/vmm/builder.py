@@ -26,12 +26,21 @@ from typing import Any, Final, Self, cast
 
 from tagvisor.kvm.api import GuestProgram, Kvm, Vcpu, Vm
 from tagvisor.kvm.errors import KvmError
-from tagvisor.kvm.uapi import CORE_REG_PC, SEED_V2_VCPU_FEATURE_MTE, Cap, VcpuFeature
+from tagvisor.kvm.uapi import CORE_REG_PC, SEED_V2_VCPU_FEATURE_MTE, Cap, VcpuFeature, arm_spi_irq
 from tagvisor.vmm.devices import dma as dma_device
 from tagvisor.vmm.devices import pl011, progress, ucall
 from tagvisor.vmm.devices.bus import MmioBus
-from tagvisor.vmm.devices.kinds import CONSOLE, DMA, UCALL
+from tagvisor.vmm.devices.kinds import AMBA_CONSOLE, CONSOLE, DMA, UCALL
 from tagvisor.vmm.devices.persist import DEVICE_KINDS, DeviceParts, Persistent
+from tagvisor.vmm.linux import platform
+from tagvisor.vmm.linux.gic import create_gicv3
+from tagvisor.vmm.linux.guest import (
+    DEFAULT_BOOTARGS,
+    LinuxGuest,
+    LinuxUnsupported,
+    linux_guest,
+    load_linux,
+)
 from tagvisor.vmm.loader import GuestImage, load, parse_elf
 from tagvisor.vmm.machine import Machine, MachineConfig, MachineError
 from tagvisor.vmm.memory import GuestMemory
@@ -91,6 +100,15 @@ def boot_config(tcf: int, mte: bool, ram_size: int, argument: int = 0, irg_seed:
     )
 
 
+def spi_lines(vm: Vm) -> Callable[[int, bool], None]:
+    """spi(n, level): drive SPI n of ``vm``'s in-kernel GIC through KVM_IRQ_LINE."""
+
+    def spi(number: int, level: bool) -> None:
+        vm.irq_line(arm_spi_irq(number), int(level))
+
+    return spi
+
+
 class MachineBuilder:
     """Collects a machine's shape; :meth:`build` makes it, paused."""
 
@@ -112,6 +130,7 @@ class MachineBuilder:
         self._devices: list[tuple[str, int]] = []
         self._argument = 0
         self._irg_seed = 0
+        self._linux: LinuxGuest | None = None
 
     @classmethod
     def from_config(cls, kvm: Kvm, config: MachineConfig) -> MachineBuilder:
@@ -206,6 +225,21 @@ class MachineBuilder:
         self._image = image
         return self
 
+    def linux(
+        self, kernel: Path, initrd: Path | None = None, append: str = DEFAULT_BOOTARGS
+    ) -> Self:
+        """A Linux kernel (an arm64 Image), an optional initrd and its command line.
+
+        The files are checked now (ImageError); the machine gets the in-kernel GICv3,
+        the arch timer and an interrupt-driven PL011 (docs/linux-guests.md), which
+        only a real KVM has: build() refuses at once where KVM_CAP_IRQCHIP is 0.
+        """
+        initrd_bytes = None if initrd is None else initrd.read_bytes()
+        self._linux = linux_guest(kernel.read_bytes(), initrd_bytes, append)
+        if (AMBA_CONSOLE.name, platform.UART_BASE) in self._devices:
+            return self  # a second call replaces the files, not the console
+        return self.device(AMBA_CONSOLE.name, platform.UART_BASE)
+
     def python_guest(self, program: GuestProgram) -> Self:
         """A Python-level guest instead of an image (model backend only)."""
         self._program = program
@@ -220,12 +254,17 @@ class MachineBuilder:
         return self
 
     def build(self) -> Machine:
-        """The recipe: VM, MTE, RAM, VCPUs, devices, then the guest; nothing runs."""
+        """The recipe: VM, MTE, RAM, VCPUs, the GIC (Linux guests), devices, then the
+        guest; nothing runs."""
+        self._refuse_linux_without_a_gic()
         vm = self._create_vm()
         memory = self._map_ram(vm)
         vcpus = self._create_vcpus(vm)
+        irqchip = None
+        if self._linux is not None:
+            irqchip = create_gicv3(vm, platform.gic_layout(self._vcpus))
         tags = make_tag_access(self._tag_access, vm, memory, self._kvm.user_memory)
-        bus, devices = self._attach_devices(memory, tags)
+        bus, devices = self._attach_devices(memory, tags, None if irqchip is None else vm)
         machine = Machine(
             self._kvm,
             vm,
@@ -239,9 +278,20 @@ class MachineBuilder:
             self._config(),
             devices,
         )
+        machine.irqchip = irqchip
         if not self._restoring:
             self._load_guest(machine)
         return machine
+
+    def _refuse_linux_without_a_gic(self) -> None:
+        """Linux needs an interrupt controller, the arch timer and FP/SIMD: a KVM
+        without an in-kernel GIC (KVM_CAP_IRQCHIP 0, the model's) cannot run it."""
+        if self._linux is not None and not self._kvm.check_extension(Cap.IRQCHIP):
+            raise LinuxUnsupported(
+                "this KVM cannot run Linux: it has no in-kernel GIC (KVM_CAP_IRQCHIP is 0). "
+                "The software model has no interrupt controller, no arch timer and no "
+                "FP/SIMD; boot Linux guests on a real /dev/kvm (e.g. in `tagvisor testbed`)"
+            )
 
     def _create_vm(self) -> Vm:
         """KVM_CREATE_VM, then KVM_CAP_ARM_MTE: Linux takes it only before any VCPU."""
@@ -296,10 +346,12 @@ class MachineBuilder:
         return vcpus
 
     def _attach_devices(
-        self, memory: GuestMemory, tags: TagAccess
+        self, memory: GuestMemory, tags: TagAccess, irq_vm: Vm | None = None
     ) -> tuple[MmioBus, dict[str, Persistent[Any]]]:
-        """Every device on the MMIO bus: the built-in ones, then the extra kinds."""
-        parts = DeviceParts(memory, tags, self._console_sink)
+        """Every device on the MMIO bus: the built-in ones, then the extra kinds;
+        with ``irq_vm`` (a VM with an in-kernel GIC) they raise SPIs through it."""
+        spi = None if irq_vm is None else spi_lines(irq_vm)
+        parts = DeviceParts(memory, tags, self._console_sink, spi)
         bus = MmioBus()
         bus.attach(PROGRESS_BASE, progress.WINDOW, progress.ProgressRegister())
         devices: dict[str, Persistent[Any]] = {}
@@ -324,7 +376,12 @@ class MachineBuilder:
 
     def _load_guest(self, machine: Machine) -> None:
         """The boot configuration block, then the image (VCPU 0 at its entry) or the
-        Python guest."""
+        Python guest; a Linux kernel instead gets its initrd and device tree."""
+        if self._linux is not None:
+            ram = (self._ram_base, self._ram_size)
+            gic = platform.gic_layout(self._vcpus)
+            load_linux(self._linux, machine.memory, machine.vcpus, ram, gic)
+            return
         block = boot_config(self._tcf, self._mte, self._ram_size, self._argument, self._irg_seed)
         machine.memory.write(self._ram_base + BOOT_CONFIG_OFFSET, block)
         if self._image is not None:

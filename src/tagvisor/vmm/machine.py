@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tagvisor.errors import TagvisorError
-from tagvisor.kvm.api import Kvm, Vcpu, VcpuExit, Vm
+from tagvisor.kvm.api import Device, Kvm, Vcpu, VcpuExit, Vm
 from tagvisor.kvm.uapi import ExitReason, SystemEvent
 from tagvisor.vmm.devices.bus import BusError, MmioBus
 from tagvisor.vmm.devices.dma import DmaEngine
@@ -97,6 +97,9 @@ class Machine:
         self.config = config
         #: Every device with state, by kind name, in the order its state is applied.
         self.devices = devices
+        #: The in-kernel interrupt controller's device fd, if the machine has one
+        #: (Linux guests): kept here for as long as the VM lives.
+        self.irqchip: Device | None = None
         self.state = RunState.PAUSED
         self.system_event: int | None = None
         self._pause = threading.Event()

@@ -7,9 +7,10 @@ model raises.
 
 from tagvisor.kvm.linux.memory import LinuxUserMemory, UserMemoryError
 from tagvisor.kvm.linux.run import decode_exit, fill_mmio_read
-from tagvisor.kvm.linux.system import LinuxKvm, LinuxVcpu, LinuxVm
+from tagvisor.kvm.linux.system import LinuxDevice, LinuxKvm, LinuxVcpu, LinuxVm
 
 __all__ = [
+    "LinuxDevice",
     "LinuxKvm",
     "LinuxUserMemory",
     "LinuxVcpu",

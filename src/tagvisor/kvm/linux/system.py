@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
-from tagvisor.kvm.api import Kvm, Vcpu, VcpuExit
+from tagvisor.kvm.api import Device, Kvm, Vcpu, VcpuExit
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.linux.memory import LinuxUserMemory
 from tagvisor.kvm.linux.run import decode_exit, fill_mmio_read
@@ -33,24 +33,35 @@ from tagvisor.kvm.uapi import (
     KVM_ARM_VCPU_INIT,
     KVM_CHECK_EXTENSION,
     KVM_CLEAR_DIRTY_LOG,
+    KVM_CREATE_DEVICE,
+    KVM_CREATE_DEVICE_TEST,
     KVM_CREATE_VCPU,
     KVM_CREATE_VM,
     KVM_ENABLE_CAP,
     KVM_GET_API_VERSION,
+    KVM_GET_DEVICE_ATTR,
     KVM_GET_DIRTY_LOG,
+    KVM_GET_MP_STATE,
     KVM_GET_ONE_REG,
     KVM_GET_REG_LIST,
     KVM_GET_VCPU_MMAP_SIZE,
+    KVM_IRQ_LINE,
     KVM_RUN,
     KVM_RUN_IMMEDIATE_EXIT_OFFSET,
+    KVM_SET_DEVICE_ATTR,
+    KVM_SET_MP_STATE,
     KVM_SET_ONE_REG,
     KVM_SET_USER_MEMORY_REGION,
     Cap,
     ExitReason,
     kvm_arm_copy_mte_tags,
     kvm_clear_dirty_log,
+    kvm_create_device,
+    kvm_device_attr,
     kvm_dirty_log,
     kvm_enable_cap,
+    kvm_irq_level,
+    kvm_mp_state,
     kvm_one_reg,
     kvm_userspace_memory_region,
     kvm_vcpu_init,
@@ -163,6 +174,15 @@ class LinuxVcpu(_Fd, Vcpu):
         ioctl(self.fd, KVM_GET_REG_LIST, regs)
         return [int(reg) for reg in regs[1 : 1 + int(regs[0])]]
 
+    def get_mp_state(self) -> int:
+        state = kvm_mp_state()
+        ioctl(self.fd, KVM_GET_MP_STATE, state)
+        return int(state.mp_state)
+
+    def set_mp_state(self, state: int) -> None:
+        request = kvm_mp_state(mp_state=state)
+        ioctl(self.fd, KVM_SET_MP_STATE, request)
+
     def run(self) -> VcpuExit:
         """KVM_RUN; a signal or a kick that interrupted it is KVM_EXIT_INTR."""
         self._thread = threading.get_ident()
@@ -195,6 +215,23 @@ class LinuxVcpu(_Fd, Vcpu):
             fill_mmio_read(view, data)
         finally:
             view.release()
+
+
+class LinuxDevice(_Fd, Device):
+    """A device file descriptor (KVM_CREATE_DEVICE's); its value buffers are held in
+    locals until the ioctl returns, as the module's rule says."""
+
+    def set_device_attr(self, group: int, attr: int, value: bytes = b"") -> None:
+        buffer = ctypes.create_string_buffer(value, max(1, len(value)))
+        addr = ctypes.addressof(buffer) if value else 0
+        request = kvm_device_attr(group=group, attr=attr, addr=addr)
+        ioctl(self.fd, KVM_SET_DEVICE_ATTR, request)
+
+    def get_device_attr(self, group: int, attr: int, size: int = 8) -> bytes:
+        buffer = ctypes.create_string_buffer(size)
+        request = kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(buffer))
+        ioctl(self.fd, KVM_GET_DEVICE_ATTR, request)
+        return buffer.raw
 
 
 class LinuxVm(_Fd):
@@ -265,6 +302,15 @@ class LinuxVm(_Fd):
     def arm_mte_copy_tags(self, copy: kvm_arm_copy_mte_tags) -> int:
         """KVM_ARM_MTE_COPY_TAGS; returns the bytes of guest memory covered."""
         return ioctl(self.fd, KVM_ARM_MTE_COPY_TAGS, copy)
+
+    def create_device(self, device_type: int, *, test: bool = False) -> LinuxDevice | None:
+        request = kvm_create_device(type=device_type, flags=KVM_CREATE_DEVICE_TEST * test)
+        ioctl(self.fd, KVM_CREATE_DEVICE, request)
+        return None if test else LinuxDevice(request.fd)
+
+    def irq_line(self, irq: int, level: int) -> None:
+        request = kvm_irq_level(irq=irq, level=level)
+        ioctl(self.fd, KVM_IRQ_LINE, request)
 
 
 class LinuxKvm(_Fd, Kvm):

@@ -26,6 +26,7 @@ from tagvisor.kvm.uapi import (
     SEED_V2_VCPU_FEATURE_MTE,
     SP_EL0,
     ExitReason,
+    MpState,
     VcpuFeature,
     kvm_vcpu_init,
 )
@@ -132,6 +133,24 @@ class ModelVcpu(Vcpu):
         if wants_mte:
             self.has_mte_feature = True
             self.vm.seed_v2_mte = True  # sticky, VM-wide
+
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE: STOPPED while powered off, else RUNNABLE."""
+        return MpState.STOPPED if self.powered_off else MpState.RUNNABLE
+
+    def set_mp_state(self, state: int) -> None:
+        """KVM_SET_MP_STATE as arm.c's kvm_arch_vcpu_ioctl_set_mpstate: RUNNABLE and
+        STOPPED power the VCPU on and off (its registers stay as they are); the model
+        has no WFI suspension, so SUSPENDED is refused like an unknown state."""
+        if state == MpState.STOPPED:
+            self.power_off()
+        elif state == MpState.RUNNABLE:
+            with self._wake:
+                self.powered_off = False
+                self._wake.notify_all()
+        else:
+            detail = "the model does not suspend VCPUs" if state == MpState.SUSPENDED else ""
+            raise KvmError(errno.EINVAL, "KVM_SET_MP_STATE", detail or f"unknown state {state}")
 
     def _require_init(self, ioctl: str) -> None:
         if self.features is None:

@@ -285,3 +285,17 @@ class ModelVm:
             profile=self.profile,
             mte_enabled=self.has_mte,
         )
+
+    def create_device(self, device_type: int, *, test: bool = False) -> None:
+        """KVM_CREATE_DEVICE: the model has no in-kernel devices (no GIC, no ITS), so
+        every type is one this KVM lacks: ENODEV, as kvm_ioctl_create_device answers a
+        type with no ops (virt/kvm/kvm_main.c)."""
+        raise KvmError(
+            errno.ENODEV, "KVM_CREATE_DEVICE", f"the model has no device of type {device_type}"
+        )
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE: no irqchip in the model, so ENXIO, as arm.c's
+        kvm_vm_ioctl_irq_line answers an SPI without one (the model's VCPUs take no
+        interrupts at all, so the CPU type is refused too)."""
+        raise KvmError(errno.ENXIO, "KVM_IRQ_LINE", "the model has no interrupt controller")

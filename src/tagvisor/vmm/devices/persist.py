@@ -46,11 +46,14 @@ class Persistent(MmioDevice, Protocol[S]):
 
 @dataclass(frozen=True)
 class DeviceParts:
-    """What a device may be built from: the machine's memory and its tag access way."""
+    """What a device may be built from: the machine's memory and its tag access way,
+    and, on a machine with an in-kernel GIC, its shared interrupt lines."""
 
     memory: GuestMemory
     tags: TagAccess
     console_sink: Callable[[bytes], None] | None = None
+    #: spi(n, level) drives SPI n to a level (True: asserted); None: no interrupts.
+    spi: Callable[[int, bool], None] | None = None
 
 
 @dataclass(frozen=True)

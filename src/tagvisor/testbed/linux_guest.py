@@ -1,0 +1,115 @@
+"""Boot the testbed's own Debian kernel as a Linux guest of tagvisor, on the testbed's
+real KVM (nested under QEMU's TCG), and bring its console and timings back.
+
+The guest's initrd is tiny: busybox-static from the testbed's userland and an /init
+that prints a marker with the guest's uptime and the CPU features (``mte`` among them
+when KVM_CAP_ARM_MTE is on), runs the static programs it was given (each followed by
+a line with its exit status), then powers off (PSCI SYSTEM_OFF, which KVM turns into
+KVM_SYSTEM_EVENT_SHUTDOWN). The image-side suite is
+:mod:`tagvisor.testbed.linux_suite`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from tagvisor.testbed.boot import SuiteRun, run_suite
+from tagvisor.testbed.errors import TestbedError
+from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio
+from tagvisor.testbed.linux_suite import ECHO, MARKER
+from tagvisor.testbed.parts import Parts, cache_root, fetch
+
+SUITE: Final = "tagvisor.testbed.linux_suite"
+GUEST_INIT: Final = f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox echo "{MARKER} uptime $(/bin/busybox cut -d' ' -f1 /proc/uptime)"
+/bin/busybox grep -m1 Features /proc/cpuinfo
+/bin/busybox echo "CPUs online: $(/bin/busybox grep -c ^processor /proc/cpuinfo)"
+{{programs}}/bin/busybox poweroff -f
+"""
+#: The line /init prints after each program: ``<PROGRAM_EXIT> <name> <status>``.
+PROGRAM_EXIT: Final = "=== TAGVISOR-LINUX-GUEST-PROGRAM"
+PROGRAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: ``quiet``: printing the boot log through an emulated UART dominates under TCG.
+GUEST_APPEND: Final = "console=ttyAMA0 panic=-1 rdinit=/init quiet"
+
+
+@dataclass(frozen=True)
+class GuestShape:
+    """The Linux guest's machine, as the suite inside the image builds it."""
+
+    mem: int = 256 << 20
+    #: Two, so that Linux brings the second up through PSCI CPU_ON.
+    vcpus: int = 2
+    mte: bool = True
+    append: str = GUEST_APPEND
+    deadline: float = 420.0
+
+
+def guest_init(programs: list[str]) -> str:
+    """/init: the marker, the CPU features, each program in /bin and its status."""
+    for name in programs:
+        if not PROGRAM_NAME.fullmatch(name):
+            raise TestbedError(f"guest program name {name!r} is not a plain file name")
+    runs = "".join(
+        f'/bin/{name}; /bin/busybox echo "{PROGRAM_EXIT} {name} $?"\n' for name in programs
+    )
+    return GUEST_INIT.format(programs=runs)
+
+
+def guest_initrd(parts: Parts, programs: dict[str, bytes] | None = None) -> bytes:
+    """busybox, /init and ``programs`` (static arm64 binaries, run in order by /init)
+    as a gzip'd cpio archive (about 1 MB)."""
+    programs = programs or {}
+    init = guest_init(list(programs))
+    busybox = parts.userland / "bin" / "busybox"
+    if not busybox.is_file():
+        raise TestbedError(f"{busybox} is missing: the testbed userland has no busybox-static")
+
+    def build(writer: CpioWriter) -> None:
+        for directory in ("dev", "proc", "sys"):
+            writer.directory(directory)
+        writer.char_device("dev/console", 5, 1)
+        writer.file("bin/busybox", busybox.read_bytes(), 0o755)
+        writer.symlink("bin/sh", "busybox")
+        for name, binary in programs.items():
+            writer.file(f"bin/{name}", binary, 0o755)
+        writer.file("init", init.encode(), 0o755)
+
+    return gzip_cpio(build)
+
+
+def boot_linux_guest(
+    kernel_suite: str = "release",
+    shape: GuestShape | None = None,
+    *,
+    programs: dict[str, bytes] | None = None,
+    timeout: float = 600.0,
+    say: Callable[[str], None] = print,
+) -> SuiteRun:
+    """Boot the testbed; inside it, boot its kernel again as tagvisor's guest, whose
+    /init runs ``programs``. The guest's console is kept in
+    ``.cache/testbed/linux-guest-console.log``."""
+    shape = shape or GuestShape()
+    parts = fetch(kernel_suite, say=say)
+    files = {
+        "Image": parts.kernel.read_bytes(),
+        "guest-initrd.gz": guest_initrd(parts, programs),
+        "linux_guest.json": json.dumps(shape.__dict__).encode(),
+    }
+    run = run_suite(SUITE, kernel_suite=kernel_suite, timeout=timeout, say=say, files=files)
+    (cache_root() / "linux-guest-console.log").write_text(guest_console(run))
+    return run
+
+
+def guest_console(run: SuiteRun) -> str:
+    """The guest's console: the suite's copy, or else (the suite failed) the lines it
+    echoed to the testbed's console as they came."""
+    if isinstance(run.result, dict) and isinstance(run.result.get("console"), str):
+        return str(run.result["console"])
+    lines = [line for line in run.console.splitlines() if line.startswith(ECHO)]
+    return "".join(line[len(ECHO) :] + "\n" for line in lines)

@@ -1,0 +1,117 @@
+"""In the testbed image: boot the testbed's own Debian kernel as a guest, with tagvisor
+on the real KVM, and time it to its /init's marker.
+
+The host side (:mod:`tagvisor.testbed.linux_guest`) puts the kernel, a tiny initrd
+whose /init prints :data:`MARKER` and powers off, and ``linux_guest.json`` (the
+machine's shape) in /opt/suite. Standard library plus tagvisor (and its fdt, NumPy).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+SUITE_DIR: Final = Path("/opt/suite")
+MARKER: Final = "=== TAGVISOR-LINUX-GUEST-INIT"
+#: Each guest console line is echoed to the testbed's console with this prefix.
+ECHO: Final = "[guest] "
+
+
+class ConsoleWatch:
+    """The guest's console sink: echoes whole lines and notes when the marker came."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.line = bytearray()
+        self.marker_at: float | None = None
+        self.marker_line = ""
+
+    def __call__(self, byte: bytes) -> None:
+        if byte != b"\n":
+            self.line += byte
+            return
+        text = self.line.decode(errors="replace").rstrip("\r")
+        self.line.clear()
+        sys.stdout.write(ECHO + text + "\n")
+        sys.stdout.flush()
+        if self.marker_at is None and MARKER in text:
+            self.marker_at = time.monotonic() - self.started
+            self.marker_line = text
+
+
+def gic_round_trip(kvm: Any, machine: Any, vcpus: int) -> dict[str, Any]:
+    """Save the stopped guest's GIC, restore it into a fresh VM's, read it back: how
+    many registers there are, how many Linux changed, and any that did not survive."""
+    from tagvisor.kvm.uapi import VcpuFeature
+    from tagvisor.vmm.linux.gic import create_gicv3
+    from tagvisor.vmm.linux.gic_state import restore_gic, save_gic
+    from tagvisor.vmm.linux.guest import kvm_mpidr
+    from tagvisor.vmm.linux.platform import gic_layout
+
+    layout = gic_layout(vcpus)
+    mpidrs = tuple(kvm_mpidr(index) for index in range(vcpus))
+    saved = save_gic(machine.irqchip, mpidrs, layout.nr_irqs)
+    vm = kvm.create_vm()
+    fresh = []
+    for index in range(vcpus):
+        vcpu = vm.create_vcpu(index)
+        init = vm.arm_preferred_target()
+        init.features[0] = 1 << VcpuFeature.PSCI_0_2
+        vcpu.arm_vcpu_init(init)
+        fresh.append(vcpu)
+    gic = create_gicv3(vm, layout)
+    reset = save_gic(gic, mpidrs, layout.nr_irqs)
+    restore_gic(gic, saved)
+    back = save_gic(gic, mpidrs, layout.nr_irqs)
+    pairs = list(zip(saved.values, back.values, strict=True))
+    lost = [
+        f"group {a[0].group} attr {a[0].attr:#x}: {a[1]:#x} -> {b[1]:#x}"
+        for a, b in pairs
+        if a[1] != b[1]
+    ]
+    changed = sum(a[1] != r[1] for a, r in zip(saved.values, reset.values, strict=True))
+    return {"registers": len(saved.values), "changed_by_linux": changed, "lost": lost[:20]}
+
+
+def run() -> dict[str, Any]:
+    from tagvisor.kvm.linux import LinuxKvm
+    from tagvisor.vmm import MachineBuilder
+    from tagvisor.vmm.linux.run import console_text, run_linux
+
+    shape = json.loads((SUITE_DIR / "linux_guest.json").read_text())
+    started = time.monotonic()
+    watch = ConsoleWatch(started)
+    kvm = LinuxKvm()
+    machine = (
+        MachineBuilder(kvm)
+        .memory(int(shape["mem"]))
+        .mte(bool(shape["mte"]))
+        .vcpus(int(shape["vcpus"]))
+        .console(watch)
+        .linux(SUITE_DIR / "Image", SUITE_DIR / "guest-initrd.gz", str(shape["append"]))
+        .build()
+    )
+    built = time.monotonic() - started
+    mp_before = [vcpu.get_mp_state() for vcpu in machine.vcpus]
+    result = run_linux(machine, float(shape["deadline"]))
+    seconds = time.monotonic() - started
+    return {
+        "gic_round_trip": gic_round_trip(kvm, machine, int(shape["vcpus"])),
+        "mp_states": {
+            "built": mp_before,
+            "powered_off": [vcpu.get_mp_state() for vcpu in machine.vcpus],
+        },
+        "seconds_build": round(built, 2),
+        "seconds_to_marker": None if watch.marker_at is None else round(watch.marker_at, 2),
+        "seconds_total": round(seconds, 2),
+        "marker_line": watch.marker_line,
+        "exit_status": result.exit_status,
+        "system_event": result.system_event,
+        "error": result.error,
+        "exits": result.exits,
+        "exits_by_reason": result.by_reason,
+        "console": console_text(machine),
+    }
