@@ -77,6 +77,8 @@ def gic_round_trip(kvm: Any, machine: Any, vcpus: int) -> dict[str, Any]:
 
 
 def run() -> dict[str, Any]:
+    """Inside the testbed: boot the guest kernel with tagvisor on this /dev/kvm, wait
+    for its /init marker, and report the console, the times and the GIC's state."""
     from tagvisor.kvm.linux import LinuxKvm
     from tagvisor.vmm import MachineBuilder
     from tagvisor.vmm.linux.run import console_text, run_linux
