@@ -155,6 +155,16 @@ class kvm_device_attr(ctypes.Structure):  # noqa: N801
     )
 
 
+class reg_mask_range(ctypes.Structure):  # noqa: N801 - Linux 6.7, not in bookworm's headers
+    """KVM_ARM_GET_REG_WRITABLE_MASKS's argument: where the masks go, and which range."""
+
+    _fields_ = (
+        ("addr", ctypes.c_uint64),  # u64 masks[KVM_ARM_FEATURE_ID_RANGE_SIZE]
+        ("range", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32 * 13),
+    )
+
+
 # -- ioctl numbers ------------------------------------------------------------------
 
 KVM_GET_API_VERSION: Final = _io(0x00)
@@ -175,6 +185,8 @@ KVM_ARM_VCPU_INIT: Final = _iow(0xAE, kvm_vcpu_init)
 KVM_ARM_PREFERRED_TARGET: Final = _ior(0xAF, kvm_vcpu_init)
 KVM_GET_REG_LIST: Final = _iowr(0xB0, kvm_reg_list)
 KVM_ARM_MTE_COPY_TAGS: Final = _ior(0xB4, kvm_arm_copy_mte_tags)
+#: A VM ioctl from Linux 6.7; older kernels answer EINVAL (kvm_arch_vm_ioctl's default).
+KVM_ARM_GET_REG_WRITABLE_MASKS: Final = _ior(0xB6, reg_mask_range)
 KVM_CLEAR_DIRTY_LOG: Final = _iowr(0xC0, kvm_clear_dirty_log)
 KVM_CREATE_DEVICE: Final = _iowr(0xE0, kvm_create_device)
 # ioctls of the file descriptor KVM_CREATE_DEVICE returns.
@@ -204,6 +216,7 @@ class Cap(enum.IntEnum):
     ARM_EL1_32BIT = 93
     MANUAL_DIRTY_LOG_PROTECT2 = 168
     ARM_MTE = 205
+    ARM_SUPPORTED_REG_MASK_RANGES = 230
 
 
 class ExitReason(enum.IntEnum):
@@ -262,6 +275,20 @@ class MpState(enum.IntEnum):
 SEED_V2_VCPU_FEATURE_MTE: Final = 7
 
 KVM_ARM_TARGET_GENERIC_V8: Final = 5
+
+#: KVM_ARM_GET_REG_WRITABLE_MASKS's only range: op0=3, op1 in {0, 1, 3}, CRn=0, with
+#: KVM_ARM_FEATURE_ID_RANGE_IDX(op0, op1, crn, crm, op2) = op1' << 6 | crm << 3 | op2,
+#: op1' being op1 with 3 made 2 (arch/arm64/include/uapi/asm/kvm.h, 6.7).
+KVM_ARM_FEATURE_ID_RANGE: Final = 0
+KVM_ARM_FEATURE_ID_RANGE_SIZE: Final = 3 * 8 * 8
+
+
+def feature_id_range_idx(op1: int, crm: int, op2: int) -> int:
+    """KVM_ARM_FEATURE_ID_RANGE_IDX for an ID register (op0=3, CRn=0)."""
+    op1 &= 3
+    op1 -= op1 == 3
+    return op1 << 6 | (crm & 7) << 3 | op2
+
 
 KVM_MEM_LOG_DIRTY_PAGES: Final = 1 << 0
 KVM_MEM_READONLY: Final = 1 << 1
