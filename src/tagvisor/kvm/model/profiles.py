@@ -42,6 +42,10 @@ class KernelProfile:
     #: PROT_MTE: the opt-in design a reviewer asked for in the seed thread, never
     #: Linux. No profile here sets it; the ABI lab (tagvisor.lab) defines one that does.
     promotes_only_prot_mte: ClassVar[bool] = False
+    #: The measured register file (tagvisor.kvm.model.regdata) this version's VCPUs
+    #: have: KVM_GET_REG_LIST, reset values and SET_ONE_REG of ID registers. Only 6.1
+    #: and 6.12 were measured; versions in between use 6.1's.
+    regfile: ClassVar[str] = "linux-6.1"
 
     def memslot_refusal(self, vma: Vma) -> str | None:
         """Why kvm_arch_prepare_memory_region refuses this VMA for an MTE VM (EINVAL).
@@ -122,6 +126,9 @@ class Linux612(Linux64):
     version = (6, 12)
     description = "TO_GUEST refused with EBUSY while dirty logging"
     copy_tags_busy_while_logging = True
+    #: Writable ID registers and KVM_ARM_GET_REG_WRITABLE_MASKS (6.7, Jing Zhang's
+    #: "KVM: arm64: Enable writable sanitised ID registers" series), PTIMER and more.
+    regfile = "linux-6.12"
 
 
 class Linux613(Linux612):

@@ -8,23 +8,13 @@ from typing import TYPE_CHECKING
 
 from tagvisor.kvm.api import GuestProgram, Vcpu, VcpuExit
 from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.model import onereg
 from tagvisor.kvm.model.guest import GeneratorGuest, GuestContext, GuestExecutor
 from tagvisor.kvm.model.psci import handle_psci
-from tagvisor.kvm.model.vcpu_regs import (
-    CORE_IDS,
-    MTE_REGS,
-    VcpuRegisters,
-    check_reg_id,
-    core_word,
-    is_sysreg,
-)
+from tagvisor.kvm.model.vcpu_regs import VcpuRegisters, check_reg_id
 from tagvisor.kvm.uapi import (
-    ID_AA64PFR1_EL1,
     KVM_ARM_TARGET_GENERIC_V8,
-    KVM_REG_SIZE_MASK,
-    KVM_REG_SIZE_U64,
     SEED_V2_VCPU_FEATURE_MTE,
-    SP_EL0,
     ExitReason,
     MpState,
     VcpuFeature,
@@ -89,7 +79,8 @@ class ModelVcpu(Vcpu):
     def power_on(self, entry: int, context: int) -> None:
         """PSCI CPU_ON on this VCPU: start at ``entry`` with x0 = ``context``."""
         with self._wake:
-            self.regs = VcpuRegisters.reset()
+            el1_32bit = bool((self.features or 0) >> VcpuFeature.EL1_32BIT & 1)
+            self.regs = onereg.reset(self, el1_32bit)
             self.regs.pc = entry
             self.regs.core[0] = context
             self.powered_off = False
@@ -128,11 +119,11 @@ class ModelVcpu(Vcpu):
             raise KvmError(errno.EINVAL, ioctl, "all VCPUs of a VM need the same features")
         self.vm.vcpu_features = stable
         self.features = features
-        self.regs = VcpuRegisters.reset()
         self.powered_off = bool(features >> VcpuFeature.POWER_OFF & 1)
         if wants_mte:
             self.has_mte_feature = True
             self.vm.seed_v2_mte = True  # sticky, VM-wide
+        self.regs = onereg.reset(self, bool(features >> VcpuFeature.EL1_32BIT & 1))
 
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE: STOPPED while powered off, else RUNNABLE."""
@@ -156,66 +147,24 @@ class ModelVcpu(Vcpu):
         if self.features is None:
             raise KvmError(errno.ENOEXEC, ioctl, "KVM_ARM_VCPU_INIT must come first")
 
-    def _visible_sysreg(self, reg_id: int, ioctl: str) -> None:
-        if reg_id in MTE_REGS and not self.tag_access:
-            raise KvmError(
-                errno.ENOENT, ioctl, "MTE registers are hidden until KVM_CAP_ARM_MTE is enabled"
-            )
-        if reg_id & KVM_REG_SIZE_MASK != KVM_REG_SIZE_U64:
-            raise KvmError(errno.ENOENT, ioctl, "system registers are 64-bit")
-        if reg_id not in self.regs.sysregs and reg_id not in (ID_AA64PFR1_EL1, SP_EL0):
-            raise KvmError(errno.ENOENT, ioctl, f"system register {reg_id:#x} is not modelled")
-
     def get_one_reg(self, reg_id: int) -> int:
-        """KVM_GET_ONE_REG."""
+        """KVM_GET_ONE_REG of any register in Linux's list (``onereg``)."""
         ioctl = "KVM_GET_ONE_REG"
         self._require_init(ioctl)
         check_reg_id(reg_id, ioctl)
-        word = core_word(reg_id, ioctl)
-        if word is not None:
-            return self.regs.get_core(word)
-        if not is_sysreg(reg_id):
-            raise KvmError(errno.ENOENT, ioctl, f"register {reg_id:#x} is not modelled")
-        self._visible_sysreg(reg_id, ioctl)
-        if reg_id == ID_AA64PFR1_EL1:
-            mte_level = self.vm.kvm.host_mte_level if self.tag_access else 0
-            return mte_level << 8
-        if reg_id == SP_EL0:  # the same register as core regs.sp
-            return self.regs.core[31]
-        return self.regs.sysregs[reg_id]
+        return onereg.get(self, reg_id)
 
     def set_one_reg(self, reg_id: int, value: int) -> None:
-        """KVM_SET_ONE_REG: MTE registers take any 64-bit value (no validation in KVM)."""
+        """KVM_SET_ONE_REG: MTE registers take any value; ID registers as Linux allows."""
         ioctl = "KVM_SET_ONE_REG"
         self._require_init(ioctl)
         check_reg_id(reg_id, ioctl)
-        if not 0 <= value < 2**64:
-            raise KvmError(errno.EINVAL, ioctl, "a 64-bit register takes a 64-bit value")
-        word = core_word(reg_id, ioctl)
-        if word is not None:
-            self.regs.set_core(word, value)
-            return
-        if not is_sysreg(reg_id):
-            raise KvmError(errno.ENOENT, ioctl, f"register {reg_id:#x} is not modelled")
-        self._visible_sysreg(reg_id, ioctl)
-        if reg_id == ID_AA64PFR1_EL1:
-            if value != self.get_one_reg(reg_id):
-                raise KvmError(errno.EINVAL, ioctl, "ID registers can only be set as they read")
-            return
-        if reg_id == SP_EL0:
-            self.regs.core[31] = value
-            return
-        self.regs.sysregs[reg_id] = value
+        onereg.set_(self, reg_id, value)
 
     def get_reg_list(self) -> list[int]:
-        """KVM_GET_REG_LIST: every register ONE_REG accepts, MTE ones only with MTE."""
+        """KVM_GET_REG_LIST: Linux's list for this profile, MTE ones only with MTE."""
         self._require_init("KVM_GET_REG_LIST")
-        sysregs = [
-            reg
-            for reg in (*self.regs.sysregs, ID_AA64PFR1_EL1, SP_EL0)
-            if reg not in MTE_REGS or self.tag_access
-        ]
-        return [*CORE_IDS, *sorted(sysregs)]
+        return onereg.reg_list(self)
 
     def set_mmio_read_data(self, data: bytes) -> None:
         if self.executor is not None:
@@ -229,6 +178,7 @@ class ModelVcpu(Vcpu):
         the host's A64 core runs whatever code is in guest RAM, as hardware would.
         """
         self._require_init("KVM_RUN")
+        self.vm.has_run = True  # kvm_arch_vcpu_run_pid_change, before immediate_exit
         with self._wake:
             self._wake.wait_for(lambda: not self.powered_off or self._kicked)
             kicked, self._kicked = self._kicked, False

@@ -10,7 +10,7 @@ ID_AA64PFR1_EL1.MTE reads 0 unless MTE is enabled.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from tagvisor.cpu.bus import CORE_SP_EL1
@@ -73,10 +73,15 @@ def _sysreg_resets() -> dict[int, int]:
 
 @dataclass
 class VcpuRegisters:
-    """x0-x30, sp, pc, pstate and the EL1 system registers a guest kernel uses."""
+    """x0-x30, sp, pc, pstate and the EL1 system registers a guest kernel uses.
+
+    ``other`` holds the listed registers the A64 core does not execute (FP/SIMD,
+    firmware pseudo-registers, the cache-geometry demux, host facts), kept for ONE_REG.
+    """
 
     core: list[int]
     sysregs: dict[int, int]
+    other: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def reset(cls) -> VcpuRegisters:

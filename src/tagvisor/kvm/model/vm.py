@@ -12,7 +12,9 @@ from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import dirtytags, psci
 from tagvisor.kvm.model.copytags import copy_tags
+from tagvisor.kvm.model.idregs import writable_masks
 from tagvisor.kvm.model.memslots import Memslot, MemslotTable
+from tagvisor.kvm.model.regdata import regfile
 from tagvisor.kvm.model.stage2 import Stage2Mmu
 from tagvisor.kvm.model.vcpu import ModelVcpu
 from tagvisor.kvm.uapi import (
@@ -51,6 +53,8 @@ class ModelVm:
         self.mte_cap_enabled = False  # KVM_ARCH_FLAG_MTE_ENABLED
         self.seed_v2_mte = False  # the v2 design's sticky VM-wide flag
         self.manual_dirty_protect = 0
+        self.id_regs: dict[int, int] = {}  # ID registers the VMM changed (per VM in Linux)
+        self.has_run = False  # kvm_vm_has_ran_once(): a VCPU has entered KVM_RUN
         self.stage2 = Stage2Mmu(self.memslots, self.process, self.profile, lambda: self.has_mte)
 
     @property
@@ -192,6 +196,12 @@ class ModelVm:
     def arm_preferred_target(self) -> kvm_vcpu_init:
         """KVM_ARM_PREFERRED_TARGET: generic v8, no features."""
         return kvm_vcpu_init(target=KVM_ARM_TARGET_GENERIC_V8)
+
+    def arm_get_reg_writable_masks(
+        self, range_: int = 0, reserved: tuple[int, ...] = (0,) * 13
+    ) -> list[int]:
+        """KVM_ARM_GET_REG_WRITABLE_MASKS: 192 masks of the feature ID space (6.7+)."""
+        return writable_masks(regfile(self.profile.regfile), range_, reserved)
 
     # -- dirty log -------------------------------------------------------------------
 

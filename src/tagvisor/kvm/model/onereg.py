@@ -1,0 +1,155 @@
+"""A model VCPU's KVM_GET_REG_LIST, GET_ONE_REG and SET_ONE_REG over Linux's whole list.
+
+The list and the reset values are the kernel's, measured (``regdata``; chosen by the
+profile's ``regfile``). Registers the A64 core executes live where it reads them
+(``VcpuRegisters.core`` and ``.sysregs``); the rest (FP/SIMD, timers, debug, PMU,
+firmware pseudo-registers, the cache-geometry demux) are stored and returned, so a
+VMM can restore a state taken from real KVM. ID registers (op0=3, op1=0, CRn=0,
+except MPIDR_EL1) are per VM in Linux (kvm->arch.id_regs from 6.7, pfr0_csv2/csv3 in
+6.1), so a write is kept in the VM and seen by every VCPU.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Final
+
+from tagvisor.kvm.errors import KvmError
+from tagvisor.kvm.model.idregs import id_set_outcome
+from tagvisor.kvm.model.regdata import RegFile, regfile
+from tagvisor.kvm.model.vcpu_regs import VcpuRegisters, core_word, is_sysreg
+from tagvisor.kvm.uapi import (
+    CORE_REG_PSTATE,
+    ID_AA64PFR1_EL1,
+    KVM_REG_ARM_COPROC_MASK,
+    KVM_REG_ARM_CORE,
+    MPIDR_EL1,
+    SP_EL0,
+    reg_size,
+)
+
+if TYPE_CHECKING:
+    from tagvisor.kvm.model.vcpu import ModelVcpu
+
+#: reset_mpidr(): bit 31 (RES1) with Aff0, Aff1, Aff2 from the VCPU id.
+MPIDR_RES1: Final = 1 << 31
+#: Core ids the A64 core keeps (x0-x30, sp, pc, pstate, sp_el1, elr_el1, spsr[]).
+_CORE_WORDS_HELD: Final = 82
+
+
+def data_of(vcpu: ModelVcpu) -> RegFile:
+    return regfile(vcpu.vm.profile.regfile)
+
+
+def reg_list(vcpu: ModelVcpu) -> list[int]:
+    """KVM_GET_REG_LIST in the kernel's order; MTE registers only with tag access."""
+    return list(data_of(vcpu).lists[vcpu.tag_access])
+
+
+def mpidr(vcpu_id: int) -> int:
+    """reset_mpidr() (sys_regs.c): Aff0 = id[3:0], Aff1 = id[11:4], Aff2 = id[19:12]."""
+    return (
+        MPIDR_RES1 | (vcpu_id & 0xF) | ((vcpu_id >> 4) & 0xFF) << 8 | ((vcpu_id >> 12) & 0xFF) << 16
+    )
+
+
+def _held_by_core(reg: int) -> bool:
+    if reg & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
+        return (reg & 0xFFFF) < _CORE_WORDS_HELD
+    return False
+
+
+def is_vm_id_reg(reg: int) -> bool:
+    """op0=3, op1=0, CRn=0 other than MPIDR_EL1: a per-VM, sanitised ID register."""
+    return is_sysreg(reg) and reg & 0xFF80 == 0xC000 and reg != MPIDR_EL1
+
+
+def is_fixed(reg: int) -> bool:
+    """Other host facts that take only the value they read: CTR, CLIDR, AIDR, CCSIDR.
+
+    Invariant in 6.1 (get/set_invariant_sys_reg, and the demux's CCSIDR); 6.12's
+    writable CTR_EL0 and CLIDR_EL1 fields are not modelled (docs/kvm-abi.md).
+    """
+    demux = reg & KVM_REG_ARM_COPROC_MASK == 0x0011 << 16
+    return demux or (is_sysreg(reg) and reg & 0xC780 == 0xC000 and reg >> 11 & 7 in (1, 3))
+
+
+def reset(vcpu: ModelVcpu, el1_32bit: bool) -> VcpuRegisters:
+    """The registers after KVM_ARM_VCPU_INIT: every listed one at the kernel's value."""
+    data = data_of(vcpu)
+    regs = VcpuRegisters.reset()
+    for reg, value in data.resets[True].items():
+        if _held_by_core(reg) or is_vm_id_reg(reg) or reg in (SP_EL0, ID_AA64PFR1_EL1):
+            continue
+        if is_sysreg(reg) and reg_size(reg) == 8 and not is_fixed(reg):
+            regs.sysregs[reg] = value  # the A64 core reads and writes these
+        else:
+            regs.other[reg] = value
+    regs.sysregs[MPIDR_EL1] = mpidr(vcpu.vcpu_id)
+    if el1_32bit:
+        regs.set_core(CORE_REG_PSTATE & 0xFFFF, data.pstate_el1_32bit)
+    return regs
+
+
+def _id_value(vcpu: ModelVcpu, reg: int) -> int:
+    written = vcpu.vm.id_regs.get(reg)
+    if written is not None:
+        return written
+    value = data_of(vcpu).resets[vcpu.tag_access].get(reg, 0)
+    if reg == ID_AA64PFR1_EL1:  # read_id_reg: the MTE field only with MTE, at the host's level
+        level = vcpu.vm.kvm.host_mte_level if vcpu.tag_access else 0
+        value = value & ~0xF00 | level << 8
+    return value
+
+
+def _listed(vcpu: ModelVcpu, reg: int, ioctl: str) -> None:
+    if reg not in data_of(vcpu).lists[vcpu.tag_access]:
+        core_word(reg, ioctl)  # a core id's own EINVAL/ENOENT first, as kvm_arm_get_reg
+        raise KvmError(errno.ENOENT, ioctl, f"register {reg:#x} is not in this VCPU's list")
+
+
+def get(vcpu: ModelVcpu, reg: int) -> int:
+    """GET_ONE_REG of a listed register."""
+    _listed(vcpu, reg, "KVM_GET_ONE_REG")
+    regs = vcpu.regs
+    if _held_by_core(reg):
+        return regs.get_core(reg & 0xFFFF)
+    if reg == SP_EL0:  # the same register as core regs.sp
+        return regs.core[31]
+    if is_vm_id_reg(reg) or is_fixed(reg):
+        return _id_value(vcpu, reg) if is_vm_id_reg(reg) else regs.other[reg]
+    return regs.sysregs[reg] if reg in regs.sysregs else regs.other[reg]
+
+
+def set_(vcpu: ModelVcpu, reg: int, value: int) -> None:
+    """SET_ONE_REG of a listed register: ID registers as the profile's kernel does."""
+    ioctl = "KVM_SET_ONE_REG"
+    _listed(vcpu, reg, ioctl)
+    if not 0 <= value < 1 << (8 * reg_size(reg)):
+        raise KvmError(errno.EINVAL, ioctl, f"{value:#x} does not fit register {reg:#x}")
+    regs = vcpu.regs
+    if _held_by_core(reg):
+        regs.set_core(reg & 0xFFFF, value)
+    elif reg == SP_EL0:
+        regs.core[31] = value
+    elif is_vm_id_reg(reg):
+        _set_id(vcpu, reg, value)
+    elif is_fixed(reg):
+        if value != regs.other[reg]:
+            raise KvmError(
+                errno.EINVAL, ioctl, f"{reg:#x} describes the host: it takes only its value"
+            )
+    elif reg in regs.sysregs:
+        regs.sysregs[reg] = value
+    else:
+        regs.other[reg] = value
+
+
+def _set_id(vcpu: ModelVcpu, reg: int, value: int) -> None:
+    current = _id_value(vcpu, reg)
+    code = id_set_outcome(data_of(vcpu), reg, current, value, vcpu.vm.has_run)
+    if code:
+        why = "the VM has run" if code == -errno.EBUSY else "the kernel refuses this field change"
+        raise KvmError(-code, "KVM_SET_ONE_REG", f"ID register {reg:#x}: {why}")
+    if value != current:
+        vcpu.vm.id_regs[reg] = value
