@@ -364,6 +364,12 @@ class Vm(Protocol):
         to ``level``."""
         ...
 
+    def arm_get_reg_writable_masks(
+        self, range_: int = 0, reserved: tuple[int, ...] = (0,) * 13
+    ) -> list[int]:
+        """KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+): each ID register's writable bits."""
+        ...
+
 
 class Kvm(Protocol):
     """``/dev/kvm``: the system ioctls, and the process that owns the VMs."""

@@ -28,6 +28,8 @@ from tagvisor.kvm.linux.run import decode_exit, fill_mmio_read
 from tagvisor.kvm.uapi import (
     ID_AA64PFR1_EL1,
     IOCTL_NAMES,
+    KVM_ARM_FEATURE_ID_RANGE_SIZE,
+    KVM_ARM_GET_REG_WRITABLE_MASKS,
     KVM_ARM_MTE_COPY_TAGS,
     KVM_ARM_PREFERRED_TARGET,
     KVM_ARM_VCPU_INIT,
@@ -65,6 +67,7 @@ from tagvisor.kvm.uapi import (
     kvm_one_reg,
     kvm_userspace_memory_region,
     kvm_vcpu_init,
+    reg_mask_range,
     reg_size,
 )
 
@@ -311,6 +314,15 @@ class LinuxVm(_Fd):
     def irq_line(self, irq: int, level: int) -> None:
         request = kvm_irq_level(irq=irq, level=level)
         ioctl(self.fd, KVM_IRQ_LINE, request)
+
+    def arm_get_reg_writable_masks(
+        self, range_: int = 0, reserved: tuple[int, ...] = (0,) * 13
+    ) -> list[int]:
+        masks = (ctypes.c_uint64 * KVM_ARM_FEATURE_ID_RANGE_SIZE)()
+        request = reg_mask_range(addr=ctypes.addressof(masks), range=range_)
+        request.reserved[: len(reserved)] = reserved
+        ioctl(self.fd, KVM_ARM_GET_REG_WRITABLE_MASKS, request)
+        return [int(mask) for mask in masks]
 
 
 class LinuxKvm(_Fd, Kvm):
