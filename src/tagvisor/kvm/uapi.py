@@ -431,6 +431,7 @@ GMID_EL1: Final = arm64_sys_reg(3, 1, 0, 0, 4)
 MIDR_EL1: Final = arm64_sys_reg(3, 0, 0, 0, 0)
 MPIDR_EL1: Final = arm64_sys_reg(3, 0, 0, 0, 5)
 REVIDR_EL1: Final = arm64_sys_reg(3, 0, 0, 0, 6)
+ID_PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 1, 1)
 ID_AA64PFR0_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 0)
 #: Its MTE field (bits 11:8) is the MTE level a VCPU sees.
 ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
