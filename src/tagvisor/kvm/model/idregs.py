@@ -38,16 +38,24 @@ def _probe_class(old: int, new: int) -> str:
     return "lower" if new < old else "raise"
 
 
-def id_set_outcome(data: RegFile, reg: int, current: int, value: int, has_run: bool) -> int:
-    """0 if the kernel would take ``value`` for ID register ``reg``, else -errno."""
+def id_set_outcome(
+    data: RegFile, reg: int, limit: int, current: int, value: int, has_run: bool
+) -> int:
+    """0 if the kernel would take ``value`` for ID register ``reg``, else -errno.
+
+    Fields are judged against ``limit``, the value at reset (arm64_check_features
+    compares with the sanitised host value, so a lowered field may go back up).
+    """
     if value == current:
         return 0  # every kernel accepts the value it reads (the VMM's restore path)
     probes = data.id_set[has_run, reg]
     codes = set()
     for shift in range(0, 64, 4):
-        old, new = current >> shift & 0xF, value >> shift & 0xF
+        old, new = limit >> shift & 0xF, value >> shift & 0xF
         if old != new:
             codes.add(probes.get((shift, _probe_class(old, new)), -errno.EINVAL))
+    if has_run and not codes and data.busy_after_run:
+        return -errno.EBUSY  # set_id_reg: back to the reset value is a change too
     for code in (-errno.EINVAL, -errno.EBUSY):
         if code in codes:
             return code

@@ -20,7 +20,9 @@ from tagvisor.kvm.model.regdata import RegFile, regfile
 from tagvisor.kvm.model.vcpu_regs import VcpuRegisters, core_word, is_sysreg
 from tagvisor.kvm.uapi import (
     CORE_REG_PSTATE,
+    ID_AA64PFR0_EL1,
     ID_AA64PFR1_EL1,
+    ID_PFR1_EL1,
     KVM_REG_ARM_COPROC_MASK,
     KVM_REG_ARM_CORE,
     MPIDR_EL1,
@@ -78,8 +80,11 @@ def reset(vcpu: ModelVcpu, el1_32bit: bool) -> VcpuRegisters:
     """The registers after KVM_ARM_VCPU_INIT: every listed one at the kernel's value."""
     data = data_of(vcpu)
     regs = VcpuRegisters.reset()
-    for reg, value in data.resets[True].items():
-        if _held_by_core(reg) or is_vm_id_reg(reg) or reg in (SP_EL0, ID_AA64PFR1_EL1):
+    for reg, value in data.resets[vcpu.tag_access].items():
+        if _held_by_core(reg):
+            regs.set_core(reg & 0xFFFF, value)  # ELR_EL1 and SPSR_EL1 read 0 here, not UNKNOWN
+            continue
+        if is_vm_id_reg(reg) or reg in (SP_EL0, ID_AA64PFR1_EL1):
             continue
         if is_sysreg(reg) and reg_size(reg) == 8 and not is_fixed(reg):
             regs.sysregs[reg] = value  # the A64 core reads and writes these
@@ -93,8 +98,10 @@ def reset(vcpu: ModelVcpu, el1_32bit: bool) -> VcpuRegisters:
 
 def _id_value(vcpu: ModelVcpu, reg: int) -> int:
     written = vcpu.vm.id_regs.get(reg)
-    if written is not None:
-        return written
+    return _id_reset(vcpu, reg) if written is None else written
+
+
+def _id_reset(vcpu: ModelVcpu, reg: int) -> int:
     value = data_of(vcpu).resets[vcpu.tag_access].get(reg, 0)
     if reg == ID_AA64PFR1_EL1:  # read_id_reg: the MTE field only with MTE, at the host's level
         level = vcpu.vm.kvm.host_mte_level if vcpu.tag_access else 0
@@ -147,9 +154,30 @@ def set_(vcpu: ModelVcpu, reg: int, value: int) -> None:
 
 def _set_id(vcpu: ModelVcpu, reg: int, value: int) -> None:
     current = _id_value(vcpu, reg)
-    code = id_set_outcome(data_of(vcpu), reg, current, value, vcpu.vm.has_run)
+    # Before the first run fields are judged against the reset value (the limit);
+    # after it, the measured table is relative to the value the VM ran with.
+    limit = current if vcpu.vm.has_run else _id_reset(vcpu, reg)
+    code = id_set_outcome(data_of(vcpu), reg, limit, current, value, vcpu.vm.has_run)
     if code:
         why = "the VM has run" if code == -errno.EBUSY else "the kernel refuses this field change"
         raise KvmError(-code, "KVM_SET_ONE_REG", f"ID register {reg:#x}: {why}")
+    if vcpu.vm.has_run and data_of(vcpu).busy_after_run:
+        return  # only a value the kernel folds back to the current one gets here
     if value != current:
         vcpu.vm.id_regs[reg] = value
+
+
+#: The GIC fields of ID_AA64PFR0_EL1 (27:24) and ID_PFR1_EL1 (31:28).
+GIC_FIELDS: Final = ((ID_AA64PFR0_EL1, 24), (ID_PFR1_EL1, 28))
+
+
+def first_run(vcpu: ModelVcpu) -> None:
+    """What the VM's first KVM_RUN changes in the ID registers.
+
+    From 6.7, kvm_arch_vcpu_run_pid_change -> kvm_finalize_sys_regs() clears the GIC
+    fields when there is no in-kernel irqchip, which the model never has.
+    """
+    if not vcpu.vm.profile.clears_gic_id_fields_at_run:
+        return
+    for reg, shift in GIC_FIELDS:
+        vcpu.vm.id_regs[reg] = _id_value(vcpu, reg) & ~(0xF << shift)

@@ -46,6 +46,9 @@ class KernelProfile:
     #: have: KVM_GET_REG_LIST, reset values and SET_ONE_REG of ID registers. Only 6.1
     #: and 6.12 were measured; versions in between use 6.1's.
     regfile: ClassVar[str] = "linux-6.1"
+    #: The first KVM_RUN clears the ID registers' GIC fields without an in-kernel
+    #: irqchip (kvm_finalize_sys_regs, 6.7+).
+    clears_gic_id_fields_at_run: ClassVar[bool] = False
 
     def memslot_refusal(self, vma: Vma) -> str | None:
         """Why kvm_arch_prepare_memory_region refuses this VMA for an MTE VM (EINVAL).
@@ -129,6 +132,7 @@ class Linux612(Linux64):
     #: Writable ID registers and KVM_ARM_GET_REG_WRITABLE_MASKS (6.7, Jing Zhang's
     #: "KVM: arm64: Enable writable sanitised ID registers" series), PTIMER and more.
     regfile = "linux-6.12"
+    clears_gic_id_fields_at_run = True
 
 
 class Linux613(Linux612):

@@ -178,7 +178,9 @@ class ModelVcpu(Vcpu):
         the host's A64 core runs whatever code is in guest RAM, as hardware would.
         """
         self._require_init("KVM_RUN")
-        self.vm.has_run = True  # kvm_arch_vcpu_run_pid_change, before immediate_exit
+        if not self.vm.has_run:  # kvm_arch_vcpu_run_pid_change, before immediate_exit
+            onereg.first_run(self)
+            self.vm.has_run = True
         with self._wake:
             self._wake.wait_for(lambda: not self.powered_off or self._kicked)
             kicked, self._kicked = self._kicked, False

@@ -42,6 +42,11 @@ class RegFile:
     #: The errno the kernel gave for that ioctl when it does not have it.
     masks_errno: int
 
+    @property
+    def busy_after_run(self) -> bool:
+        """Whether any ID register write failed with EBUSY once the VM had run (6.7+)."""
+        return any(-16 in probes.values() for (after, _), probes in self.id_set.items() if after)
+
     def probed(self, reg: int) -> bool:
         """Whether SET_ONE_REG of ``reg`` was measured field by field (op0=3 op1=0 CRn=0)."""
         return (False, reg) in self.id_set
