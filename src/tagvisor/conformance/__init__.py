@@ -5,6 +5,6 @@ ones that boot guest programs through the VMM; ``suite`` is what the
 testbed runs inside its image; ``compare`` runs the model side and lists differences.
 """
 
-from tagvisor.conformance import programs, scenarios  # importing registers every scenario
+from tagvisor.conformance import programs, regfile, scenarios  # importing registers them
 
-__all__ = ["programs", "scenarios"]
+__all__ = ["programs", "regfile", "scenarios"]
