@@ -154,9 +154,10 @@ def set_(vcpu: ModelVcpu, reg: int, value: int) -> None:
 
 def _set_id(vcpu: ModelVcpu, reg: int, value: int) -> None:
     current = _id_value(vcpu, reg)
-    # Before the first run fields are judged against the reset value (the limit);
-    # after it, the measured table is relative to the value the VM ran with.
-    limit = current if vcpu.vm.has_run else _id_reset(vcpu, reg)
+    # Fields are judged against the reset value (the limit), except after a 6.7+ VM
+    # has run: then the measured table is relative to the value the VM ran with.
+    frozen = vcpu.vm.has_run and data_of(vcpu).busy_after_run
+    limit = current if frozen else _id_reset(vcpu, reg)
     code = id_set_outcome(data_of(vcpu), reg, limit, current, value, vcpu.vm.has_run)
     if code:
         why = "the VM has run" if code == -errno.EBUSY else "the kernel refuses this field change"
