@@ -6,6 +6,8 @@ import struct
 
 import pytest
 
+from tagvisor.kvm.model import ModelKvm
+from tagvisor.kvm.model.regdata import regfile
 from tagvisor.kvm.uapi import (
     CTR_EL0,
     KVM_REG_ARM64,
@@ -14,6 +16,9 @@ from tagvisor.kvm.uapi import (
     KVM_REG_SIZE_U128,
     SPSR_EL1,
     TPIDR_EL1,
+    Cap,
+    VcpuFeature,
+    kvm_vcpu_init,
 )
 from tagvisor.snapshot.container import FormatError
 from tagvisor.snapshot.state import VcpuState, VcpuStateMismatch, apply_vcpu, vcpu_sections
@@ -129,3 +134,19 @@ def test_guest_state_the_destination_cannot_hold_refuses_the_move_and_writes_not
     with pytest.raises(VcpuStateMismatch, match="no register"):
         apply_vcpu(state, vcpu)  # type: ignore[arg-type]
     assert vcpu.written == {}
+
+
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-6.12"])
+def test_real_kvm_state_restores_into_the_model_with_nothing_left(profile: str) -> None:
+    """Scenario: the registers real KVM of the same kernel gave on the testbed (every
+    listed register at its measured value, the guest's x0 and V0 changed) restore into
+    a model VCPU of that profile: no register is dropped and the values read back."""
+    values = dict(regfile(profile).resets[True]) | {X0: 7, V0: 1 << 127}
+    vm = ModelKvm(16 << 20, profile, host_mte_level=3).create_vm()
+    vm.enable_cap(Cap.ARM_MTE)
+    vcpu = vm.create_vcpu(0)
+    init = kvm_vcpu_init(target=5)
+    init.features[0] = 1 << VcpuFeature.PSCI_0_2
+    vcpu.arm_vcpu_init(init)
+    assert apply_vcpu(VcpuState(0, tuple(sorted(values.items()))), vcpu) == []
+    assert (vcpu.get_one_reg(X0), vcpu.get_one_reg(V0)) == (7, 1 << 127)

@@ -84,8 +84,10 @@ def droppable(reg: int, value: int, state: dict[int, int], listed: set[int]) -> 
     reset value; a disabled timer; the host's own facts (identification and cache-ID
     registers, op0=3 CRn=0, and CCSIDR; firmware pseudo-registers; the counters); and
     the model's system-register names for core registers, when the core register
-    carries the same value. Anything else is guest state the destination would lose
-    (a model destination has no FP/SIMD, timers or debug registers).
+    carries the same value. Anything else is guest state the destination would lose.
+    Since the model lists the kernel's whole register file, a state moving between
+    the model and real KVM of the same kernel leaves nothing behind; these rules
+    matter across kernels (6.12's physical timer into 6.1) and for older snapshots.
     """
     if value in (0, KVM_UNKNOWN_RESET) or reg in COUNTERS or RESET_VALUES.get(reg) == value:
         return True
