@@ -53,13 +53,19 @@ def _free_port() -> int:
 
 def cross_backend_migration(kernel_suite: str = "release") -> dict[str, Any]:
     """Both directions in one testbed boot; the results of both sides."""
-    from tagvisor.conformance.compare import TESTBED_32BIT_EL1, TESTBED_MTE_LEVEL
+    from tagvisor.conformance.compare import (
+        PROFILE_FOR_SUITE,
+        TESTBED_32BIT_EL1,
+        TESTBED_MTE_LEVEL,
+    )
     from tagvisor.kvm.model import ModelKvm
 
     def model() -> ModelKvm:
-        # The testbed's CPU, so the guest sees the same MTE level on both sides.
+        # The testbed's CPU and kernel, so the guest sees the same MTE level and the
+        # same ID registers on both sides (a kernel refuses another's ID values).
         return ModelKvm(
             64 << 20,
+            PROFILE_FOR_SUITE[kernel_suite],
             host_mte=True,
             host_mte_level=TESTBED_MTE_LEVEL,
             host_32bit_el1=TESTBED_32BIT_EL1,
