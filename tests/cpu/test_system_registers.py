@@ -82,9 +82,10 @@ def test_id_registers_describe_the_modelled_cpu(make_cpu: MachineFactory) -> Non
 
 
 def test_other_el1_registers_join_the_vcpu_register_file(cpu: CpuMachine) -> None:
-    """Scenario: MSR TPIDR_EL1, CPACR_EL1, CONTEXTIDR_EL1 and MRS PAR_EL1 on registers
-    KVM's reset list does not hold: they are added under their ONE_REG ids (PAR reads
-    its reset value 0)."""
+    """Scenario: MSR TPIDR_EL1, CPACR_EL1, CONTEXTIDR_EL1 and MRS PAR_EL1 land in the
+    VCPU's register file under their ONE_REG ids. PAR_EL1 reads KVM's reset value,
+    0x1de7ec7edbadc0de (reset_unknown): the model VCPU now starts from Linux's
+    measured register file, where it used to add PAR_EL1 at 0 on first use."""
     cpu.go(
         """
         mov x1, #0x1234
@@ -100,7 +101,7 @@ def test_other_el1_registers_join_the_vcpu_register_file(cpu: CpuMachine) -> Non
     assert sysregs[TPIDR_EL1] == 0x1234
     assert sysregs[CPACR_EL1] == 0x300000
     assert sysregs[CONTEXTIDR_EL1] == 0x1234
-    assert (cpu.x(3), cpu.x(4)) == (0x1234, 0)
+    assert (cpu.x(3), cpu.x(4)) == (0x1234, 0x1DE7EC7EDBADC0DE)
 
 
 def test_unknown_and_read_only_registers_are_undefined(cpu: CpuMachine) -> None:
