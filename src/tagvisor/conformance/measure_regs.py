@@ -30,6 +30,8 @@ MASK_ENTRIES: Final = 3 * 8 * 8
 
 
 class RegMaskRange(ctypes.Structure):
+    """struct reg_mask_range (6.7), defined here so the suite runs against any tree."""
+
     _fields_ = (
         ("addr", ctypes.c_uint64),
         ("range", ctypes.c_uint32),
@@ -43,11 +45,13 @@ def is_id_reg(reg: int) -> bool:
 
 
 def code(call: Any) -> int:
+    """-errno of a failed ioctl, else 0."""
     value = raw_ioctl(call)
     return value if isinstance(value, int) and not isinstance(value, bool) and value < 0 else 0
 
 
 def masks(vm: LinuxVm, range_: int = 0, reserved: int = 0) -> dict[str, str] | int:
+    """KVM_ARM_GET_REG_WRITABLE_MASKS' non-zero masks by index, or -errno."""
     fd = vm.fd
     array = (ctypes.c_uint64 * MASK_ENTRIES)()
     request = RegMaskRange(addr=ctypes.addressof(array), range=range_)
@@ -82,6 +86,7 @@ def probe_fields(vcpu: Vcpu, reg: int, value: int) -> dict[str, int]:
 
 
 def measure(kvm: LinuxKvm, mte: bool) -> dict[str, Any]:
+    """Everything this suite records, for one VM with or without MTE."""
     vm = kvm.create_vm()
     if mte:
         vm.enable_cap(Cap.ARM_MTE)
@@ -133,6 +138,7 @@ def measure(kvm: LinuxKvm, mte: bool) -> dict[str, Any]:
 
 
 def run() -> dict[str, Any]:
+    """The testbed's entry point: the kernel's release and both VMs' measurements."""
     kvm = LinuxKvm()
     with open("/proc/sys/kernel/osrelease") as file:
         release = file.read().strip()

@@ -50,6 +50,7 @@ def _candidates(value: int, shift: int) -> list[tuple[str, int]]:
 
 
 def set_to(vcpu: Vcpu, reg: int, value: int) -> int:
+    """The raw outcome of SET_ONE_REG(reg, value)."""
     return outcome(lambda: vcpu.set_one_reg(reg, value))
 
 
@@ -81,6 +82,7 @@ def _values(kvm: Kvm, key: str, result: Result) -> None:
 
 @scenario("REG_LIST and every register's value after VCPU_INIT, MTE on and off")
 def reg_list_and_values(kvm: Kvm) -> Result:
+    """The list, each value and each set-to-itself, for an MTE VM ("on") and not."""
     result: Result = {}
     for key in ("on", "off"):
         _values(kvm, key, result)
@@ -110,6 +112,7 @@ def _id_writes(kvm: Kvm, key: str, result: Result) -> None:
 
 @scenario("SET_ONE_REG of every ID register field, before and after KVM_RUN; writable masks")
 def id_reg_writes(kvm: Kvm) -> Result:
+    """Every ID field probe's outcome before and after a run, and the masks."""
     result: Result = {}
     for key in ("on", "off"):
         _id_writes(kvm, key, result)

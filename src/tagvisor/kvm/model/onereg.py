@@ -40,6 +40,7 @@ _CORE_WORDS_HELD: Final = 82
 
 
 def data_of(vcpu: ModelVcpu) -> RegFile:
+    """The measured register file of the VCPU's profile."""
     return regfile(vcpu.vm.profile.regfile)
 
 
