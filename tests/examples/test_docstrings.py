@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tagvisor"
-# Every package but kvm, which is next (its api protocols are documented already).
 DOCUMENTED = [
     *("cli", "api", "guests", "vmm", "arch", "host"),
-    *("snapshot", "migration", "cpu", "testbed", "conformance", "lab"),
+    *("snapshot", "migration", "cpu", "testbed", "conformance", "lab", "kvm"),
 ]
 
 

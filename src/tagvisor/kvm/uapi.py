@@ -130,15 +130,21 @@ class kvm_reg_list(ctypes.Structure):  # noqa: N801
 
 
 class kvm_mp_state(ctypes.Structure):  # noqa: N801
+    """struct kvm_mp_state."""
+
     _fields_ = (("mp_state", ctypes.c_uint32),)
 
 
 class kvm_irq_level(ctypes.Structure):  # noqa: N801
     # union { __u32 irq; __s32 status; }: KVM_IRQ_LINE uses irq.
+    """struct kvm_irq_level."""
+
     _fields_ = (("irq", ctypes.c_uint32), ("level", ctypes.c_uint32))
 
 
 class kvm_create_device(ctypes.Structure):  # noqa: N801
+    """struct kvm_create_device."""
+
     _fields_ = (
         ("type", ctypes.c_uint32),
         ("fd", ctypes.c_uint32),  # out: the device's file descriptor
@@ -147,6 +153,8 @@ class kvm_create_device(ctypes.Structure):  # noqa: N801
 
 
 class kvm_device_attr(ctypes.Structure):  # noqa: N801
+    """struct kvm_device_attr."""
+
     _fields_ = (
         ("flags", ctypes.c_uint32),
         ("group", ctypes.c_uint32),

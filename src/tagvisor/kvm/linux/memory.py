@@ -141,11 +141,13 @@ class LinuxUserMemory(UserMemory):
     # -- UserMemory ------------------------------------------------------------------
 
     def map_anonymous(self, length: int, *, shared: bool = False, mte: bool = False) -> int:
+        """mmap(MAP_ANONYMOUS) of ``length`` bytes, shared or private, PROT_MTE if ``mte``."""
         flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
         kind = "anonymous-shared" if shared else "anonymous"
         return self._map(length, self._prot(mte), flags, kind)
 
     def map_memfd(self, length: int, *, mte: bool = False) -> int:
+        """A memfd of ``length`` bytes, mapped MAP_SHARED (PROT_MTE if ``mte``)."""
         prot = self._prot(mte)
         fd = libc.memfd_create("tagvisor", MFD_CLOEXEC)
         os.ftruncate(fd, length)
@@ -180,6 +182,7 @@ class LinuxUserMemory(UserMemory):
         return self._map(size, prot, MAP_SHARED, "hugetlb", fd)
 
     def unmap(self, address: int, length: int) -> None:
+        """munmap of a whole mapping made here; anything else is EINVAL."""
         mapping = self.mappings.get(address)
         if mapping is None or _round_up(length, PAGE_SIZE) != _round_up(mapping.length, PAGE_SIZE):
             raise UserMemoryError(errno.EINVAL, "munmap", "only whole mappings made here")
@@ -189,6 +192,7 @@ class LinuxUserMemory(UserMemory):
             os.close(mapping.fd)
 
     def protect(self, address: int, length: int, *, writable: bool) -> None:
+        """mprotect to read-only or read-write, keeping PROT_MTE as mapped."""
         mapping = self._find(address, length, "mprotect")
         prot = (PROT_READ | PROT_WRITE if writable else PROT_READ) | (mapping.prot & PROT_MTE)
         try:
@@ -207,10 +211,12 @@ class LinuxUserMemory(UserMemory):
         )
 
     def read(self, address: int, length: int) -> bytes:
+        """``length`` bytes copied out of a mapping made here (EFAULT outside one)."""
         self._find(address, length, "read")
         return ctypes.string_at(address, length)
 
     def write(self, address: int, data: bytes | memoryview) -> None:
+        """Copy ``data`` into a writable mapping made here (EFAULT otherwise)."""
         raw = bytes(data)
         mapping = self._find(address, len(raw), "write")
         if not mapping.prot & PROT_WRITE:
@@ -227,6 +233,7 @@ class LinuxUserMemory(UserMemory):
         return np.frombuffer(_raw(address, length), np.uint8)
 
     def writable_view(self, address: int, length: int) -> NDArray[np.uint8] | None:
+        """The mapping itself as a writable array; None for a read-only one."""
         import numpy as np
 
         mapping = self._find(address, length, "write")

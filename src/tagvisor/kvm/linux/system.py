@@ -147,15 +147,18 @@ class LinuxVcpu(_Fd, Vcpu):
         super().close()
 
     def arm_vcpu_init(self, init: kvm_vcpu_init) -> None:
+        """KVM_ARM_VCPU_INIT with ``init``'s target and features."""
         ioctl(self.fd, KVM_ARM_VCPU_INIT, init)
 
     def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG: the register's value, of the size its id encodes."""
         value = ctypes.create_string_buffer(reg_size(reg_id))
         reg = kvm_one_reg(id=reg_id, addr=ctypes.addressof(value))
         ioctl(self.fd, KVM_GET_ONE_REG, reg)
         return int.from_bytes(value.raw, "little")
 
     def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG: write ``value`` in the size the id encodes."""
         size = reg_size(reg_id)
         if not 0 <= value < 1 << (8 * size):
             detail = f"{value:#x} needs more than {size} bytes"
@@ -178,11 +181,13 @@ class LinuxVcpu(_Fd, Vcpu):
         return [int(reg) for reg in regs[1 : 1 + int(regs[0])]]
 
     def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE: KVM_MP_STATE_RUNNABLE, STOPPED, ... ."""
         state = kvm_mp_state()
         ioctl(self.fd, KVM_GET_MP_STATE, state)
         return int(state.mp_state)
 
     def set_mp_state(self, state: int) -> None:
+        """KVM_SET_MP_STATE."""
         request = kvm_mp_state(mp_state=state)
         ioctl(self.fd, KVM_SET_MP_STATE, request)
 
@@ -213,6 +218,7 @@ class LinuxVcpu(_Fd, Vcpu):
                 signal.pthread_kill(thread, KICK_SIGNAL)
 
     def set_mmio_read_data(self, data: bytes) -> None:
+        """Fill kvm_run.mmio.data for the MMIO read KVM_RUN stopped at."""
         view = memoryview(self.kvm_run)
         try:
             fill_mmio_read(view, data)
@@ -225,12 +231,14 @@ class LinuxDevice(_Fd, Device):
     locals until the ioctl returns, as the module's rule says."""
 
     def set_device_attr(self, group: int, attr: int, value: bytes = b"") -> None:
+        """KVM_SET_DEVICE_ATTR: ``value`` as the attribute's data (none: addr 0)."""
         buffer = ctypes.create_string_buffer(value, max(1, len(value)))
         addr = ctypes.addressof(buffer) if value else 0
         request = kvm_device_attr(group=group, attr=attr, addr=addr)
         ioctl(self.fd, KVM_SET_DEVICE_ATTR, request)
 
     def get_device_attr(self, group: int, attr: int, size: int = 8) -> bytes:
+        """KVM_GET_DEVICE_ATTR: ``size`` bytes of the attribute."""
         buffer = ctypes.create_string_buffer(size)
         request = kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(buffer))
         ioctl(self.fd, KVM_GET_DEVICE_ATTR, request)
@@ -307,17 +315,21 @@ class LinuxVm(_Fd):
         return ioctl(self.fd, KVM_ARM_MTE_COPY_TAGS, copy)
 
     def create_device(self, device_type: int, *, test: bool = False) -> LinuxDevice | None:
+        """KVM_CREATE_DEVICE; with ``test`` only ask whether the type exists."""
         request = kvm_create_device(type=device_type, flags=KVM_CREATE_DEVICE_TEST * test)
         ioctl(self.fd, KVM_CREATE_DEVICE, request)
         return None if test else LinuxDevice(request.fd)
 
     def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE: raise (1) or lower (0) the interrupt line ``irq``."""
         request = kvm_irq_level(irq=irq, level=level)
         ioctl(self.fd, KVM_IRQ_LINE, request)
 
     def arm_get_reg_writable_masks(
         self, range_: int = 0, reserved: tuple[int, ...] = (0,) * 13
     ) -> list[int]:
+        """KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+): the ID register bits userspace may
+        write."""
         masks = (ctypes.c_uint64 * KVM_ARM_FEATURE_ID_RANGE_SIZE)()
         request = reg_mask_range(addr=ctypes.addressof(masks), range=range_)
         request.reserved[: len(reserved)] = reserved
@@ -343,18 +355,23 @@ class LinuxKvm(_Fd, Kvm):
         return self._user_memory
 
     def get_api_version(self) -> int:
+        """KVM_GET_API_VERSION (12)."""
         return ioctl(self.fd, KVM_GET_API_VERSION)
 
     def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on /dev/kvm."""
         return ioctl(self.fd, KVM_CHECK_EXTENSION, cap)
 
     def create_vm(self, machine_type: int = 0) -> LinuxVm:
+        """KVM_CREATE_VM."""
         return LinuxVm(ioctl(self.fd, KVM_CREATE_VM, machine_type), self)
 
     def get_vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE: the size of a VCPU's kvm_run mapping."""
         return ioctl(self.fd, KVM_GET_VCPU_MMAP_SIZE)
 
     def mte_feature_level(self) -> int:
+        """ID_AA64PFR1_EL1.MTE of a scratch VCPU (see :attr:`host_mte_level`)."""
         return self.host_mte_level
 
     @functools.cached_property

@@ -43,6 +43,7 @@ def buffer_size(memslot: Memslot) -> int:
 
 
 def check_enabled(process: HostProcess) -> None:
+    """EINVAL unless the host models the dirty-log-with-tags proposal."""
     if PROPOSAL_DIRTY_LOG_TAGS not in process.proposals:
         raise KvmError(
             errno.EINVAL,

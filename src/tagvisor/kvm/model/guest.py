@@ -47,15 +47,18 @@ class GuestPhysTagMemory:
         self.tags_enabled = tags_enabled
 
     def load_tags(self, address: int, count: int) -> U8:
+        """Tags of ``count`` granules from ``address`` (NO_TAG while tag access is off)."""
         if not self.tags_enabled:
             return np.full(count, NO_TAG, np.uint8)
         return self.stage2.load_tags(address, count)
 
     def store_tags(self, address: int, tags: U8) -> None:
+        """Store tags from ``address``, if the VCPU may reach allocation tags."""
         if self.tags_enabled:
             self.stage2.store_tags(address, tags)
 
     def write_data(self, address: int, data: bytes) -> None:
+        """Write guest memory at ``address`` through stage 2."""
         self.stage2.write(address, data)
 
 
@@ -73,6 +76,7 @@ class GuestContext:
 
     @property
     def tag_memory(self) -> GuestPhysTagMemory:
+        """The arch layer's TagMemory over this VCPU's guest-physical memory."""
         return GuestPhysTagMemory(self.stage2, self.tag_access)
 
     def mte_state(self) -> MteState:
@@ -119,7 +123,9 @@ class GuestContext:
 class GuestExecutor(Protocol):
     """Runs a VCPU until it needs the VMM: the model's KVM_RUN calls this."""
 
-    def run(self, context: GuestContext) -> VcpuExit: ...
+    def run(self, context: GuestContext) -> VcpuExit:
+        """Run until the next exit to the VMM, and say which."""
+        ...
 
     def complete_mmio_read(self, data: bytes) -> None:
         """Data the VMM supplied for the MMIO read that ended the last run."""
@@ -150,6 +156,7 @@ class GeneratorGuest:
         self.finished = False
 
     def complete_mmio_read(self, data: bytes) -> None:
+        """Keep the VMM's data for the read; the program gets it when it resumes."""
         self._mmio_data = data
 
     def complete_pending(self, context: GuestContext) -> VcpuExit | None:
@@ -157,6 +164,7 @@ class GeneratorGuest:
         return None
 
     def run(self, context: GuestContext) -> VcpuExit:
+        """Run until the next exit to the VMM, and say which."""
         if self.finished:
             return VcpuExit(ExitReason.SYSTEM_EVENT, system_event=1)
         if self._gen is None:

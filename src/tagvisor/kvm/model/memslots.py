@@ -46,25 +46,31 @@ class Memslot:
 
     @property
     def npages(self) -> int:
+        """Pages in the slot."""
         return self.memory_size // PAGE_SIZE
 
     @property
     def base_gfn(self) -> int:
+        """The guest frame number of the slot's first page."""
         return self.guest_phys_addr // PAGE_SIZE
 
     @property
     def end(self) -> int:
+        """The guest-physical address just past the slot."""
         return self.guest_phys_addr + self.memory_size
 
     @property
     def readonly(self) -> bool:
+        """Whether KVM_MEM_READONLY is set."""
         return bool(self.flags & KVM_MEM_READONLY)
 
     @property
     def logging(self) -> bool:
+        """Whether KVM_MEM_LOG_DIRTY_PAGES is set."""
         return bool(self.flags & KVM_MEM_LOG_DIRTY_PAGES)
 
     def contains(self, gpa: int) -> bool:
+        """Whether ``gpa`` lies in the slot."""
         return self.guest_phys_addr <= gpa < self.end
 
     def hva_of(self, page: int) -> int:
@@ -102,6 +108,7 @@ class MemslotTable:
         self.generation = 0
 
     def changed(self) -> None:
+        """Count a change of the memslots: cached translations must be looked up again."""
         self.generation += 1
 
     def __iter__(self) -> object:
@@ -115,6 +122,7 @@ class MemslotTable:
         return None
 
     def overlapping(self, gpa: int, size: int, exclude: int) -> Memslot | None:
+        """A slot other than ``exclude`` that overlaps [gpa, gpa + size), if any."""
         for memslot in self.slots.values():
             if (
                 memslot.slot != exclude

@@ -98,11 +98,13 @@ class Linux62(Linux61):
         return vma.backing.kind.ram_based
 
     def memslot_refusal(self, vma: Vma) -> str | None:
+        """Why this kernel refuses a memslot over ``vma`` in an MTE VM, or None."""
         if not self._mte_allowed(vma):
             return f"{vma.backing.kind.value} memory is not VM_MTE_ALLOWED"
         return None
 
     def fault_refusal(self, vma: Vma) -> tuple[int, str] | None:
+        """(errno, reason) if a stage-2 fault on ``vma`` fails in an MTE VM, or None."""
         if not self._mte_allowed(vma):
             return errno.EFAULT, f"{vma.backing.kind.value} memory is not VM_MTE_ALLOWED"
         return None
@@ -161,9 +163,11 @@ class SeedV2(KernelProfile):
     sanitise_on_permission_fault = True
 
     def memslot_refusal(self, vma: Vma) -> str | None:
+        """Why this kernel refuses a memslot over ``vma`` in an MTE VM, or None."""
         return None
 
     def fault_refusal(self, vma: Vma) -> tuple[int, str] | None:
+        """(errno, reason) if a stage-2 fault on ``vma`` fails in an MTE VM, or None."""
         return None
 
 

@@ -185,6 +185,7 @@ class Stage2Mmu:
 
     @_locked
     def read(self, gpa: int, length: int) -> bytes:
+        """Guest memory as the guest reads it (faulting pages in), as bytes."""
         pfns = self.map_pages(gpa, length, write=False)
         offset = gpa % PAGE_SIZE
         window: NDArray[np.uint8] = self.frames.data[pfns].reshape(-1)
@@ -192,6 +193,7 @@ class Stage2Mmu:
 
     @_locked
     def write(self, gpa: int, data: bytes) -> None:
+        """Write guest memory as the guest would (faulting pages in for writing)."""
         pfns = self.map_pages(gpa, len(data), write=True)
         offset = gpa % PAGE_SIZE
         if len(pfns) == 1:

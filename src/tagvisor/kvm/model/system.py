@@ -60,9 +60,11 @@ class ModelKvm(Kvm):
 
     @property
     def user_memory(self) -> ModelUserMemory:
+        """The modelled VMM process's address space."""
         return self._user_memory
 
     def get_api_version(self) -> int:
+        """KVM_GET_API_VERSION (12)."""
         return KVM_API_VERSION
 
     def check_extension(self, cap: int) -> int:
@@ -78,6 +80,7 @@ class ModelKvm(Kvm):
         return 0
 
     def create_vm(self, machine_type: int = 0) -> ModelVm:
+        """KVM_CREATE_VM on the modelled host."""
         return ModelVm(self)
 
     def new_executor(self) -> GuestExecutor:
@@ -85,12 +88,15 @@ class ModelKvm(Kvm):
         return self._executor(self)
 
     def get_vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE (the model's kvm_run has Linux's size)."""
         return KVM_RUN_SIZE
 
     def mte_feature_level(self) -> int:
+        """The modelled host's MTE level, as its VMs see it."""
         return self.host_mte_level
 
     def abi_profile(self) -> str:
+        """The kernel profile's name, e.g. linux-6.13 or seed-v2."""
         return self.profile.name
 
 

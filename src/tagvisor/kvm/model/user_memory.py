@@ -33,16 +33,20 @@ class ProcessTagging(TaggedMapping):
         self.process = process
 
     def is_tagged(self, address: int) -> bool:
+        """Whether ``address`` is in a PROT_MTE mapping of the process."""
         vma = self.process.find_vma(address)
         return vma is not None and vma.mte
 
     def load_tags(self, address: int, count: int) -> U8:
+        """LDG by the process: EIO outside PROT_MTE."""
         return self.process.load_tags(address, count)
 
     def store_tags(self, address: int, tags: U8) -> None:
+        """STG by the process from ``address``."""
         self.process.store_tags(address, tags)
 
     def checked_tags(self, address: int, count: int) -> U8:
+        """Tags as the process's own checks see them (NO_TAG untagged)."""
         return self.process.tags_or_untagged(address, count)
 
 
@@ -56,33 +60,41 @@ class ModelUserMemory(UserMemory):
         return RW | (PROT_MTE if mte else 0)
 
     def map_anonymous(self, length: int, *, shared: bool = False, mte: bool = False) -> int:
+        """mmap(MAP_ANONYMOUS) in the modelled process."""
         flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
         return self.process.mmap(length, self._prot(mte), flags)
 
     def map_memfd(self, length: int, *, mte: bool = False) -> int:
+        """A modelled memfd, mapped MAP_SHARED."""
         backing = Backing.of_size(BackingKind.MEMFD, length, "memfd:tagvisor")
         return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
 
     def map_file(self, length: int) -> int:
+        """A modelled disk file in the page cache, mapped MAP_SHARED."""
         backing = Backing.of_size(BackingKind.FILE, length, "guest-ram.img")
         return self.process.mmap(length, RW, MAP_SHARED, backing)
 
     def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
+        """A modelled hugetlbfs file, mapped MAP_SHARED."""
         backing = Backing.of_size(BackingKind.HUGETLB, length, "hugetlbfs:tagvisor")
         return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
 
     def unmap(self, address: int, length: int) -> None:
+        """munmap in the modelled process."""
         self.process.munmap(address, length)
 
     def protect(self, address: int, length: int, *, writable: bool) -> None:
+        """mprotect, keeping PROT_MTE as mapped."""
         vma = self.process.find_vma(address)
         mte = PROT_MTE if vma is not None and vma.mte else 0
         self.process.mprotect(address, length, (RW if writable else PROT_READ) | mte)
 
     def read(self, address: int, length: int) -> bytes:
+        """Read through the process's page tables (no tag check)."""
         return self.process.read(address, length)
 
     def write(self, address: int, data: bytes | memoryview) -> None:
+        """Write through the process's page tables (no tag check)."""
         self.process.write(address, data)
 
     # -- capabilities ----------------------------------------------------------------
@@ -92,6 +104,7 @@ class ModelUserMemory(UserMemory):
         return self.process.contiguous_view(address, length, write=False)
 
     def writable_view(self, address: int, length: int) -> U8 | None:
+        """A writable view where the range's frames are consecutive."""
         if not length:
             return None
         return self.process.contiguous_view(address, length, write=True)
@@ -101,22 +114,29 @@ class ModelUserMemory(UserMemory):
         return self.process.contiguous_spans(address, npages)
 
     def populated(self, address: int, npages: int) -> NDArray[np.bool_]:
+        """Pages with a frame or a swap slot behind them (the page tables)."""
         return self.process.populated(address, npages)
 
     def gather_pages(self, address: int, pages: NDArray[np.intp], out: U8) -> None:
+        """One vectorised copy of the pages out of host frames."""
         self.process.gather_pages(address, pages, out)
 
     def scatter_pages(self, address: int, pages: NDArray[np.intp], rows: U8 | None) -> None:
+        """One vectorised copy of the rows into host frames."""
         self.process.scatter_pages(address, pages, rows)
 
     def discard(self, address: int, pages: NDArray[np.intp]) -> None:
+        """MADV_DONTNEED: the pages' frames go back to the host."""
         self.process.discard(address, pages)
 
     def tagged_mapping(self) -> TaggedMapping:
+        """The process's own LDG/STG on its PROT_MTE mappings."""
         return ProcessTagging(self.process)
 
     def userfaultfd(self, start: int, length: int, handler: FaultHandler) -> Userfaultfd:
+        """The modelled userfaultfd over [start, start + length)."""
         return Userfaultfd(self.process, start, length, handler)
 
     def prefault(self, npages: int) -> Background:
+        """A thread that faults in fresh host frames ahead of the stream."""
         return Prefaulter(self.process.frames, npages).start()

@@ -51,6 +51,7 @@ class ModelVcpu(Vcpu):
         self.executor = executor
 
     def attach_program(self, program: GuestProgram) -> bool:
+        """Run ``program`` on this VCPU as a Python guest."""
         self.attach(GeneratorGuest(program))
         return True
 
@@ -62,6 +63,7 @@ class ModelVcpu(Vcpu):
         return self.has_mte_feature
 
     def context(self) -> GuestContext:
+        """The VCPU as its executor sees it: registers, stage 2, tag access."""
         return GuestContext(self.regs, self.vm.stage2, self.tag_access)
 
     def kick(self) -> None:
@@ -74,6 +76,7 @@ class ModelVcpu(Vcpu):
             self._wake.notify_all()
 
     def power_off(self) -> None:
+        """PSCI CPU_OFF (or created powered off): KVM_RUN waits for CPU_ON."""
         self.powered_off = True
 
     def power_on(self, entry: int, context: int) -> None:
@@ -167,6 +170,7 @@ class ModelVcpu(Vcpu):
         return onereg.reg_list(self)
 
     def set_mmio_read_data(self, data: bytes) -> None:
+        """KVM_RUN's MMIO read completes with ``data`` on the next run."""
         if self.executor is not None:
             self.executor.complete_mmio_read(data)
 

@@ -85,6 +85,7 @@ class VcpuRegisters:
 
     @classmethod
     def reset(cls) -> VcpuRegisters:
+        """The register file after KVM_ARM_VCPU_INIT: KVM's reset values."""
         core = [0] * (CORE_SP_EL1 + 1 + 4)  # x0-x30, sp, pc, pstate, sp_el1, spsr[1..4]
         core[33] = PSTATE_RESET
         return cls(core=core, sysregs=_sysreg_resets())
@@ -98,6 +99,7 @@ class VcpuRegisters:
         return self.core[_core_slot(word)]
 
     def set_core(self, word: int, value: int) -> None:
+        """Write a core register by its word offset in struct kvm_regs."""
         if word == ELR_EL1_WORD:
             self.sysregs[ELR_EL1] = value
         elif word == SPSR_WORD:
@@ -107,13 +109,16 @@ class VcpuRegisters:
 
     @property
     def pc(self) -> int:
+        """The program counter."""
         return self.core[32]
 
     @pc.setter
     def pc(self, value: int) -> None:
+        """The program counter."""
         self.core[32] = value & (2**64 - 1)
 
     def x(self, n: int) -> int:
+        """General-purpose register Xn."""
         return self.core[n]
 
 
@@ -145,4 +150,5 @@ def core_word(reg_id: int, ioctl: str) -> int | None:
 
 
 def is_sysreg(reg_id: int) -> bool:
+    """Whether a ONE_REG id names a system register (ARM64_SYS_REG)."""
     return reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM64_SYSREG
