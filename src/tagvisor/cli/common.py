@@ -59,37 +59,46 @@ def guest_ram(text: str) -> int:
     return size
 
 
+def _whole(text: str, *, base: int, not_a_number: str, low: int, high: int, out: str) -> int:
+    """``text`` as an integer in [low, high]; else the usage error the messages say."""
+    try:
+        value = int(text, base)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {not_a_number}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: {out}")
+    return value
+
+
 def vcpu_count(text: str) -> int:
     """A --vcpus value: 1 to 8."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of VCPUs (1 to 8)") from None
-    if not 1 <= count <= 8:
-        raise argparse.ArgumentTypeError(f"{text!r}: tagvisor machines have 1 to 8 VCPUs")
-    return count
+    return _whole(
+        text,
+        base=10,
+        not_a_number="a number of VCPUs (1 to 8)",
+        low=1,
+        high=8,
+        out="tagvisor machines have 1 to 8 VCPUs",
+    )
 
 
 def u64(text: str) -> int:
     """A --arg value: an unsigned 64-bit number, decimal or 0x-hex."""
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0, 100, 0x40)") from None
-    if not 0 <= value < 1 << 64:
-        raise argparse.ArgumentTypeError(f"{text!r}: the argument is from 0 to 2**64 - 1")
-    return value
+    return _whole(
+        text,
+        base=0,
+        not_a_number="a number (e.g. 0, 100, 0x40)",
+        low=0,
+        high=(1 << 64) - 1,
+        out="the argument is from 0 to 2**64 - 1",
+    )
 
 
 def count(text: str) -> int:
     """A count of things (exits, passes): a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
-    return value
+    return _whole(
+        text, base=10, not_a_number="a whole number", low=1, high=1 << 62, out="at least 1"
+    )
 
 
 def seconds(text: str) -> float:
