@@ -160,3 +160,22 @@ def test_real_backend_has_no_userfaultfd_or_vmm_tag_instructions(
     base = linux_memory.map_anonymous(PAGE)
     assert linux_memory.tagged_mapping() is None
     assert linux_memory.userfaultfd(base, PAGE, lambda page: None) is None
+
+
+def test_reading_every_register_at_once_gives_what_one_reg_calls_give() -> None:
+    """Scenario: a model VCPU's whole register list read with get_registers (what a
+    snapshot and a migration's pause use) equals one GET_ONE_REG per id, and an id the
+    VCPU does not list fails with the same errno as its own GET_ONE_REG."""
+    from tagvisor.kvm.errors import KvmError
+
+    program: GuestProgram = resumable(2)  # type: ignore[assignment]
+    machine = MachineBuilder(ModelKvm(64 << 20)).memory(16 << 20).python_guest(program).build()
+    vcpu = machine.vcpus[0]
+    ids = vcpu.get_reg_list()
+    assert vcpu.get_registers(ids) == [vcpu.get_one_reg(reg) for reg in ids]
+    unlisted = 0x6030_0000_0013_FFFF
+    with pytest.raises(KvmError) as one:
+        vcpu.get_one_reg(unlisted)
+    with pytest.raises(KvmError) as many:
+        vcpu.get_registers([*ids[:3], unlisted])
+    assert many.value.errno == one.value.errno

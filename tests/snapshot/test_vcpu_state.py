@@ -99,6 +99,11 @@ class FakeVcpu:
     def set_one_reg(self, reg: int, value: int) -> None:
         self.written[reg] = value
 
+    def set_registers(self, values: list[tuple[int, int]]) -> None:
+        """The bulk capability apply_vcpu uses (kvm.api.Vcpu's default: one each)."""
+        for reg, value in values:
+            self.set_one_reg(reg, value)
+
 
 SPSR_EL1_CORE = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | CORE | 0x48
 

@@ -299,6 +299,16 @@ class Vcpu(Protocol):
 
     # -- capabilities --------------------------------------------------------------------
 
+    def get_registers(self, reg_ids: Sequence[int]) -> list[int]:
+        """The values of ``reg_ids``, as one KVM_GET_ONE_REG each would give them (the
+        default makes those calls; a backend may read its register file at once)."""
+        return [self.get_one_reg(reg) for reg in reg_ids]
+
+    def set_registers(self, values: Sequence[tuple[int, int]]) -> None:
+        """KVM_SET_ONE_REG of each (id, value) in order, with the same checks."""
+        for reg, value in values:
+            self.set_one_reg(reg, value)
+
     def attach_program(self, program: GuestProgram) -> bool:
         """Run ``program`` on this VCPU instead of guest code in memory; False where
         the backend cannot run Python guests (only the model can)."""

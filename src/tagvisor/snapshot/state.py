@@ -262,8 +262,10 @@ def vcpu_sections(state: VcpuState) -> list[tuple[bytes, bytes]]:
 
 
 def capture_vcpu(vcpu_id: int, vcpu: Vcpu) -> VcpuState:
-    """Every register KVM_GET_REG_LIST names for ``vcpu``, with its value, sorted by id."""
-    registers = tuple(sorted((reg, vcpu.get_one_reg(reg)) for reg in vcpu.get_reg_list()))
+    """Every register KVM_GET_REG_LIST names for ``vcpu``, with its value, sorted by id
+    (read in one call where the backend can: ``Vcpu.get_registers``)."""
+    ids = vcpu.get_reg_list()
+    registers = tuple(sorted(zip(ids, vcpu.get_registers(ids), strict=True)))
     return VcpuState(vcpu_id, registers)
 
 
@@ -285,7 +287,7 @@ def apply_vcpu(state: VcpuState, vcpu: Vcpu) -> list[int]:
             + (f" (and {len(kept) - 16} more)" if len(kept) > 16 else "")
             + "; the guest's state would be lost here"
         )
-    for reg, value in state.registers:
-        if reg in listed and reg not in READ_ONLY:
-            vcpu.set_one_reg(reg, value)
+    vcpu.set_registers(
+        [(reg, value) for reg, value in state.registers if reg in listed and reg not in READ_ONLY]
+    )
     return left

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tagvisor.kvm.api import GuestProgram, Vcpu, VcpuExit
@@ -156,6 +157,14 @@ class ModelVcpu(Vcpu):
         self._require_init(ioctl)
         check_reg_id(reg_id, ioctl)
         return onereg.get(self, reg_id)
+
+    def get_registers(self, reg_ids: Sequence[int]) -> list[int]:
+        """GET_ONE_REG of each id, the checks made once for all (``onereg.get_many``)."""
+        ioctl = "KVM_GET_ONE_REG"
+        self._require_init(ioctl)
+        for reg_id in reg_ids:
+            check_reg_id(reg_id, ioctl)
+        return onereg.get_many(self, list(reg_ids))
 
     def set_one_reg(self, reg_id: int, value: int) -> None:
         """KVM_SET_ONE_REG: MTE registers take any value; ID registers as Linux allows."""
