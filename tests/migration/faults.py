@@ -10,7 +10,22 @@ import threading
 from tagvisor.migration import Listener, TcpAddress
 
 
-class FaultProxy:
+class _Proxy:
+    """A loopback listener that a source connects to instead of the destination, and
+    the thread that serves it (``_serve``)."""
+
+    def __init__(self, target: TcpAddress) -> None:
+        self.target = target
+        self.listener = Listener(TcpAddress("127.0.0.1", 0))
+        self.address = self.listener.address
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+
+class FaultProxy(_Proxy):
     """Forwards both directions; from byte ``at`` of the source's stream it misbehaves.
 
     ``cut``: closes both connections. ``corrupt``: flips one bit of that byte and goes
@@ -19,13 +34,9 @@ class FaultProxy:
     """
 
     def __init__(self, target: TcpAddress, mode: str, at: int) -> None:
-        self.target = target
         self.mode = mode
         self.at = at
-        self.listener = Listener(TcpAddress("127.0.0.1", 0))
-        self.address = self.listener.address
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(target)
 
     def _serve(self) -> None:
         upstream = self.listener.accept(20).sock
@@ -72,7 +83,7 @@ HEADER_BYTES = 20
 SECTION_HEAD = struct.Struct("<4sIQ")
 
 
-class LoseSection:
+class LoseSection(_Proxy):
     """Forwards a migration section by section; the first section tagged ``tag`` going
     ``toward`` "destination" (source's stream) or "source" (the replies) is lost: it
     is not forwarded, and the link goes down with it, as when a host or network fails
@@ -81,16 +92,12 @@ class LoseSection:
     def __init__(
         self, target: TcpAddress, tag: bytes, toward: str, *, after: bytes | None = None
     ) -> None:
-        self.target = target
         self.tag = tag
         self.toward = toward
         #: Only a ``tag`` section after one tagged ``after`` (same direction) is lost.
         self.after = after
         self.lost = threading.Event()
-        self.listener = Listener(TcpAddress("127.0.0.1", 0))
-        self.address = self.listener.address
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(target)
 
     def _serve(self) -> None:
         upstream = self.listener.accept(20).sock
