@@ -248,7 +248,7 @@ def migrate(
     try:
         conn = connect(address)
     except TagvisorError as error:
-        raise MigrationError(f"{error}; the guest is intact here") from error
+        raise MigrationError(f"{error}: nothing was sent") from error
     outgoing = _Outgoing(machine, conn, options)
     try:
         outgoing.handshake()
