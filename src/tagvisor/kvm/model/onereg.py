@@ -12,6 +12,7 @@ except MPIDR_EL1) are per VM in Linux (kvm->arch.id_regs from 6.7, pfr0_csv2/csv
 from __future__ import annotations
 
 import errno
+import functools
 from typing import TYPE_CHECKING, Final
 
 from tagvisor.kvm.errors import KvmError
@@ -110,8 +111,21 @@ def _id_reset(vcpu: ModelVcpu, reg: int) -> int:
     return value
 
 
+@functools.cache
+def _listed_set(name: str, mte: bool) -> frozenset[int]:
+    """The register list as a set: membership in the tuple costs a scan of ~260 ids."""
+    return frozenset(regfile(name).lists[mte])
+
+
+@functools.cache
+def _plain(reg: int) -> bool:
+    """Whether ``reg``'s value is simply the one stored (not a core, SP_EL0, a per-VM
+    ID register or a fixed host fact): decided once per id."""
+    return not (_held_by_core(reg) or reg == SP_EL0 or is_vm_id_reg(reg) or is_fixed(reg))
+
+
 def _listed(vcpu: ModelVcpu, reg: int, ioctl: str) -> None:
-    if reg not in data_of(vcpu).lists[vcpu.tag_access]:
+    if reg not in _listed_set(vcpu.vm.profile.regfile, vcpu.tag_access):
         core_word(reg, ioctl)  # a core id's own EINVAL/ENOENT first, as kvm_arm_get_reg
         raise KvmError(errno.ENOENT, ioctl, f"register {reg:#x} is not in this VCPU's list")
 
@@ -137,11 +151,15 @@ def get_many(vcpu: ModelVcpu, regs: list[int]) -> list[int]:
     """GET_ONE_REG of each of ``regs`` (all listed, else the first unlisted one's
     error), the list looked up once: a snapshot or a migration's pause reads every
     register of every VCPU, some 260 each."""
-    listed = data_of(vcpu).lists[vcpu.tag_access]
+    listed = _listed_set(vcpu.vm.profile.regfile, vcpu.tag_access)
     for reg in regs:
         if reg not in listed:
             _listed(vcpu, reg, "KVM_GET_ONE_REG")
-    return [_value(vcpu, reg) for reg in regs]
+    sysregs, other = vcpu.regs.sysregs, vcpu.regs.other
+    return [
+        (sysregs[reg] if reg in sysregs else other[reg]) if _plain(reg) else _value(vcpu, reg)
+        for reg in regs
+    ]
 
 
 def set_(vcpu: ModelVcpu, reg: int, value: int) -> None:
