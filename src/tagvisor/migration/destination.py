@@ -24,6 +24,7 @@ faults.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -218,6 +219,13 @@ class _Incoming:
         """Registers and devices into the machine once all of them are there, then the
         switchover: DONE after the source's commit, or (post-copy) the receiver that
         fetches the pages still missing."""
+        gc.disable()  # the source's guest is paused until DONE: no collection meanwhile
+        try:
+            return self._complete(last)
+        finally:
+            gc.enable()
+
+    def _complete(self, last: Section) -> tuple[Machine, IncomingReport]:
         machine, report = self.machine, self.report
         if last.tag == END_TAG:
             self._check_end(last.payload)
