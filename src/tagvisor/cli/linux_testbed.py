@@ -10,8 +10,8 @@ import json
 import sys
 
 from tagvisor.cli.boot_phases import ConsoleWatcher
+from tagvisor.testbed.boot import console_log
 from tagvisor.testbed.linux_guest import boot_linux_guest, guest_console
-from tagvisor.testbed.parts import cache_root
 
 
 def _say(text: str) -> None:
@@ -21,7 +21,7 @@ def _say(text: str) -> None:
 
 def run_linux_guest_in_testbed(args: argparse.Namespace) -> int:
     """The testbed's kernel as tagvisor's guest; 0 if it reached /init and powered off."""
-    with ConsoleWatcher(cache_root() / "console.log", _say):
+    with ConsoleWatcher(console_log(), _say):
         run = boot_linux_guest(args.kernel, timeout=max(args.timeout, 300.0), say=_say)
     result = run.result if isinstance(run.result, dict) else {}
     sys.stdout.write(guest_console(run))

@@ -17,8 +17,8 @@ import sys
 from typing import Any
 
 from tagvisor.cli.boot_phases import ConsoleWatcher
-from tagvisor.testbed.boot import DEFAULT_TIMEOUT, run_suite
-from tagvisor.testbed.parts import KERNEL_SUITES, cache_root
+from tagvisor.testbed.boot import DEFAULT_TIMEOUT, console_log, run_suite
+from tagvisor.testbed.parts import KERNEL_SUITES
 
 CONFORMANCE = "tagvisor.conformance.suite"
 
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_linux_guest_in_testbed(args)
     # The boot takes a minute under TCG: say how far it got as it goes.
-    with ConsoleWatcher(cache_root() / "console.log", _say):
+    with ConsoleWatcher(console_log(), _say):
         run = run_suite(args.suite, kernel_suite=args.kernel, timeout=args.timeout, say=_say)
     _say(
         f"testbed: kernel {run.kernel} ({run.kernel_package}); image built in "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import py_compile
 import re
 import shutil
@@ -214,7 +215,7 @@ def build_initrd(
             if old != base:
                 old.unlink()
     module, file = _suite_spec(suite)
-    initrd = root / "initrd.gz"
+    initrd = root / f"initrd-{os.getpid()}.gz"  # per run: testbeds may boot side by side
     tmp = initrd.with_suffix(".tmp")
     with tmp.open("wb") as out:
         with base.open("rb") as source:
@@ -272,13 +273,37 @@ class ConsoleWatch:
 HostSide = Callable[[ConsoleWatch], Any]
 
 
+def console_log() -> Path:
+    """This process's testbed console, while a run boots (``ConsoleWatcher`` follows it).
+
+    Each process writes its own, so that two testbeds booting at once (two sessions, or
+    a suite beside a CLI run) do not interleave their consoles; when a run ends its
+    console becomes ``console.log`` in the cache, the last run's, for people to read.
+    """
+    return cache_root() / f"console-{os.getpid()}.log"
+
+
+def _keep_last_console(initrd: Path) -> Path:
+    """The run's console as the cache's ``console.log`` (and its QEMU stderr as
+    ``qemu-stderr.log``); this run's initrd removed. Returns where the console is."""
+    root = cache_root()
+    for mine, last in (
+        (console_log(), root / "console.log"),
+        (root / f"qemu-stderr-{os.getpid()}.log", root / "qemu-stderr.log"),
+    ):
+        if mine.is_file():
+            mine.replace(last)
+    initrd.unlink(missing_ok=True)
+    return root / "console.log"
+
+
 def _boot(
     command: list[str], timeout: float, alongside: HostSide | None
 ) -> tuple[str, str, int, Any]:
     """Run QEMU to power-off (``alongside`` on a thread meanwhile): console, stderr, exit
     status, and what ``alongside`` returned (or raised)."""
-    log = cache_root() / "console.log"
-    errors = cache_root() / "qemu-stderr.log"
+    log = console_log()
+    errors = cache_root() / f"qemu-stderr-{os.getpid()}.log"
     with log.open("wb") as out, errors.open("wb") as err:
         try:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
@@ -336,8 +361,10 @@ def run_suite(
     initrd = build_initrd(parts, suite, files=files, network=network)
     built = time.monotonic()
     command = qemu_command(parts, initrd, network)
-    log = cache_root() / "console.log"
-    console, stderr, returncode, host = _boot(command, timeout, alongside)
+    try:
+        console, stderr, returncode, host = _boot(command, timeout, alongside)
+    finally:
+        log = _keep_last_console(initrd)
     finished = time.monotonic()
     if "=== TAGVISOR-TESTBED-INIT" not in console:
         tail = "\n".join((console + stderr).splitlines()[-20:])
