@@ -219,11 +219,13 @@ class _Incoming:
         """Registers and devices into the machine once all of them are there, then the
         switchover: DONE after the source's commit, or (post-copy) the receiver that
         fetches the pages still missing."""
+        collecting = gc.isenabled()
         gc.disable()  # the source's guest is paused until DONE: no collection meanwhile
         try:
             return self._complete(last)
         finally:
-            gc.enable()
+            if collecting:
+                gc.enable()
 
     def _complete(self, last: Section) -> tuple[Machine, IncomingReport]:
         machine, report = self.machine, self.report

@@ -288,6 +288,8 @@ class _Outgoing:
         self.commits = False
         #: Whether the guest was handed over: after this it is never resumed here.
         self.committed = False
+        #: Whether collection was on before the pause turned it off (to turn it back).
+        self._collecting = False
         #: The registry's COMPLETE sections, read once the guest is paused.
         self.final: list[tuple[bytes, bytes]] = []
         self.exits_before = machine.exits
@@ -351,7 +353,7 @@ class _Outgoing:
         report, runner = self.report, self.runner
         # No garbage collection in the pause: a collection of the VMM's heap takes
         # milliseconds (30 to 50 ms in all over a 1 GiB migration), more than the pause.
-        _collections_off()
+        self._collections_off()
         if report.iterations:  # once the destination has caught up, the pause is short
             if runner is not None and runner.share < 1.0:
                 runner.throttle(MIN_SHARE)  # what it dirties meanwhile is paid in the pause
@@ -386,7 +388,7 @@ class _Outgoing:
         if self.options.postcopy:
             self.sender.send_now([*final, (b"POST", encode_pending(self.pending))])
             self._commit(b"REDY")
-            _collections_on()
+            self._collections_on()
             report.downtime_seconds = time.perf_counter() - self.paused
             report.send_downtime_seconds = report.downtime_seconds
             report.postcopy = True
@@ -402,7 +404,7 @@ class _Outgoing:
             report.send_downtime_seconds = time.perf_counter() - self.paused
             self._commit(b"DONE")
             report.downtime_seconds = time.perf_counter() - self.paused
-            _collections_on()
+            self._collections_on()
         report.total_seconds = time.perf_counter() - self.started
         return report
 
@@ -441,19 +443,22 @@ class _Outgoing:
             self.runner.stop()
         self.machine.memory.stop_dirty_log()
 
+    def _collections_off(self) -> None:
+        """Collection off for the pause, remembering whether the caller had it on."""
+        self._collecting = gc.isenabled()
+        gc.disable()
+
+    def _collections_on(self) -> None:
+        """Back as the caller had it (once, whichever way the pause ends)."""
+        if self._collecting:
+            gc.enable()
+            self._collecting = False
+
     def close(self) -> None:
-        _collections_on()
+        self._collections_on()
         self.conn.close()
         if self.sender is not None:
             self.sender.close()
-
-
-def _collections_off() -> None:
-    gc.disable()
-
-
-def _collections_on() -> None:
-    gc.enable()
 
 
 def _minor(version: object) -> int:
