@@ -91,6 +91,21 @@ def test_model_linux_6_12_matches_the_backports_kernel(backports: SuiteRun) -> N
     assert not differences, "\n".join(map(str, differences))
 
 
+@pytest.fixture(scope="module")
+def trixie() -> SuiteRun:
+    return _suite_on("7.3")
+
+
+@pytest.mark.oracle
+def test_model_linux_7_3_matches_the_trixie_backports_kernel(trixie: SuiteRun) -> None:
+    """Scenario: the whole suite on trixie-backports' 7.3.4 against linux-7.3 (one boot,
+    about 20 s): hugetlb memslots allowed, 7.3's register list, resets and masks."""
+    assert trixie.status == 0, trixie.error
+    assert trixie.kernel.startswith("7.3.")
+    differences = compare(model_results("linux-7.3"), trixie.result["scenarios"])
+    assert not differences, "\n".join(map(str, differences))
+
+
 @pytest.mark.oracle
 def test_a_page_changed_only_by_tag_stores_is_in_the_real_dirty_log(
     bookworm: SuiteRun, backports: SuiteRun

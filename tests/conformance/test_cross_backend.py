@@ -15,7 +15,7 @@ from tagvisor.testbed.errors import TestbedError
 OVERFLOW = "ucall 1 211 "
 
 
-@pytest.fixture(scope="module", params=["release", "backports"])
+@pytest.fixture(scope="module", params=["6.1", "6.12", "7.3"])
 def crossing(request: pytest.FixtureRequest) -> dict[str, Any]:
     try:
         return cross_backend_migration(request.param)

@@ -1,5 +1,7 @@
 """The seed's v2 design, KVM_RUN with a Python guest, and concurrent first touches."""
 
+import errno
+import itertools
 import threading
 from collections.abc import Generator
 
@@ -8,6 +10,7 @@ import pytest
 
 from tagvisor.arch import TagCheckFault, TagCheckMode, with_tag
 from tagvisor.kvm.api import VcpuExit
+from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import PROFILES, ModelKvm, profile_named
 from tagvisor.kvm.model.guest import GeneratorGuest, GuestContext, mmio_write
 from tagvisor.kvm.uapi import GCR_EL1, SEED_V2_VCPU_FEATURE_MTE, Cap, ExitReason, kvm_vcpu_init
@@ -40,6 +43,9 @@ def test_every_profile_is_a_subclass_overriding_only_what_changed() -> None:
     names = list(PROFILES)
     assert names[0] == "linux-5.14"
     assert isinstance(profile_named("linux-6.13"), type(profile_named("linux-6.12")))
+    chain = ("linux-6.13", "linux-6.17", "linux-7.0", "linux-7.3")
+    for older, newer in itertools.pairwise(chain):
+        assert isinstance(profile_named(newer), type(profile_named(older)))
     with pytest.raises(ValueError, match=r"known: linux-5\.14"):
         profile_named("linux-9.9")
 
@@ -106,3 +112,21 @@ def test_vcpu_threads_first_touching_the_same_pages_initialise_once(
         thread.join()
     pfns = stage2.map_pages(RAM_BASE, 256 * 4096, write=False)
     assert (machine.kvm.frames.tag_inits[pfns] == 1).all()
+
+
+@pytest.mark.parametrize(("profile", "offered"), [("linux-6.12", 1), ("linux-7.0", 0)])
+def test_pkvm_refuses_mte_from_7_0(profile: str, offered: int) -> None:
+    """Scenario: KVM in protected mode (kvm-arm.mode=protected). 6.12 offers MTE to
+    its non-protected VMs and enables it; 7.0 (f4eee308c8f4) answers 0 and EINVAL, as
+    the testbed's 6.12 and 7.3 kernels did booted with that mode."""
+    kvm = ModelKvm(16 << 20, profile, host_kvm_protected=True)
+    vm = kvm.create_vm()
+    assert (kvm.check_extension(Cap.ARM_MTE), vm.check_extension(Cap.ARM_MTE)) == (offered,) * 2
+    if offered:
+        vm.enable_cap(Cap.ARM_MTE)
+        assert vm.mte_cap_enabled
+        return
+    with pytest.raises(KvmError) as refused:
+        vm.enable_cap(Cap.ARM_MTE)
+    assert refused.value.errno == errno.EINVAL
+    assert ModelKvm(16 << 20, profile).check_extension(Cap.ARM_MTE) == 1  # VHE/nVHE: offered

@@ -13,6 +13,7 @@ from tagvisor.kvm.uapi import (
     ID_AA64ISAR0_EL1,
     ID_AA64PFR0_EL1,
     ID_AA64PFR1_EL1,
+    ID_AA64PFR2_EL1,
     ID_PFR1_EL1,
     MPIDR_EL1,
     Cap,
@@ -47,6 +48,9 @@ LIST_SIZES = [
     ("linux-6.12", False, 259),
     ("linux-6.13", True, 263),
     ("linux-6.4", False, 242),
+    ("linux-7.3", True, 261),
+    ("linux-7.3", False, 257),
+    ("linux-7.0", True, 263),
 ]
 
 
@@ -60,7 +64,7 @@ def test_reg_list_is_the_measured_kernel_list_in_order(profile: str, mte: bool, 
     assert listed == list(regfile(ModelKvm(1 << 20, profile).profile.regfile).lists[mte])
 
 
-@pytest.mark.parametrize("profile", ["linux-6.1", "linux-6.12"])
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-6.12", "linux-7.3"])
 def test_every_register_reads_its_measured_reset_value(profile: str) -> None:
     """Scenario: GET_ONE_REG of every listed register after VCPU_INIT gives what the
     kernel gave on the testbed; ID_AA64PFR1_EL1 is 0x321 with MTE, 0x21 without."""
@@ -73,7 +77,7 @@ def test_every_register_reads_its_measured_reset_value(profile: str) -> None:
         assert vcpu.get_one_reg(ID_AA64PFR1_EL1) == (0x321 if mte else 0x21)
 
 
-@pytest.mark.parametrize("profile", ["linux-6.1", "linux-6.12"])
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-6.12", "linux-7.3"])
 def test_every_register_takes_back_its_own_value(profile: str) -> None:
     """Scenario: a VMM restores each register with the value it read (FP/SIMD, timers,
     firmware registers and ID registers included); every write is accepted."""
@@ -150,3 +154,62 @@ def test_writable_masks_exist_from_6_7() -> None:
     with pytest.raises(KvmError) as no_ioctl:
         old_vm.arm_get_reg_writable_masks()
     assert bad_range.value.errno == no_ioctl.value.errno == errno.EINVAL
+
+
+def test_linux_7_3_lists_what_its_kernel_listed_and_not_6_12s_extras() -> None:
+    """Scenario: on 7.3 TCR2_EL1, PIRE0_EL1 and PIR_EL1 are gone from the list (the
+    testbed's CPU has neither FEAT_TCR2 nor FEAT_S1PIE), KVM_REG_ARM_VENDOR_HYP_BMAP_2
+    is new, PSCI reads 1.3 (6.12: 1.1) and ID_AA64MMFR2_EL1.NV reads 0."""
+    tcr2, pire0, pir = 0x603000000013C103, 0x603000000013C512, 0x603000000013C513
+    bmap2, psci, mmfr2 = 0x6030000000160003, 0x6030000000140000, 0x603000000013C03A
+    _, old = vcpu_of("linux-6.12")
+    _, new = vcpu_of("linux-7.3")
+    old_list, new_list = set(old.get_reg_list()), set(new.get_reg_list())
+    assert {tcr2, pire0, pir} <= old_list - new_list
+    assert new_list - old_list == {bmap2}
+    assert (old.get_one_reg(psci), new.get_one_reg(psci)) == (0x10001, 0x10003)
+    assert (old.get_one_reg(mmfr2) >> 24 & 0xF, new.get_one_reg(mmfr2) >> 24 & 0xF) == (2, 0)
+    with pytest.raises(KvmError) as gone:
+        new.get_one_reg(tcr2)
+    assert gone.value.errno == errno.ENOENT
+
+
+def test_linux_7_3_masks_let_a_vmm_lower_the_pfr2_mte_fields() -> None:
+    """Scenario: ID_AA64PFR2_EL1's writable mask is FPMR only on 6.12 and FPMR, GCIE,
+    MTEFAR and MTESTOREONLY (0xf0000fff0) on 7.3, as the two kernels reported."""
+    old_vm, _ = vcpu_of("linux-6.12")
+    new_vm, _ = vcpu_of("linux-7.3")
+    index = feature_id_range_idx(0, 4, 2)
+    assert old_vm.arm_get_reg_writable_masks()[index] == 0xF_0000_0000
+    assert new_vm.arm_get_reg_writable_masks()[index] == 0xF_0000_FFF0
+
+
+def pfr2_of(profile: str, mte: bool) -> ModelVcpu:
+    """A VCPU on a host with FEAT_MTE_TAGGED_FAR and FEAT_MTE_STORE_ONLY (both 1)."""
+    vm = ModelKvm(16 << 20, profile, host_mte_level=3, host_mte_pfr2=0x110).create_vm()
+    if mte:
+        vm.enable_cap(Cap.ARM_MTE)
+    vcpu = vm.create_vcpu(0)
+    vcpu.arm_vcpu_init(kvm_vcpu_init(target=5))
+    return vcpu
+
+
+@pytest.mark.parametrize(
+    ("profile", "mte", "seen"),
+    [("linux-6.13", True, 0), ("linux-6.17", True, 0x110), ("linux-6.17", False, 0)],
+)
+def test_pfr2_mte_fields_reach_mte_guests_from_6_17(profile: str, mte: bool, seen: int) -> None:
+    """Scenario: the host has MTEFAR and MTESTOREONLY; an MTE VM sees both from 6.17
+    (7502bdb43aa2, 61eae495da68), a VM without MTE never, and 6.13 keeps only FPMR."""
+    assert pfr2_of(profile, mte).get_one_reg(ID_AA64PFR2_EL1) & 0xFF0 == seen
+
+
+def test_a_vmm_may_lower_pfr2_mte_fields_but_not_raise_them_on_6_17() -> None:
+    """Scenario: on such a host a 6.17 VMM hides MTESTOREONLY (1 -> 0) from its guest,
+    but cannot raise MTEFAR above the host's value (EINVAL)."""
+    vcpu = pfr2_of("linux-6.17", True)
+    vcpu.set_one_reg(ID_AA64PFR2_EL1, 0x100)
+    assert vcpu.get_one_reg(ID_AA64PFR2_EL1) == 0x100
+    with pytest.raises(KvmError) as raised:
+        vcpu.set_one_reg(ID_AA64PFR2_EL1, 0x210)
+    assert raised.value.errno == errno.EINVAL

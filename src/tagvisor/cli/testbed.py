@@ -81,9 +81,9 @@ def _run(args: argparse.Namespace) -> int:
     }
     status = run.status
     if args.compare and args.suite == CONFORMANCE and run.status == 0:
-        from tagvisor.conformance.compare import PROFILE_FOR_SUITE, compare, model_results
+        from tagvisor.conformance.compare import compare, model_results, profile_for
 
-        profile = PROFILE_FOR_SUITE[args.kernel]
+        profile = profile_for(args.kernel)
         real = run.result["scenarios"]
         model = model_results(profile)
         differences = compare(model, real)
@@ -118,8 +118,10 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--kernel",
         choices=KERNEL_SUITES,
-        default="release",
-        help="Debian suite of the kernel: release (bookworm, 6.1) or backports (6.12)",
+        default="6.1",
+        metavar="{6.1,6.12,7.3}",
+        help="the kernel: 6.1 (bookworm), 6.12 (bookworm-backports) or 7.3 "
+        "(trixie-backports); release and backports are the old names of 6.1 and 6.12",
     )
     parser.add_argument("--compare", action="store_true", help="compare with the model")
     parser.add_argument(

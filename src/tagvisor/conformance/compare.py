@@ -7,14 +7,20 @@ from typing import Any, Final
 
 from tagvisor.conformance.scenarios import Result, run_all
 from tagvisor.kvm.model import ModelKvm
+from tagvisor.testbed.parts import kernel_named
 
 #: The testbed's host, as the model's host parameters: QEMU's ``-cpu max`` has MTE3
 #: (ID_AA64PFR1_EL1.MTE = 3) and AArch32 at EL1 (KVM_CAP_ARM_EL1_32BIT = 1).
 TESTBED_MTE_LEVEL: Final = 3
 TESTBED_32BIT_EL1: Final = True
 
-#: The model profile that matches each testbed kernel suite.
-PROFILE_FOR_SUITE: Final = {"release": "linux-6.1", "backports": "linux-6.12"}
+#: The model profile that matches each testbed kernel (tagvisor.testbed.parts.KERNELS).
+PROFILE_FOR_KERNEL: Final = {"6.1": "linux-6.1", "6.12": "linux-6.12", "7.3": "linux-7.3"}
+
+
+def profile_for(kernel: str) -> str:
+    """The model profile for the testbed kernel called ``kernel`` (its old names too)."""
+    return PROFILE_FOR_KERNEL[kernel_named(kernel).name]
 
 
 def model_results(profile: str = "linux-6.1") -> dict[str, Result]:

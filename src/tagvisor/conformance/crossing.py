@@ -51,12 +51,12 @@ def _free_port() -> int:
         return port
 
 
-def cross_backend_migration(kernel_suite: str = "release") -> dict[str, Any]:
+def cross_backend_migration(kernel_suite: str = "6.1") -> dict[str, Any]:
     """Both directions in one testbed boot; the results of both sides."""
     from tagvisor.conformance.compare import (
-        PROFILE_FOR_SUITE,
         TESTBED_32BIT_EL1,
         TESTBED_MTE_LEVEL,
+        profile_for,
     )
     from tagvisor.kvm.model import ModelKvm
 
@@ -65,7 +65,7 @@ def cross_backend_migration(kernel_suite: str = "release") -> dict[str, Any]:
         # same ID registers on both sides (a kernel refuses another's ID values).
         return ModelKvm(
             64 << 20,
-            PROFILE_FOR_SUITE[kernel_suite],
+            profile_for(kernel_suite),
             host_mte=True,
             host_mte_level=TESTBED_MTE_LEVEL,
             host_32bit_el1=TESTBED_32BIT_EL1,

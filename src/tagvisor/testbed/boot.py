@@ -29,7 +29,7 @@ from tagvisor.testbed import guest
 from tagvisor.testbed.errors import TestbedError
 from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio, userland_archive
 from tagvisor.testbed.modules import network_modules
-from tagvisor.testbed.parts import Parts, cache_root, fetch
+from tagvisor.testbed.parts import Parts, cache_root, fetch, modules_deb
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parents[1]  # src/tagvisor
 DEFAULT_TIMEOUT: Final = 120.0
@@ -226,10 +226,7 @@ def build_initrd(
 
 
 def _modules(parts: Parts) -> list[tuple[str, bytes]]:
-    debs = sorted((cache_root() / "apt" / "debs").glob(f"{parts.kernel_package}_*.deb"))
-    if not debs:
-        raise TestbedError(f"{parts.kernel_package}'s .deb is not cached: refresh the parts")
-    return network_modules(debs[-1], cache_root() / f"modules-{parts.kernel_package}")
+    return network_modules(modules_deb(parts), cache_root() / f"modules-{parts.kernel_package}")
 
 
 def qemu_command(parts: Parts, initrd: Path, network: Network | None = None) -> list[str]:
@@ -341,7 +338,7 @@ def _boot(
 def run_suite(
     suite: str = "tagvisor.conformance.suite",
     *,
-    kernel_suite: str = "release",
+    kernel_suite: str = "6.1",
     timeout: float = DEFAULT_TIMEOUT,
     say: Callable[[str], None] = print,
     files: dict[str, bytes] | None = None,

@@ -84,7 +84,7 @@ def guest_initrd(parts: Parts, programs: dict[str, bytes] | None = None) -> byte
 
 
 def boot_linux_guest(
-    kernel_suite: str = "release",
+    kernel_suite: str = "6.1",
     shape: GuestShape | None = None,
     *,
     programs: dict[str, bytes] | None = None,

@@ -2,11 +2,16 @@
 
 Everything comes from Debian's archive and PyPI through their ordinary clients:
 
-* Debian's arm64 kernel: the versioned package the metapackage ``linux-image-arm64``
+* Debian's arm64 kernel (:data:`KERNELS`: bookworm's 6.1, bookworm-backports' 6.12,
+  trixie-backports' 7.3): the versioned package the metapackage ``linux-image-arm64``
   depends on (security updates replace it, so the name is resolved each time the
-  package lists are refreshed), of which only ``boot/vmlinuz-*`` is kept. It is a plain
-  arm64 ``Image`` with ``CONFIG_KVM=y`` and ``CONFIG_ARM64_MTE=y`` built in.
-* The arm64 userland for the initramfs (:data:`USERLAND`), unpacked with ``dpkg -x``.
+  package lists are refreshed), of which only the ``vmlinuz`` is kept. It is a plain
+  arm64 ``Image`` with ``CONFIG_KVM=y`` and ``CONFIG_ARM64_MTE=y`` built in. From trixie
+  on, ``linux-image-<version>`` is a small package that depends on
+  ``linux-binary-<version>`` (``usr/lib/modules/<version>/vmlinuz``) and
+  ``linux-modules-<version>``; the modules are fetched only when a run needs them.
+* The arm64 userland for the initramfs (:data:`USERLAND`, bookworm's for every
+  kernel), unpacked with ``dpkg -x``.
 * NumPy and crc32c for aarch64 as manylinux wheels (``pip download --platform ...``).
 * ``qemu-system-aarch64`` >= 8 from ``scripts/fetch-qemu`` (Debian 12's 7.2 has QEMU
   issue #1416: tags of a page's granules alias).
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -49,9 +55,45 @@ USERLAND: Final = (
     "libstdc++6",
 )
 
-#: Kernel suites the testbed knows: the release itself (bookworm: 6.1) and its
-#: backports (6.12).
-KERNEL_SUITES: Final = ("release", "backports")
+#: The Debian release whose userland the image is made of (Python 3.11: the host's
+#: bytecode fits it).
+USERLAND_CODENAME: Final = "bookworm"
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """A kernel the testbed can boot: its Linux version and the Debian suite holding it."""
+
+    name: str
+    codename: str
+    pocket: str | None  # "backports", or None for the release itself
+
+    @property
+    def dist(self) -> str:
+        """The apt suite (``bookworm``, ``trixie-backports``, ...)."""
+        return self.codename if self.pocket is None else f"{self.codename}-{self.pocket}"
+
+
+#: Kernels by their Linux version (what ``tagvisor testbed --kernel`` takes).
+KERNELS: Final = {
+    "6.1": KernelChoice("6.1", "bookworm", None),
+    "6.12": KernelChoice("6.12", "bookworm", "backports"),
+    "7.3": KernelChoice("7.3", "trixie", "backports"),
+}
+#: The names the testbed used before it knew more than bookworm's two kernels.
+KERNEL_ALIASES: Final = {"release": "6.1", "backports": "6.12"}
+#: Every name ``--kernel`` accepts.
+KERNEL_SUITES: Final = (*KERNELS, *KERNEL_ALIASES)
+
+
+def kernel_named(name: str) -> KernelChoice:
+    """The kernel called ``name`` (``6.1``, ``6.12``, ``7.3``; ``release`` and ``backports``
+    are 6.1 and 6.12)."""
+    choice = KERNELS.get(KERNEL_ALIASES.get(name, name))
+    if choice is None:
+        raise TestbedError(f"kernel {name!r}: choose one of {', '.join(KERNEL_SUITES)}")
+    return choice
+
 
 #: Wheels for aarch64 (manylinux2014, CPython 3.11): NumPy for the VMM, crc32c for
 #: snapshots and migration streams, fdt (pure Python) for Linux guests' device trees.
@@ -114,48 +156,60 @@ def _source_uris() -> list[tuple[str, list[str]]]:
 
 @dataclass(frozen=True)
 class Mirrors:
-    """The Debian archive and security URIs to fetch arm64 packages from, for the host's release
-    ``codename``."""
+    """The Debian archive and security URIs to fetch arm64 packages of release ``codename``
+    from."""
 
     codename: str
     archive: str
     security: str | None
 
 
-def mirrors() -> Mirrors:
-    """The Debian archive URIs the machine already uses (or TAGVISOR_DEBIAN_MIRROR)."""
-    codename = _codename()
+def mirrors(codename: str | None = None) -> Mirrors:
+    """The Debian archive URIs the machine already uses (or TAGVISOR_DEBIAN_MIRROR), for
+    ``codename`` (the host's release by default).
+
+    One archive serves every release, so a release the machine's sources do not name
+    (trixie on a bookworm host) comes from the URI that serves the host's.
+    """
+    host = _codename()
+    codename = codename or host
     pairs = _source_uris()
-    archive = os.environ.get("TAGVISOR_DEBIAN_MIRROR") or next(
-        (uri for uri, suites in pairs if codename in suites), None
-    )
+
+    def serving(suite: str) -> str | None:
+        for wanted in (suite.replace(host, codename, 1), suite):
+            found = next((uri for uri, suites in pairs if wanted in suites), None)
+            if found:
+                return found
+        return None
+
+    archive = os.environ.get("TAGVISOR_DEBIAN_MIRROR") or serving(host)
     if not archive:
         raise TestbedError(
-            f"no Debian archive URI for {codename!r} in /etc/apt/sources.list(.d); "
+            f"no Debian archive URI for {host!r} in /etc/apt/sources.list(.d); "
             "set TAGVISOR_DEBIAN_MIRROR (e.g. http://deb.debian.org/debian)"
         )
-    security = os.environ.get("TAGVISOR_DEBIAN_SECURITY_MIRROR") or next(
-        (uri for uri, suites in pairs if f"{codename}-security" in suites), None
-    )
+    security = os.environ.get("TAGVISOR_DEBIAN_SECURITY_MIRROR") or serving(f"{host}-security")
     return Mirrors(codename, archive, security)
 
 
 class Apt:
-    """apt-get / apt-cache for arm64 with a private configuration under ``root``."""
+    """apt-get / apt-cache for arm64 with a private configuration under ``root``: the
+    release of ``choice`` (with its updates and security) and, for a backports kernel,
+    its backports."""
 
-    def __init__(self, root: Path, suite: str) -> None:
+    def __init__(self, root: Path, choice: KernelChoice) -> None:
         self.root = root
-        self.suite = suite
-        self.mirrors = mirrors()
-        codename = self.mirrors.codename
-        self.dist = codename if suite == "release" else f"{codename}-{suite}"
+        self.choice = choice
+        self.mirrors = mirrors(choice.codename)
+        codename = choice.codename
+        self.dist = choice.dist
         keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
         signed = f"[arch=arm64 signed-by={keyring}] " if keyring.is_file() else "[arch=arm64] "
         lines = [f"deb {signed}{self.mirrors.archive} {codename} main"]
         lines.append(f"deb {signed}{self.mirrors.archive} {codename}-updates main")
         if self.mirrors.security:
             lines.append(f"deb {signed}{self.mirrors.security} {codename}-security main")
-        if suite != "release":
+        if choice.pocket is not None:
             lines.append(f"deb {signed}{self.mirrors.archive} {self.dist} main")
         for sub in ("lists/partial", "cache/archives/partial", "empty", "debs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -192,17 +246,28 @@ class Apt:
             raise TestbedError(f"{package} (arm64) is not in {self.dist}")
         return match.group(1)
 
-    def kernel_package(self) -> str:
-        """The versioned package linux-image-arm64 depends on (in the chosen suite)."""
+    def _depends(self, package: str) -> list[str]:
+        out = _run(["apt-cache", *self.options, "depends", package], f"apt-cache depends {package}")
+        return re.findall(r"^\s*Depends:\s*([^\s:<>|]+)", out, re.MULTILINE)
+
+    def kernel_packages(self) -> tuple[str, str, str]:
+        """The versioned package linux-image-arm64 depends on in the chosen suite, the one
+        that holds its ``vmlinuz`` and the one that holds its modules.
+
+        Up to bookworm all three are ``linux-image-<version>``; trixie's is a small
+        package depending on ``linux-binary-<version>`` and ``linux-modules-<version>``.
+        """
         meta = "linux-image-arm64"
-        if self.suite != "release":
+        if self.choice.pocket is not None:
             meta = f"{meta}/{self.dist}"
-        out = _run(["apt-cache", *self.options, "depends", meta], f"apt-cache depends {meta}")
-        for line in out.splitlines():
-            match = re.match(r"\s*Depends:\s*(linux-image-[0-9][^\s:]*)", line)
-            if match:
-                return match.group(1)
-        raise TestbedError(f"{meta} names no linux-image-<version> package:\n{out}")
+        image = next((p for p in self._depends(meta) if re.match(r"linux-image-[0-9]", p)), None)
+        if image is None:
+            raise TestbedError(f"{meta} names no linux-image-<version> package in {self.dist}")
+        version = image.removeprefix("linux-image-")
+        parts = self._depends(image)
+        binary = f"linux-binary-{version}"
+        modules = f"linux-modules-{version}"
+        return image, binary if binary in parts else image, modules if modules in parts else image
 
     def download(self, package: str, version: str | None = None) -> Path:
         """The .deb of ``package`` (cached by name and version)."""
@@ -231,6 +296,10 @@ class Parts:
     kernel_package: str
     userland: Path  # unpacked tree (dpkg -x of USERLAND, NumPy in /opt/site)
     userland_id: str  # package versions: the base image is rebuilt when they change
+    #: The kernel's name in :data:`KERNELS` (``6.1``, ``6.12``, ``7.3``).
+    kernel_name: str = "6.1"
+    #: The package that holds the kernel's modules (fetched by :func:`modules_deb`).
+    modules_package: str = ""
 
 
 def qemu_binary() -> Path:
@@ -251,14 +320,22 @@ def qemu_binary() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def _is_vmlinuz(name: str) -> bool:
+    # bookworm: boot/vmlinuz-<version>; trixie's linux-binary: usr/lib/modules/<version>/vmlinuz
+    return (
+        name.startswith("boot/vmlinuz-")
+        or re.fullmatch(r"usr/lib/modules/[^/]+/vmlinuz", name) is not None
+    )
+
+
 def _extract_kernel(deb: Path, dest: Path) -> Path:
-    """Only boot/vmlinuz-* of the kernel package (its modules are not needed)."""
+    """Only the vmlinuz of the kernel package (its modules are not needed to boot)."""
     with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as p:
         assert p.stdout is not None
         with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
             for member in tar:
                 name = member.name.lstrip("./")
-                if name.startswith("boot/vmlinuz-") and member.isfile():
+                if _is_vmlinuz(name) and member.isfile():
                     source = tar.extractfile(member)
                     assert source is not None
                     tmp = dest.with_suffix(".tmp")
@@ -268,7 +345,7 @@ def _extract_kernel(deb: Path, dest: Path) -> Path:
                     p.stdout.close()
                     p.kill()
                     return dest
-    raise TestbedError(f"{deb.name} has no boot/vmlinuz-*")
+    raise TestbedError(f"{deb.name} has no boot/vmlinuz-* nor usr/lib/modules/*/vmlinuz")
 
 
 def _wheel(requirement: str, dest: Path) -> Path:
@@ -325,38 +402,52 @@ def _unpack_userland(debs: list[Path], wheels: list[Path], tree: Path) -> None:
     tmp.replace(tree)
 
 
-def fetch(suite: str = "release", *, refresh: bool = False, say: object = print) -> Parts:
-    """Every part, downloading what the cache lacks. ``refresh`` re-reads apt's lists."""
-    if suite not in KERNEL_SUITES:
-        raise TestbedError(f"kernel suite {suite!r}: choose one of {', '.join(KERNEL_SUITES)}")
-    log = say if callable(say) else print
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    stamp_file = root / f"parts-{suite}.json"
-    if stamp_file.is_file() and not refresh:
-        stamp = json.loads(stamp_file.read_text())
-        parts = Parts(
-            qemu=qemu_binary(),
-            kernel=Path(stamp["kernel"]),
-            kernel_package=stamp["kernel_package"],
-            userland=Path(stamp["userland"]),
-            userland_id=stamp["userland_id"],
-        )
-        same_set = stamp.get("packages") == list(USERLAND) and stamp.get("wheels") == list(WHEELS)
-        if same_set and parts.kernel.is_file() and parts.userland.is_dir():
-            return parts
-    apt = Apt(root / "apt", suite)
+def _apt_root(choice: KernelChoice) -> Path:
+    """Each release's apt lists live apart: bookworm's (``apt``, the userland's too) are
+    not rewritten by a trixie kernel's."""
+    base = cache_root()
+    return base / "apt" if choice.codename == USERLAND_CODENAME else base / f"apt-{choice.codename}"
+
+
+def _cached(stamp_file: Path) -> Parts | None:
+    """The parts a previous fetch recorded, if they are all still there and current."""
+    if not stamp_file.is_file():
+        return None
+    stamp = json.loads(stamp_file.read_text())
+    if stamp.get("packages") != list(USERLAND) or stamp.get("wheels") != list(WHEELS):
+        return None
+    if "kernel_name" not in stamp:  # written before the testbed knew 7.3
+        return None
+    parts = Parts(
+        qemu=qemu_binary(),
+        kernel=Path(stamp["kernel"]),
+        kernel_package=stamp["kernel_package"],
+        userland=Path(stamp["userland"]),
+        userland_id=stamp["userland_id"],
+        kernel_name=stamp["kernel_name"],
+        modules_package=stamp["modules_package"],
+    )
+    return parts if parts.kernel.is_file() and parts.userland.is_dir() else None
+
+
+def _fetch_kernel(choice: KernelChoice, log: Callable[[str], None]) -> tuple[Path, str, str]:
+    """The kernel's Image (downloaded if missing), its package and its modules' package."""
+    apt = Apt(_apt_root(choice), choice)
     log(f"testbed: reading arm64 package lists ({apt.dist}) from {apt.mirrors.archive}")
     apt.update()
-    kernel_package = apt.kernel_package()
-    kernel = root / f"{kernel_package}.Image"
+    image, binary, modules = apt.kernel_packages()
+    kernel = cache_root() / f"{image}.Image"
     if not kernel.is_file():
-        log(f"testbed: downloading {kernel_package} (arm64)")
-        _extract_kernel(apt.download(kernel_package), kernel)
+        log(f"testbed: downloading {binary} (arm64)")
+        _extract_kernel(apt.download(binary), kernel)
+    return kernel, image, modules
+
+
+def _fetch_userland(apt: Apt, log: Callable[[str], None]) -> tuple[Path, str]:
+    """The unpacked userland tree (rebuilt when a package or wheel changed) and its id."""
     versions = {name: apt.candidate(name) for name in USERLAND}
-    debs = []
-    for name, version in versions.items():
-        debs.append(apt.download(name, version))
+    debs = [apt.download(name, version) for name, version in versions.items()]
+    root = cache_root()
     wheels = [_wheel(requirement, root / "wheels") for requirement in WHEELS]
     userland_id = ",".join([*(f"{n}={v}" for n, v in versions.items()), *(w.name for w in wheels)])
     tree = root / "userland"
@@ -365,17 +456,49 @@ def fetch(suite: str = "release", *, refresh: bool = False, say: object = print)
         log("testbed: unpacking the arm64 userland")
         _unpack_userland(debs, wheels, tree)
         marker.write_text(userland_id)
-    parts = Parts(qemu_binary(), kernel, kernel_package, tree, userland_id)
-    stamp_file.write_text(
-        json.dumps(
-            {
-                "kernel": str(kernel),
-                "kernel_package": kernel_package,
-                "userland": str(tree),
-                "userland_id": userland_id,
-                "packages": list(USERLAND),
-                "wheels": list(WHEELS),
-            }
-        )
+    return tree, userland_id
+
+
+def fetch(suite: str = "6.1", *, refresh: bool = False, say: object = print) -> Parts:
+    """Every part for the kernel called ``suite`` (see :func:`kernel_named`), downloading
+    what the cache lacks. ``refresh`` re-reads apt's lists."""
+    choice = kernel_named(suite)
+    log: Callable[[str], None] = say if callable(say) else print
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp_file = root / f"parts-{choice.name}.json"
+    cached = None if refresh else _cached(stamp_file)
+    if cached is not None:
+        return cached
+    kernel, kernel_package, modules_package = _fetch_kernel(choice, log)
+    # The userland is bookworm's whatever the kernel: its release alone, no backports.
+    userland_apt = Apt(root / "apt", KernelChoice("userland", USERLAND_CODENAME, None))
+    if choice.codename != USERLAND_CODENAME:  # else _fetch_kernel has just read its lists
+        userland_apt.update()
+    tree, userland_id = _fetch_userland(userland_apt, log)
+    parts = Parts(
+        qemu_binary(), kernel, kernel_package, tree, userland_id, choice.name, modules_package
     )
+    stamp = {
+        "kernel": str(kernel),
+        "kernel_package": kernel_package,
+        "kernel_name": choice.name,
+        "modules_package": modules_package,
+        "userland": str(tree),
+        "userland_id": userland_id,
+        "packages": list(USERLAND),
+        "wheels": list(WHEELS),
+    }
+    stamp_file.write_text(json.dumps(stamp))
     return parts
+
+
+def modules_deb(parts: Parts) -> Path:
+    """The .deb that holds ``parts``' kernel modules, downloaded the first time a run needs
+    them (trixie's ``linux-modules-*`` is 86 MB that a run without a network never reads)."""
+    choice = kernel_named(parts.kernel_name)
+    root = _apt_root(choice)
+    found = sorted((root / "debs").glob(f"{parts.modules_package}_*.deb"))
+    if found:
+        return found[-1]
+    return Apt(root, choice).download(parts.modules_package)

@@ -23,6 +23,7 @@ from tagvisor.kvm.uapi import (
     CORE_REG_PSTATE,
     ID_AA64PFR0_EL1,
     ID_AA64PFR1_EL1,
+    ID_AA64PFR2_EL1,
     ID_PFR1_EL1,
     KVM_REG_ARM_COPROC_MASK,
     KVM_REG_ARM_CORE,
@@ -108,6 +109,8 @@ def _id_reset(vcpu: ModelVcpu, reg: int) -> int:
     if reg == ID_AA64PFR1_EL1:  # read_id_reg: the MTE field only with MTE, at the host's level
         level = vcpu.vm.kvm.host_mte_level if vcpu.tag_access else 0
         value = value & ~0xF00 | level << 8
+    elif reg == ID_AA64PFR2_EL1 and vcpu.tag_access:  # 6.17: the host's MTEFAR, MTESTOREONLY
+        value |= vcpu.vm.kvm.host_mte_pfr2 & vcpu.vm.profile.pfr2_mte_fields
     return value
 
 
@@ -192,7 +195,9 @@ def _set_id(vcpu: ModelVcpu, reg: int, value: int) -> None:
     # has run: then the measured table is relative to the value the VM ran with.
     frozen = vcpu.vm.has_run and data_of(vcpu).busy_after_run
     limit = current if frozen else _id_reset(vcpu, reg)
-    code = id_set_outcome(data_of(vcpu), reg, limit, current, value, vcpu.vm.has_run)
+    code = id_set_outcome(
+        data_of(vcpu), reg, limit, current, value, vcpu.vm.has_run, _lower_safe(vcpu, reg)
+    )
     if code:
         why = "the VM has run" if code == -errno.EBUSY else "the kernel refuses this field change"
         raise KvmError(-code, "KVM_SET_ONE_REG", f"ID register {reg:#x}: {why}")
@@ -200,6 +205,19 @@ def _set_id(vcpu: ModelVcpu, reg: int, value: int) -> None:
         return  # only a value the kernel folds back to the current one gets here
     if value != current:
         vcpu.vm.id_regs[reg] = value
+
+
+def _lower_safe(vcpu: ModelVcpu, reg: int) -> frozenset[int]:
+    """Shifts of fields that may go down although the testbed never probed them going down.
+
+    The testbed's CPU has neither FEAT_MTE_TAGGED_FAR nor FEAT_MTE_STORE_ONLY, so the
+    measured table has them at 0; on a host with them, 6.17's writable mask and their
+    FTR_LOWER_SAFE bits let a VMM lower them (arm64_check_features).
+    """
+    if reg != ID_AA64PFR2_EL1 or not vcpu.tag_access:
+        return frozenset()
+    fields = vcpu.vm.profile.pfr2_mte_fields & vcpu.vm.kvm.host_mte_pfr2
+    return frozenset(shift for shift in range(0, 64, 4) if fields >> shift & 0xF)
 
 
 #: The GIC fields of ID_AA64PFR0_EL1 (27:24) and ID_PFR1_EL1 (31:28).

@@ -43,9 +43,15 @@ class KernelProfile:
     #: Linux. No profile here sets it; the ABI lab (tagvisor.lab) defines one that does.
     promotes_only_prot_mte: ClassVar[bool] = False
     #: The measured register file (tagvisor.kvm.model.regdata) this version's VCPUs
-    #: have: KVM_GET_REG_LIST, reset values and SET_ONE_REG of ID registers. Only 6.1
-    #: and 6.12 were measured; versions in between use 6.1's.
+    #: have: KVM_GET_REG_LIST, reset values and SET_ONE_REG of ID registers. Only 6.1,
+    #: 6.12 and 7.3 were measured; a version in between uses the last one before it.
     regfile: ClassVar[str] = "linux-6.1"
+    #: ID_AA64PFR2_EL1 fields an MTE VM sees at the host's value (MTEFAR 11:8 and
+    #: MTESTOREONLY 7:4 from 6.17); before, read_id_reg kept only FPMR.
+    pfr2_mte_fields: ClassVar[int] = 0
+    #: KVM_CAP_ARM_MTE is offered, and may be enabled, when the host runs KVM in
+    #: protected mode (kvm-arm.mode=protected) for the VMs that are not protected.
+    mte_cap_under_pkvm: ClassVar[bool] = True
     #: The first KVM_RUN clears the ID registers' GIC fields without an in-kernel
     #: irqchip (kvm_finalize_sys_regs, 6.7+).
     clears_gic_id_fields_at_run: ClassVar[bool] = False
@@ -138,12 +144,68 @@ class Linux612(Linux64):
 
 
 class Linux613(Linux612):
-    """Linux 6.13 and later (the default): hugetlbfs memory may back an MTE VM."""
+    """Linux 6.13 (the default): hugetlbfs memory may back an MTE VM.
+
+    25c17c4b55de ("hugetlb: arm64: add mte support"): arch_calc_vm_flag_bits() gives
+    hugetlbfs mappings VM_MTE_ALLOWED, and the tags of a huge page are tracked on its
+    folio (sanitise_mte_tags' folio_test_hugetlb branch in arch/arm64/kvm/mmu.c).
+    """
 
     name = "linux-6.13"
     version = (6, 13)
-    description = "latest upstream: hugetlb MTE"
+    description = "hugetlb MTE"
     hugetlb_mte_allowed = True
+
+
+class Linux617(Linux613):
+    """Linux 6.17: FEAT_MTE_TAGGED_FAR and FEAT_MTE_STORE_ONLY reach MTE guests.
+
+    7502bdb43aa2 and 61eae495da68 (Yeoreum Yun's series): __kvm_read_sanitised_id_reg
+    keeps ID_AA64PFR2_EL1.MTEFAR and .MTESTOREONLY when the VM has MTE (cleared
+    otherwise), and both are in the register's writable mask (FTR_LOWER_SAFE: a VMM
+    may lower them). A host without the features (the testbed's QEMU ``-cpu max``)
+    reads 0 there either way.
+    """
+
+    name = "linux-6.17"
+    version = (6, 17)
+    description = "ID_AA64PFR2_EL1 MTEFAR and MTESTOREONLY for MTE guests"
+    pfr2_mte_fields = 0xFF0
+
+
+class Linux70(Linux617):
+    """Linux 7.0: pKVM refuses KVM_CAP_ARM_MTE for every VM.
+
+    f4eee308c8f4 ("KVM: arm64: Do not allow KVM_CAP_ARM_MTE for any guest in pKVM")
+    with "Check whether a VM IOCTL is allowed in pKVM" (b12b3b04f6ba): under
+    kvm-arm.mode=protected, CHECK_EXTENSION(KVM_CAP_ARM_MTE) answers 0 and ENABLE_CAP
+    fails with EINVAL, also for VMs that are not protected; before, those got MTE.
+    The same release traps a guest's MTE register accesses and GMID_EL1 when its VM
+    has no MTE (f35abcbb8a08, 5ee8ad69da07, 70a5ce4efc0e): guest-visible, see
+    docs/kvm-abi.md.
+    """
+
+    name = "linux-7.0"
+    version = (7, 0)
+    description = "pKVM refuses KVM_CAP_ARM_MTE"
+    mte_cap_under_pkvm = False
+
+
+class Linux73(Linux70):
+    """Linux 7.3, trixie-backports' kernel: 7.0's MTE rules, its own register file.
+
+    Measured on the testbed (regdata ``linux-7.3``): 261 / 257 registers with MTE on /
+    off. Against 6.12: TCR2_EL1, PIRE0_EL1 and PIR_EL1 are listed only for a CPU with
+    FEAT_TCR2 / FEAT_S1PIE, KVM_REG_ARM_VENDOR_HYP_BMAP_2 is new, PSCI reads 1.3, the
+    timers' CTL registers reset to 0, ID_AA64MMFR2_EL1.NV reads 0 for a VM without
+    nested virtualisation, and the writable masks are wider (ID_AA64PFR2_EL1 among
+    them: FPMR, GCIE, MTEFAR, MTESTOREONLY).
+    """
+
+    name = "linux-7.3"
+    version = (7, 3)
+    description = "trixie-backports' kernel; 7.0's MTE rules"
+    regfile = "linux-7.3"
 
 
 class SeedV2(KernelProfile):
@@ -172,7 +234,19 @@ class SeedV2(KernelProfile):
 
 
 PROFILES: dict[str, type[KernelProfile]] = {
-    cls.name: cls for cls in (KernelProfile, Linux61, Linux62, Linux64, Linux612, Linux613, SeedV2)
+    cls.name: cls
+    for cls in (
+        KernelProfile,
+        Linux61,
+        Linux62,
+        Linux64,
+        Linux612,
+        Linux613,
+        Linux617,
+        Linux70,
+        Linux73,
+        SeedV2,
+    )
 }
 DEFAULT_PROFILE = Linux613.name
 

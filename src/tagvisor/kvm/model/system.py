@@ -40,6 +40,8 @@ class ModelKvm(Kvm):
         host_mte: bool = True,
         host_mte_level: int = 2,
         host_32bit_el1: bool = False,
+        host_mte_pfr2: int = 0,
+        host_kvm_protected: bool = False,
         swap_pages: int = 0,
         proposals: frozenset[str] = frozenset(),
         prealloc: int = 0,
@@ -49,6 +51,10 @@ class ModelKvm(Kvm):
         self.host_mte = host_mte
         self.host_mte_level = host_mte_level
         self.host_32bit_el1 = host_32bit_el1
+        #: The host's ID_AA64PFR2_EL1 MTE fields (MTESTOREONLY 7:4, MTEFAR 11:8).
+        self.host_mte_pfr2 = host_mte_pfr2 & 0xFF0
+        #: KVM runs in protected mode (kvm-arm.mode=protected, pKVM).
+        self.host_kvm_protected = host_kvm_protected
         self.frames = FrameTable(host_memory // 4096)
         self.frames.prealloc(-(-prealloc // 4096))
         swap = SwapDevice(self.frames, swap_pages) if swap_pages else None
@@ -70,7 +76,9 @@ class ModelKvm(Kvm):
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 for anything unknown (kvm_vm_ioctl_check_extension)."""
         if cap == Cap.ARM_MTE:
-            return int(self.host_mte and self.profile.mte_is_vm_cap)
+            return int(
+                self.host_mte and self.profile.mte_is_vm_cap and not self._pkvm_refuses_mte()
+            )
         if cap == Cap.MANUAL_DIRTY_LOG_PROTECT2:
             return 3
         if cap == Cap.ARM_EL1_32BIT:
@@ -78,6 +86,10 @@ class ModelKvm(Kvm):
         if cap in (Cap.USER_MEMORY, Cap.ONE_REG, Cap.READONLY_MEM):
             return 1
         return 0
+
+    def _pkvm_refuses_mte(self) -> bool:
+        """Whether pKVM keeps MTE from every VM here (Linux 7.0, f4eee308c8f4)."""
+        return self.host_kvm_protected and not self.profile.mte_cap_under_pkvm
 
     def create_vm(self, machine_type: int = 0) -> ModelVm:
         """KVM_CREATE_VM on the modelled host."""

@@ -74,8 +74,9 @@ class ModelVm:
         if flags:
             raise KvmError(errno.EINVAL, ioctl, "flags must be zero")
         if cap == Cap.ARM_MTE and self.profile.mte_is_vm_cap:
-            if not self.kvm.host_mte:
-                raise KvmError(errno.EINVAL, ioctl, "the host does not support MTE")
+            if not self.kvm.check_extension(Cap.ARM_MTE):
+                # kvm_vm_ioctl_enable_cap; from 7.0 pKVM refuses it too (pkvm_ext_allowed)
+                raise KvmError(errno.EINVAL, ioctl, "this host offers no MTE to its VMs")
             if self.vcpus:
                 raise KvmError(
                     errno.EINVAL, ioctl, "MTE must be enabled before the first KVM_CREATE_VCPU"
