@@ -66,9 +66,17 @@ class KernelProfile:
         return None
 
     def fault_refusal(self, vma: Vma) -> tuple[int, str] | None:
-        """Why user_mem_abort refuses to map a page of this VMA (KVM_RUN's errno)."""
+        """Why user_mem_abort refuses to map a page of this VMA (KVM_RUN's errno).
+
+        Before 6.2 a translation fault maps a page only if its VMA is VM_MTE_ALLOWED
+        and not VM_SHARED ("Check the VMM hasn't introduced a new VM_SHARED VMA" in
+        arch/arm64/kvm/mmu.c, replaced by kvm_vma_mte_allowed in Peter
+        Collingbourne's 6.2 series); else KVM_RUN fails with EFAULT.
+        """
         if vma.shared:
             return errno.EFAULT, "a MAP_SHARED page faulted into an MTE guest"
+        if not vma.mte_allowed:
+            return errno.EFAULT, f"{vma.backing.kind.value} memory is not VM_MTE_ALLOWED"
         return None
 
     def __repr__(self) -> str:
