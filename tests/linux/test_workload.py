@@ -153,7 +153,12 @@ class FakeGuest:
 
     def receive(self, line: bytes) -> None:
         replies = self.answers.get(line, [])
-        threading.Thread(target=lambda: [self.console.feed(r) for r in replies]).start()
+
+        def answer() -> None:
+            for reply in replies:
+                self.console.feed(reply)
+
+        threading.Thread(target=answer).start()
 
 
 def test_the_standard_conversation_collects_its_figures() -> None:
