@@ -214,3 +214,37 @@ def standard_run(console: WorkloadConsole, started: float, timeout: float) -> di
 def bug_caught(fields: dict[str, str]) -> bool:
     """A BUG report's pass: SIGSEGV with SEGV_MTESERR."""
     return fields.get("signal") == str(SIGSEGV) and fields.get("code") == str(SEGV_MTESERR)
+
+
+def workload_initrd(kernel_suite: str = "release") -> bytes:
+    """The guest's initrd with both programs: busybox from the testbed's userland
+    (fetched if missing) and an /init that runs glibc-mtag, then mte-workload."""
+    from tagvisor.testbed.linux_guest import guest_initrd
+    from tagvisor.testbed.parts import fetch
+
+    return guest_initrd(fetch(kernel_suite, say=lambda _: None), programs())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """scripts/build-linux-workload: build the programs (and with --initrd FILE the
+    guest's initrd) and print their paths."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="build-linux-workload", description=main.__doc__)
+    parser.add_argument("--initrd", type=Path, help="also write the guest initrd here")
+    parser.add_argument("--kernel", default="release", help="the testbed suite for busybox")
+    args = parser.parse_args(argv)
+    try:
+        for name in PROGRAMS:
+            print(program(name))
+        if args.initrd is not None:
+            args.initrd.write_bytes(workload_initrd(args.kernel))
+            print(args.initrd)
+    except TestbedError as error:
+        print(f"build-linux-workload: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
