@@ -16,6 +16,7 @@ from typing import Any, Final
 from tagvisor.errors import TagvisorError
 from tagvisor.kvm.api import Device, Kvm, Vcpu, VcpuExit, Vm
 from tagvisor.kvm.uapi import ExitReason, SystemEvent
+from tagvisor.vmm.devices.amba_pl011 import AmbaPl011, ConsoleInputError
 from tagvisor.vmm.devices.bus import BusError, MmioBus
 from tagvisor.vmm.devices.dma import DmaEngine
 from tagvisor.vmm.devices.persist import Persistent
@@ -115,6 +116,19 @@ class Machine:
         self._pause.set()
         for vcpu in self.vcpus:
             vcpu.kick()
+
+    def console_input(self, data: bytes) -> None:
+        """Send ``data`` to the guest's console, as if typed on its serial line: the
+        Linux guests' PL011 queues it for its receive FIFO and interrupts the guest.
+        Safe from any thread while the VCPUs run. ConsoleInputError if the machine's
+        console takes no input (the bare-metal guests' polled one) or its line is full."""
+        device = self.devices.get(AmbaPl011.name)
+        if not isinstance(device, AmbaPl011):
+            raise ConsoleInputError(
+                "this machine's console takes no input: only the Linux guests' PL011 "
+                "(MachineBuilder.linux) has a receiver"
+            )
+        device.receive(bytes(data))
 
     def pause_on_report(self, report: int | None) -> None:
         """Pause when the guest makes UCALL_SYNC ``report`` (it stops inside that

@@ -35,6 +35,8 @@ def test_a_pre_3_17_header_gets_the_assumed_text_offset() -> None:
         (image(magic=0x12345678), 'no "ARM\\\\x64" magic'),
         (gzip.compress(image()), "gzip file; decompress"),
         (b"\x7fELF" + bytes(124), "an ELF file"),
+        (bytes(0x202) + b"HdrS" + bytes(64), "an x86 bzImage, not an arm64 kernel"),
+        (bytes(0x24) + bytes.fromhex("18286f01") + bytes(64), "a 32-bit Arm zImage"),
         (image(flags=0b1011), "big-endian"),
         (image(flags=1 << 4), "reserved flag bits"),
         (image(text_offset=0x100), "text_offset 0x100"),
@@ -43,7 +45,8 @@ def test_a_pre_3_17_header_gets_the_assumed_text_offset() -> None:
     ],
 )
 def test_what_is_not_an_arm64_image_is_refused_by_name(blob: bytes, words: str) -> None:
-    """Scenario: headers that are short, foreign, big-endian, reserved-flagged, badly
-    offset or smaller than their file; each refusal names what is wrong."""
+    """Scenario: headers that are short, foreign (gzip, ELF, x86, 32-bit Arm),
+    big-endian, reserved-flagged, badly offset or smaller than their file; each
+    refusal names what is wrong."""
     with pytest.raises(ImageError, match=words):
         parse_image(blob, "vmlinuz")

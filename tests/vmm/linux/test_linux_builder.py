@@ -8,6 +8,7 @@ what lands in guest memory can be checked anywhere.
 from __future__ import annotations
 
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,18 @@ from tagvisor.kvm.uapi import (
 )
 from tagvisor.snapshot.snapshot import save_snapshot
 from tagvisor.vmm import MachineBuilder
-from tagvisor.vmm.devices.amba_pl011 import INT_TX, UARTDR, UARTIMSC
+from tagvisor.vmm.devices.amba_pl011 import (
+    CR_RXE,
+    CR_UARTEN,
+    FR_RXFE,
+    INT_RT,
+    INT_TX,
+    UARTCR,
+    UARTDR,
+    UARTFR,
+    UARTIMSC,
+    ConsoleInputError,
+)
 from tagvisor.vmm.linux.platform import UART_BASE
 from tagvisor.vmm.loader import ImageError
 from tagvisor.vmm.machine import MachineError
@@ -167,3 +179,43 @@ def test_a_linux_machine_is_not_snapshotted_without_its_gic(
     with pytest.raises(MachineError, match="in-kernel GIC"):
         save_snapshot(machine, tmp_path / "linux.snap")
     assert not (tmp_path / "linux.snap").exists()
+
+
+def test_console_input_reaches_the_guest_through_uartdr_and_spi_1(
+    tmp_path: Path, gic_log: list[tuple[Any, ...]]
+) -> None:
+    """Scenario: a Linux machine's driver has enabled the receiver and RTIM; a second
+    thread sends 2 KiB through Machine.console_input in 64-byte pieces while this one
+    reads UARTDR until RXFE, as the driver's interrupt handler does: every byte
+    arrives once and in order, and SPI 1 was raised through KVM_IRQ_LINE."""
+    kernel, _ = files(tmp_path)
+    machine = MachineBuilder(GicKvm(host_memory=256 << 20)).memory(64 << 20).linux(kernel).build()
+    machine.bus.write(UART_BASE + UARTCR, (CR_UARTEN | CR_RXE).to_bytes(4, "little"))
+    machine.bus.write(UART_BASE + UARTIMSC, INT_RT.to_bytes(4, "little"))
+    data = bytes(range(256)) * 8
+
+    def send() -> None:
+        for start in range(0, len(data), 64):
+            machine.console_input(data[start : start + 64])
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    got = bytearray()
+    while len(got) < len(data):
+        if not int.from_bytes(machine.bus.read(UART_BASE + UARTFR, 4), "little") & FR_RXFE:
+            got += machine.bus.read(UART_BASE + UARTDR, 4)[:1]
+    sender.join()
+    assert bytes(got) == data
+    assert ("irq", arm_spi_irq(1), 1) in gic_log
+
+
+def test_a_bare_metal_machine_refuses_console_input() -> None:
+    """Scenario: a bare-metal guest's machine has the polled console, which has no
+    receiver: console_input says so rather than dropping the bytes."""
+
+    def guest(ctx: Any) -> Any:
+        yield from ()
+
+    machine = MachineBuilder(ModelKvm(64 << 20)).memory(16 << 20).python_guest(guest).build()
+    with pytest.raises(ConsoleInputError, match="takes no input"):
+        machine.console_input(b"verify\n")

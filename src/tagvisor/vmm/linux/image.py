@@ -33,6 +33,10 @@ LEGACY_SLACK: Final = 8 << 20
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 ELF_MAGIC: Final = b"\x7fELF"
+#: x86's bzImage: "HdrS" at 0x202 (Documentation/arch/x86/boot.rst).
+X86_MAGIC: Final = (0x202, b"HdrS")
+#: 32-bit Arm's zImage: 0x016F2818 at 0x24 (arch/arm/boot/compressed/head.S).
+ARM32_MAGIC: Final = (0x24, (0x016F2818).to_bytes(4, "little"))
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ def _not_an_image(blob: bytes, name: str) -> str:
         return f"{name}: a gzip file; decompress it first (booting.rst: the decompressed Image)"
     if blob[:4] == ELF_MAGIC:
         return f"{name}: an ELF file (vmlinux?); give the arm64 Image (arch/arm64/boot/Image)"
+    for (offset, magic), arch in (
+        (X86_MAGIC, "an x86 bzImage"),
+        (ARM32_MAGIC, "a 32-bit Arm zImage"),
+    ):
+        if blob[offset : offset + len(magic)] == magic:
+            return f"{name}: {arch}, not an arm64 kernel; tagvisor boots arm64 Images"
     return f'{name}: not an arm64 Image (no "ARM\\x64" magic at offset 0x38)'
 
 
