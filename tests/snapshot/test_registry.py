@@ -136,12 +136,12 @@ def test_a_second_conf_or_a_device_given_twice_is_refused(tmp_path: Path) -> Non
 
 
 def test_sections_from_another_format_version_are_refused(tmp_path: Path) -> None:
-    """Scenario: a 1.2 snapshot carrying an old DEVS section, and a 1.1 snapshot
-    carrying a 1.2 device section: each has no place in its version."""
+    """Scenario: a current (1.3) snapshot carrying an old DEVS section, and a 1.1
+    snapshot carrying a 1.2 device section: each has no place in its version."""
     old = DATA / "resumable-1.1.snap"
     devs = tmp_path / "devs.snap"
     rewrite(old, devs, {}, VERSION)
-    with pytest.raises(FormatError, match=r"no place in format 1\.2"):
+    with pytest.raises(FormatError, match=r"no place in format 1\.3"):
         read_snapshot(devs)
     uart = tmp_path / "uart.snap"
     devs_payload = dict(sections_of(old)[1])[b"DEVS"]

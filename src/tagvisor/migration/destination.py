@@ -97,6 +97,11 @@ def refusal(
         )
     if config.ram_size > max_memory:
         return f"the guest has {config.ram_size} bytes of RAM; this side allows {max_memory}"
+    if config.irqchip != "none" and not kvm.check_extension(Cap.IRQCHIP):
+        return (
+            "the guest has an in-kernel GICv3 (a Linux guest) and this host's KVM has no "
+            "in-kernel interrupt controller (KVM_CAP_IRQCHIP is 0)"
+        )
     return None
 
 
@@ -106,11 +111,12 @@ def receive(
     *,
     max_memory: int = DEFAULT_MAX_MEMORY,
     require_mte: bool | None = None,
+    console: Callable[[bytes], None] | None = None,
 ) -> tuple[Machine, IncomingReport]:
     """Run the destination side over an accepted connection: the handshake, then the
     passes' pages and the machine's state, then the guest, complete or (post-copy)
-    still fetching."""
-    incoming = _Incoming(conn, kvm)
+    still fetching; ``console`` gets what the guest writes here."""
+    incoming = _Incoming(conn, kvm, console)
     try:
         hello = incoming.handshake(max_memory=max_memory, require_mte=require_mte)
     except IncomingError:
@@ -134,9 +140,12 @@ def receive(
 class _Incoming:
     """The destination side of one migration, phase by phase (see :func:`receive`)."""
 
-    def __init__(self, conn: Connection, kvm: Kvm) -> None:
+    def __init__(
+        self, conn: Connection, kvm: Kvm, console: Callable[[bytes], None] | None = None
+    ) -> None:
         self.conn = conn
         self.kvm = kvm
+        self.console = console
         self.report = IncomingReport()
         self.loaded = Loaded(Version(0, 0))
         self.reader: SectionReader | None = None
@@ -177,7 +186,7 @@ class _Incoming:
         payloads land in reused buffers, or their page data straight in the paused
         guest's memory (see _placer)."""
         self.config = hello.machine.config
-        self.machine = MachineBuilder.from_config(self.kvm, self.config).build()
+        self.machine = MachineBuilder.from_config(self.kvm, self.config, self.console).build()
         self.reader = SectionReader(self.conn, protocol.limits(), placer=_placer(self.machine))
         self.sections = iter(self.reader)
         self.buffers = PageBuffers(pages.MAX_PAGES, data=False)
@@ -333,15 +342,19 @@ def incoming(
     max_memory: int = DEFAULT_MAX_MEMORY,
     require_mte: bool | None = None,
     timeout: float = 60.0,
+    console: Callable[[bytes], None] | None = None,
 ) -> tuple[Machine, IncomingReport]:
-    """Listen (loopback unless told otherwise), take one migration, return the guest."""
+    """Listen (loopback unless told otherwise), take one migration, return the guest;
+    ``console`` gets what it writes here."""
     listener = address if isinstance(address, Listener) else Listener(address)
     try:
         conn = listener.accept(timeout)
     finally:
         listener.close()
     try:
-        machine, report = receive(conn, kvm, max_memory=max_memory, require_mte=require_mte)
+        machine, report = receive(
+            conn, kvm, max_memory=max_memory, require_mte=require_mte, console=console
+        )
     except BaseException:
         conn.close()
         raise

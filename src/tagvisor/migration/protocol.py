@@ -57,7 +57,7 @@ from tagvisor.snapshot.registry import MAJOR, REGISTRY, Phase
 from tagvisor.snapshot.state import MachineState
 
 MAGIC: Final = b"TAGVMIGR"
-VERSION: Final = Version(MAJOR, 2)
+VERSION: Final = Version(MAJOR, 3)
 #: The stream's own sections (the machine's state is the registry's).
 CONTROL_LIMITS: Final = {
     b"HELO": 64 << 10,

@@ -30,6 +30,7 @@ from typing import Any, Final
 from tagvisor import wire
 from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import END_TAG, FormatError, Payload, Section, Version
+from tagvisor.snapshot.linux_state import MpStates, SavedGic, apply_mp_states, capture_mp_states
 from tagvisor.snapshot.state import (
     MachineState,
     VcpuState,
@@ -43,7 +44,10 @@ from tagvisor.vmm.devices.dma import DmaState
 from tagvisor.vmm.devices.persist import DEVICE_KINDS, DeviceKind
 from tagvisor.vmm.devices.pl011 import ConsoleState
 from tagvisor.vmm.devices.ucall import UcallLog
-from tagvisor.vmm.machine import Machine, MachineConfig, MachineError
+from tagvisor.vmm.linux.gic_state import restore_gic, save_gic
+from tagvisor.vmm.linux.guest import kvm_mpidr
+from tagvisor.vmm.linux.platform import gic_layout
+from tagvisor.vmm.machine import Machine, MachineConfig
 
 #: The major version of both formats; minors count from 0 within it.
 MAJOR: Final = 1
@@ -65,6 +69,8 @@ class Loaded:
     machine: MachineState | None = None
     vcpus: dict[int, VcpuState] = field(default_factory=dict)
     devices: dict[str, Any] = field(default_factory=dict)
+    gic: SavedGic | None = None
+    mp_states: MpStates | None = None
 
 
 class StateKind(ABC):
@@ -103,13 +109,6 @@ class MachineShape(StateKind):
 
     def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
         """The CONF section: the machine's config, kernel profile and MTE level."""
-        if machine.irqchip is not None:
-            # A Linux guest's GIC and timers hold state no section carries yet: a
-            # restored guest would run without its interrupt controller.
-            raise MachineError(
-                "this machine has an in-kernel GIC (a Linux guest), whose state "
-                "snapshots and migration do not carry yet"
-            )
         return [(self.tag, capture_machine(machine).encode())]
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
@@ -173,6 +172,78 @@ class WideRegisters(StateKind):
         if vcpu_id not in loaded.vcpus:
             raise FormatError(f"a VREG section for VCPU {vcpu_id} comes before its VCPU section")
         loaded.vcpus[vcpu_id] = loaded.vcpus[vcpu_id].with_wide(payload)
+
+
+class GicRegisters(StateKind):
+    """GIC3 (since 1.3): every register of a Linux guest's in-kernel GICv3, after the
+    VCPUs' registers (QEMU restores the GIC after the CPUs too: its CPU interface
+    registers belong to them)."""
+
+    tag, phase, limit, since = b"GIC3", Phase.COMPLETE, 256 << 10, 3
+
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """The GIC3 section, or none for a machine without an in-kernel GIC."""
+        if machine.irqchip is None:
+            return []
+        vcpus = machine.config.vcpus
+        mpidrs = tuple(kvm_mpidr(index) for index in range(vcpus))
+        state = save_gic(machine.irqchip, mpidrs, gic_layout(vcpus).nr_irqs)
+        return [(self.tag, SavedGic.of(state).encode())]
+
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Decode the registers into ``loaded.gic``; a second GIC3 is refused."""
+        if loaded.gic is not None:
+            raise FormatError("a second GIC3 section: the GIC's state is given twice")
+        loaded.gic = SavedGic.decode(payload)
+
+    def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        """A GIC3 section exactly for a machine with a GIC, holding that GIC's registers."""
+        _present_iff(loaded.gic is not None, config, "GIC3", "the GIC's state")
+        if loaded.gic is not None:
+            loaded.gic.state_for(config)
+
+    def apply(self, loaded: Loaded, machine: Machine) -> None:
+        """Write the registers into the machine's GIC, in their order."""
+        if loaded.gic is not None and machine.irqchip is not None:
+            restore_gic(machine.irqchip, loaded.gic.state_for(machine.config))
+
+
+class PowerStates(StateKind):
+    """MPST (since 1.3): each VCPU's power state, for machines whose guest starts its
+    secondaries through PSCI (Linux guests)."""
+
+    tag, phase, limit, since = b"MPST", Phase.COMPLETE, 4 << 10, 3
+
+    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+        """The MPST section, or none for a machine without an in-kernel GIC."""
+        if machine.irqchip is None:
+            return []
+        return [(self.tag, capture_mp_states(machine).encode())]
+
+    def load(self, payload: Payload, loaded: Loaded) -> None:
+        """Decode the states into ``loaded.mp_states``; a second MPST is refused."""
+        if loaded.mp_states is not None:
+            raise FormatError("a second MPST section: the VCPUs' power states are given twice")
+        loaded.mp_states = MpStates.decode(payload)
+
+    def check(self, loaded: Loaded, config: MachineConfig) -> None:
+        """An MPST section exactly for a machine with a GIC, one state per VCPU."""
+        _present_iff(loaded.mp_states is not None, config, "MPST", "the VCPUs' power states")
+        if loaded.mp_states is not None:
+            loaded.mp_states.check(config)
+
+    def apply(self, loaded: Loaded, machine: Machine) -> None:
+        """KVM_SET_MP_STATE on every VCPU."""
+        if loaded.mp_states is not None:
+            apply_mp_states(loaded.mp_states, machine)
+
+
+def _present_iff(present: bool, config: MachineConfig, tag: str, what: str) -> None:
+    wanted = config.irqchip != "none"
+    if present and not wanted:
+        raise FormatError(f"a {tag} section for a machine without an in-kernel GIC")
+    if wanted and not present:
+        raise FormatError(f"the machine has an in-kernel GIC but {what} ({tag}) is missing")
 
 
 class DeviceSection(StateKind):
@@ -308,6 +379,15 @@ class Registry:
             kind.apply(loaded, machine)
 
 
-REGISTRY: Final = Registry([MachineShape(), VcpuRegisters(), WideRegisters(), LegacyDevices()])
+REGISTRY: Final = Registry(
+    [
+        MachineShape(),
+        VcpuRegisters(),
+        WideRegisters(),
+        LegacyDevices(),
+        GicRegisters(),
+        PowerStates(),
+    ]
+)
 
 __all__ = ["END_TAG", "MAJOR", "MEMORY", "REGISTRY", "Loaded", "Phase", "Registry", "StateKind"]

@@ -1,6 +1,6 @@
 """Snapshot files: save a paused machine with every tag, and restore it.
 
-    file := HEADER("TAGVSNAP", 1.2) CONF (VCPU VREG?)* DEVICE* PAGE* END!
+    file := HEADER("TAGVSNAP", 1.3) CONF (VCPU VREG?)* GIC3? MPST? DEVICE* PAGE* END!
 
 The sections are those of tagvisor.snapshot.registry, in its order: CONF the
 machine's shape (MachineState), one VCPU section per VCPU (its registers wider or
@@ -51,7 +51,7 @@ from tagvisor.vmm.builder import MachineBuilder
 from tagvisor.vmm.machine import Machine, RunState
 
 MAGIC: Final = b"TAGVSNAP"
-VERSION: Final = Version(MAJOR, 2)
+VERSION: Final = Version(MAJOR, 3)
 #: The summary at the end.
 END_LIMIT: Final = 64 << 10
 
@@ -234,14 +234,26 @@ def _check_in_ram(run: PageRun, machine: MachineState) -> None:
 
 
 def restore_snapshot(
-    path: Path, kvm: Kvm, *, with_tags: bool = True, progress: Progress | None = None
+    path: Path,
+    kvm: Kvm,
+    *,
+    with_tags: bool = True,
+    progress: Progress | None = None,
+    console: Callable[[bytes], None] | None = None,
 ) -> Machine:
-    """Build a paused machine from a snapshot: memory, tags, registers and devices."""
+    """Build a paused machine from a snapshot: memory, tags, registers and devices;
+    ``console`` gets what the guest writes from then on."""
     snapshot = read_snapshot(path)  # nothing is built unless the whole file is sound
     config = snapshot.machine.config
     if config.mte and not kvm.check_extension(Cap.ARM_MTE):
         raise SnapshotError("the snapshot's guest uses MTE but this host's KVM has none")
-    machine = MachineBuilder.from_config(kvm, config).build()
+    if config.irqchip != "none" and not kvm.check_extension(Cap.IRQCHIP):
+        raise SnapshotError(
+            "the snapshot's guest (a Linux guest) has an in-kernel GICv3, and this KVM has "
+            "no in-kernel interrupt controller (KVM_CAP_IRQCHIP is 0): restore it on a real "
+            "arm64 /dev/kvm"
+        )
+    machine = MachineBuilder.from_config(kvm, config, console).build()
     done = 0
     with path.open("rb") as source:
         read_header(source, MAGIC, VERSION.major)

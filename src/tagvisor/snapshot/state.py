@@ -115,6 +115,8 @@ class MachineState:
         config = asdict(self.config)
         if not config["devices"]:
             del config["devices"]  # a machine without extra devices reads as before 1.2
+        if config["irqchip"] == "none":
+            del config["irqchip"]  # a machine without a GIC reads as before 1.3
         return wire.dumps({"config": config, "profile": self.profile, "mte_level": self.mte_level})
 
     @classmethod
@@ -127,6 +129,7 @@ class MachineState:
         """The state from its JSON object, every field's type and range checked."""
         config = dict(wire.field(raw, "config", dict))
         devices = _devices(config.pop("devices", []))
+        config.setdefault("irqchip", "none")  # absent before 1.3
         names = {f.name: f.type for f in fields(MachineConfig) if f.name != "devices"}
         if set(config) != set(names):
             raise FormatError(

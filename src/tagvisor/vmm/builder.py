@@ -60,6 +60,8 @@ BACKINGS: Final = ("anonymous", "memfd", "hugetlb")
 SEED_V2_ABI: Final = "seed-v2"
 #: The device kinds every machine has, at their fixed bases (docs/guest-abi.md).
 BUILT_IN: Final = {CONSOLE.name: UART_BASE, UCALL.name: UCALL_BASE, DMA.name: DMA_BASE}
+#: MachineConfig.irqchip: none, or the in-kernel GICv3 a Linux guest has.
+IRQCHIPS: Final = ("none", "gicv3")
 
 
 #: The guest-physical addresses a VM of the default 40-bit IPA size can have (KVM's
@@ -85,6 +87,8 @@ def config_problem(config: MachineConfig) -> str | None:
         return f"{config.vcpus} VCPUs; tagvisor machines have 1 to {MAX_VCPUS}"
     if config.tag_access not in WAYS:
         return f"unknown tag access way {config.tag_access!r}"
+    if config.irqchip not in IRQCHIPS:
+        return f"unknown interrupt controller {config.irqchip!r}; tagvisor has {IRQCHIPS}"
     for kind, device_base in config.devices:
         if kind not in DEVICE_KINDS or kind in BUILT_IN:
             return f"no extra device kind {kind!r} here"
@@ -131,11 +135,16 @@ class MachineBuilder:
         self._argument = 0
         self._irg_seed = 0
         self._linux: LinuxGuest | None = None
+        #: Whether the machine gets the in-kernel GICv3 (Linux guests, and their restores).
+        self._irqchip = False
 
     @classmethod
-    def from_config(cls, kvm: Kvm, config: MachineConfig) -> MachineBuilder:
+    def from_config(
+        cls, kvm: Kvm, config: MachineConfig, console: Callable[[bytes], None] | None = None
+    ) -> MachineBuilder:
         """A builder for a machine shaped like ``config`` whose memory, registers and
-        devices will be restored (a snapshot, or an incoming migration)."""
+        devices will be restored (a snapshot, or an incoming migration); ``console``
+        gets what the guest writes from then on."""
         tcf = {value: name for name, value in TCF_MODES.items()}.get(config.tcf)
         if tcf is None:
             raise ValueError(f"unknown tag check mode {config.tcf}")
@@ -153,6 +162,9 @@ class MachineBuilder:
         )
         for kind, base in config.devices:
             builder.device(kind, base)
+        if console is not None:
+            builder.console(console)
+        builder._irqchip = config.irqchip == "gicv3"
         builder._restoring = True
         return builder
 
@@ -236,6 +248,7 @@ class MachineBuilder:
         """
         initrd_bytes = None if initrd is None else initrd.read_bytes()
         self._linux = linux_guest(kernel.read_bytes(), initrd_bytes, append)
+        self._irqchip = True
         if (AMBA_CONSOLE.name, platform.UART_BASE) in self._devices:
             return self  # a second call replaces the files, not the console
         return self.device(AMBA_CONSOLE.name, platform.UART_BASE)
@@ -261,7 +274,7 @@ class MachineBuilder:
         memory = self._map_ram(vm)
         vcpus = self._create_vcpus(vm)
         irqchip = None
-        if self._linux is not None:
+        if self._irqchip:
             irqchip = create_gicv3(vm, platform.gic_layout(self._vcpus))
         tags = make_tag_access(self._tag_access, vm, memory, self._kvm.user_memory)
         bus, devices = self._attach_devices(memory, tags, None if irqchip is None else vm)
@@ -286,7 +299,7 @@ class MachineBuilder:
     def _refuse_linux_without_a_gic(self) -> None:
         """Linux needs an interrupt controller, the arch timer and FP/SIMD: a KVM
         without an in-kernel GIC (KVM_CAP_IRQCHIP 0, the model's) cannot run it."""
-        if self._linux is not None and not self._kvm.check_extension(Cap.IRQCHIP):
+        if self._irqchip and not self._kvm.check_extension(Cap.IRQCHIP):
             raise LinuxUnsupported(
                 "this KVM cannot run Linux: it has no in-kernel GIC (KVM_CAP_IRQCHIP is 0). "
                 "The software model has no interrupt controller, no arch timer and no "
@@ -372,6 +385,7 @@ class MachineBuilder:
             tag_access=self._tag_access,
             vmm_prot_mte=self._vmm_prot_mte,
             devices=tuple(self._devices),
+            irqchip="gicv3" if self._irqchip else "none",
         )
 
     def _load_guest(self, machine: Machine) -> None:

@@ -55,6 +55,9 @@ class MachineConfig:
     vmm_prot_mte: bool = False
     #: Devices of extra kinds (tagvisor.vmm.devices.persist): (kind, MMIO base) each.
     devices: tuple[tuple[str, int], ...] = ()
+    #: The in-kernel interrupt controller: "none", or "gicv3" (Linux guests), whose
+    #: state then travels too (tagvisor.snapshot.linux_state).
+    irqchip: str = "none"
 
 
 @dataclass

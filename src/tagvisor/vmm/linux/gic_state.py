@@ -17,6 +17,7 @@ LPIs (GICR_PROPBASER/PENDBASER) need an ITS, which tagvisor's machines do not ha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -157,15 +158,29 @@ def _get(device: Device, register: GicRegister) -> int:
     return int.from_bytes(raw[: register.size], "little")
 
 
-def save_gic(device: Device, mpidrs: tuple[int, ...], nr_irqs: int) -> GicState:
-    """Read every register of the GIC (its VCPUs stopped: KVM answers EBUSY else)."""
+def gic_registers(
+    mpidrs: tuple[int, ...], nr_irqs: int, ctlr: Callable[[int], int]
+) -> list[GicRegister]:
+    """Every register of a GIC with these redistributors and interrupts, in the order a
+    restore writes them; ``ctlr(mpidr)`` gives that CPU interface's ICC_CTLR_EL1 (its
+    PRIbits say how many active-priority registers there are)."""
     registers = [_dist(GICD_CTLR)]
     for mpidr in mpidrs:
         registers += redistributor_registers(mpidr)
     registers += distributor_registers(nr_irqs)
     for mpidr in mpidrs:
-        ctlr = GicRegister(KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, mpidr << 32 | ICC_CTLR_EL1, 8)
-        registers += cpu_interface_registers(mpidr, _get(device, ctlr))
+        registers += cpu_interface_registers(mpidr, ctlr(mpidr))
+    return registers
+
+
+def icc_ctlr(mpidr: int) -> GicRegister:
+    """ICC_CTLR_EL1 of the CPU interface of ``mpidr``."""
+    return GicRegister(KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, mpidr << 32 | ICC_CTLR_EL1, 8)
+
+
+def save_gic(device: Device, mpidrs: tuple[int, ...], nr_irqs: int) -> GicState:
+    """Read every register of the GIC (its VCPUs stopped: KVM answers EBUSY else)."""
+    registers = gic_registers(mpidrs, nr_irqs, lambda mpidr: _get(device, icc_ctlr(mpidr)))
     return GicState(tuple((register, _get(device, register)) for register in registers))
 
 
