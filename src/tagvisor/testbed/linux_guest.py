@@ -48,6 +48,9 @@ class GuestShape:
     mte: bool = True
     append: str = GUEST_APPEND
     deadline: float = 420.0
+    #: Run the workload session (snapshot, restore, migration: linux_session) rather
+    #: than boot to /init and power off.
+    session: bool = False
 
 
 def guest_init(programs: list[str]) -> str:
@@ -113,3 +116,19 @@ def guest_console(run: SuiteRun) -> str:
         return str(run.result["console"])
     lines = [line for line in run.console.splitlines() if line.startswith(ECHO)]
     return "".join(line[len(ECHO) :] + "\n" for line in lines)
+
+
+def linux_session(
+    kernel_suite: str = "6.1",
+    *,
+    timeout: float = 900.0,
+    say: Callable[[str], None] = print,
+) -> SuiteRun:
+    """Boot the testbed; inside it, boot its kernel as tagvisor's guest with the MTE
+    workload, snapshot and restore it, then live-migrate it
+    (tagvisor.testbed.linux_session); the result holds every figure."""
+    from tagvisor.testbed.workload import programs
+
+    return boot_linux_guest(
+        kernel_suite, GuestShape(session=True), programs=programs(), timeout=timeout, say=say
+    )

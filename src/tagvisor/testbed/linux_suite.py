@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,6 +29,8 @@ class ConsoleWatch:
         self.line = bytearray()
         self.marker_at: float | None = None
         self.marker_line = ""
+        #: Called with each whole line (e.g. WorkloadConsole.feed), on the VCPU's thread.
+        self.listeners: list[Callable[[str], None]] = []
 
     def __call__(self, byte: bytes) -> None:
         if byte != b"\n":
@@ -40,6 +43,8 @@ class ConsoleWatch:
         if self.marker_at is None and MARKER in text:
             self.marker_at = time.monotonic() - self.started
             self.marker_line = text
+        for listener in self.listeners:
+            listener(text)
 
 
 def gic_round_trip(kvm: Any, machine: Any, vcpus: int) -> dict[str, Any]:
@@ -84,6 +89,8 @@ def run() -> dict[str, Any]:
     from tagvisor.vmm.linux.run import console_text, run_linux
 
     shape = json.loads((SUITE_DIR / "linux_guest.json").read_text())
+    if shape.get("session"):
+        return session(shape)
     started = time.monotonic()
     watch = ConsoleWatch(started)
     kvm = LinuxKvm()
@@ -117,3 +124,51 @@ def run() -> dict[str, Any]:
         "exits_by_reason": result.by_reason,
         "console": console_text(machine),
     }
+
+
+def session(shape: dict[str, Any]) -> dict[str, Any]:
+    """Inside the testbed: boot the guest with its MTE workload, then snapshot and
+    restore it, then live-migrate it (tagvisor.testbed.linux_session), and report
+    every figure; an error ends the session with what was measured so far."""
+    from tagvisor.kvm.linux import LinuxKvm
+    from tagvisor.testbed.linux_session import GuestThread, migration_step, snapshot_step
+    from tagvisor.testbed.workload import GLIBC_PREFIX, WorkloadConsole
+    from tagvisor.vmm import MachineBuilder
+
+    started = time.monotonic()
+    watch = ConsoleWatch(started)
+    glibc: list[str] = []
+    watch.listeners.append(lambda line: glibc.append(line) if GLIBC_PREFIX in line else None)
+    kvm = LinuxKvm()
+    deadline = float(shape["deadline"])
+    machine = (
+        MachineBuilder(kvm)
+        .memory(int(shape["mem"]))
+        .mte(bool(shape["mte"]))
+        .vcpus(int(shape["vcpus"]))
+        .console(watch)
+        .linux(SUITE_DIR / "Image", SUITE_DIR / "guest-initrd.gz", str(shape["append"]))
+        .build()
+    )
+    console = WorkloadConsole(send=machine.console_input)
+    watch.listeners.append(console.feed)
+    out: dict[str, Any] = {"glibc_mtag": glibc}
+    guest = GuestThread(machine, deadline)
+    try:
+        at, ready = console.wait("READY", deadline)
+        out["boot_seconds"] = None if watch.marker_at is None else round(watch.marker_at, 2)
+        out["seconds_to_ready"] = round(at - started, 2)
+        out["ready"] = ready.fields
+        _, verified = console.command("verify", "VERIFIED", 120)
+        out["verified"] = verified.fields
+        guest, out["snapshot"] = snapshot_step(kvm, guest, console, watch, Path("/tmp"), deadline)
+        guest, out["migration"] = migration_step(kvm, guest, console, watch, deadline)
+        console.command("exit", "EXIT", 120)
+        result = guest.join(120)
+        out["exit"] = {"system_event": result.system_event, "exit_status": result.exit_status}
+    except Exception as error:  # the figures so far still come back
+        out["error"] = f"{type(error).__name__}: {error}"
+        guest.pause()
+    out["ticks"] = sum(event.kind == "TICK" for _, event in console.log)
+    out["seconds_total"] = round(time.monotonic() - started, 2)
+    return out
