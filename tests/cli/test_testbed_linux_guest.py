@@ -32,7 +32,7 @@ def test_the_guest_console_comes_out_and_the_status_says_if_init_ran(
     marker and powered off (status 0), or panicked before /init (status 1); either way
     the guest's console is on stdout and the timing line on stderr."""
     monkeypatch.setattr(linux_testbed, "boot_linux_guest", lambda *a, **k: fake_run(result))
-    assert main(["testbed", "--linux-guest"]) == code
+    assert main(["testbed", "--linux-guest", "--boot-only"]) == code
     out, err = capsys.readouterr()
     assert out == result["console"]
     assert "as tagvisor's guest" in err

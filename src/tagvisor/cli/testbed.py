@@ -132,7 +132,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--linux-guest",
         action="store_true",
-        help="boot the testbed's kernel as tagvisor's Linux guest on the real KVM instead",
+        help="boot the testbed's kernel as tagvisor's MTE Linux guest on the real KVM, "
+        "snapshot and restore it, live-migrate it, and report each step",
+    )
+    parser.add_argument(
+        "--boot-only",
+        action="store_true",
+        help="with --linux-guest: only boot the guest to its /init and power it off",
     )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

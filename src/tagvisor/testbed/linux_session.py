@@ -93,9 +93,16 @@ def check_guest(console: WorkloadConsole, *, tick: bool) -> dict[str, Any]:
     out["bugs"] = [event.fields for _, event in console.log[-3:] if event.kind == "BUG"]
     out["bugs_caught"] = bugs.fields.get("caught", "")
     if tick:
-        _, event = console.wait("TICK", TICK_SECONDS)
-        out["tick_uptime"] = event.text.strip()
+        at, event = console.wait("TICK", TICK_SECONDS)
+        out["tick_uptime"] = float(event.text.strip())
+        out["tick_at"] = at
     return out
+
+
+def last_tick(console: WorkloadConsole) -> tuple[float, float] | None:
+    """(when it came, the guest's uptime in it) of the last TICK so far."""
+    ticks = [(at, event) for at, event in console.log if event.kind == "TICK"]
+    return None if not ticks else (ticks[-1][0], float(ticks[-1][1].text.strip()))
 
 
 def snapshot_step(
@@ -107,6 +114,7 @@ def snapshot_step(
     deadline: float,
 ) -> tuple[GuestThread, dict[str, Any]]:
     """Pause the running guest, save it, restore it into a new VM, run and check it."""
+    before = last_tick(console)
     started = time.monotonic()
     guest.pause()
     paused = time.monotonic()
@@ -131,6 +139,12 @@ def snapshot_step(
     follower = GuestThread(restored, deadline)
     out.update(check_guest(console, tick=True))
     out["guest_verified_granules"] = out.pop("verified_granules")
+    if before is not None:
+        # The guest's clock stood still while it was saved and restored: its uptime
+        # moved less than the wall clock between the two TICKs (TIMER_CNT restored).
+        out["tick_before"] = before[1]
+        out["tick_wall_seconds"] = _round(out["tick_at"] - before[0])
+    out.pop("tick_at")
     path.unlink()
     return follower, out
 

@@ -1,0 +1,95 @@
+"""What a Linux guest session (tagvisor.testbed.linux_session) showed: the figures for
+``tagvisor testbed --linux-guest --json``, and what failed, if anything.
+
+A session passes when, after the snapshot and again after the migration, the digests
+of memory and tags are equal, the guest's workload verified every granule it has with
+no mismatch and caught both bugs (SIGSEGV, SEGV_MTESERR), and at the end it exited
+and powered off.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+#: The keys of the snapshot and migration steps that --json keeps.
+STEP_KEYS: Final = (
+    "digests_equal",
+    "guest_verified_granules",
+    "mismatches",
+    "bugs_caught",
+    "verify_seconds",
+)
+SNAPSHOT_KEYS: Final = (
+    *STEP_KEYS,
+    "save_seconds",
+    "restore_seconds",
+    "file_bytes",
+    "data_bytes",
+    "tag_bytes",
+    "tick_uptime",
+)
+MIGRATION_KEYS: Final = (
+    *STEP_KEYS,
+    "total_seconds",
+    "downtime_ms",
+    "send_downtime_ms",
+    "tag_share",
+    "iterations",
+    "pages_sent",
+    "uniform_tag_pages",
+    "data_bytes",
+    "tag_bytes",
+    "dirty_per_iteration",
+    "guest_share",
+)
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The session's figures as one object (the issue's keys among them)."""
+    snapshot = result.get("snapshot") or {}
+    migration = result.get("migration") or {}
+    out: dict[str, Any] = {
+        "boot_seconds": result.get("boot_seconds"),
+        "seconds_to_ready": result.get("seconds_to_ready"),
+        "granules": _granules(result),
+        "snapshot": {key: snapshot.get(key) for key in SNAPSHOT_KEYS},
+        "migration": {key: migration.get(key) for key in MIGRATION_KEYS},
+        "ticks": result.get("ticks"),
+        "glibc_mtag": result.get("glibc_mtag", []),
+        "seconds_total": result.get("seconds_total"),
+    }
+    for key in ("qemu", "qemu_nomte_migration"):
+        if key in result:
+            out[key] = result[key]
+    if "error" in result:
+        out["error"] = result["error"]
+    return out
+
+
+def _granules(result: dict[str, Any]) -> int | None:
+    ready = result.get("ready") or {}
+    value = ready.get("granules")
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def failures(result: dict[str, Any]) -> list[str]:
+    """What the session did not show, in words (empty: it passed)."""
+    if "error" in result:
+        return [f"the session stopped: {result['error']}"]
+    problems = []
+    granules = _granules(result)
+    for step in ("snapshot", "migration"):
+        figures = result.get(step) or {}
+        if figures.get("digests_equal") is not True:
+            problems.append(f"after the {step}, memory and tags differ from the source's")
+        if figures.get("mismatches") != 0 or figures.get("guest_verified_granules") != granules:
+            problems.append(
+                f"after the {step}, the guest verified {figures.get('guest_verified_granules')} "
+                f"of {granules} granules with {figures.get('mismatches')} mismatches"
+            )
+        if figures.get("bugs_caught") != "2/2":
+            problems.append(f"after the {step}, the guest caught {figures.get('bugs_caught')} bugs")
+    exit_ = result.get("exit") or {}
+    if exit_.get("exit_status") != 0:
+        problems.append(f"the guest did not power off cleanly at the end ({exit_})")
+    return problems
