@@ -28,19 +28,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fault_report.h"
+
 #define PREFIX "=== TAGVISOR-GLIBC-MTAG "
 
-static int report_fd = -1;
 static const char *tunables = "";
-
-static void on_fault(int signo, siginfo_t *info, void *context)
-{
-	int out[2] = {signo, info->si_code};
-	(void)context;
-	if (write(report_fd, out, sizeof out) != (ssize_t)sizeof out)
-		_exit(3);
-	_exit(0);
-}
 
 /* The bugs are on purpose: the compiler must not see (and refuse) them. */
 static volatile char *hide(void *p)
@@ -73,13 +65,7 @@ static void run(const char *kind, void (*bug)(void))
 	fflush(stdout);
 	pid_t pid = fork();
 	if (pid == 0) {
-		struct sigaction action;
-		memset(&action, 0, sizeof action);
-		action.sa_sigaction = on_fault;
-		action.sa_flags = SA_SIGINFO;
-		sigaction(SIGSEGV, &action, NULL);
-		report_fd = fds[1];
-		alarm(30);
+		report_faults_to(fds[1]);
 		bug();
 		usleep(1000); /* an asynchronous fault is taken at the next kernel entry */
 		int none[2] = {0, 0};

@@ -41,6 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault_report.h"
+
 #define PREFIX "=== TAGVISOR-WORKLOAD "
 #define PROT_MTE_ 0x20
 #define PR_SET_TAGGED_ADDR_CTRL_ 55
@@ -180,16 +182,6 @@ static void rewrite_window(void)
 
 /* --- the two bugs, each in a child whose SIGSEGV handler reports signo and code --- */
 
-static int report_fd = -1;
-
-static void on_fault(int signo, siginfo_t *info, void *context)
-{
-	int out[2] = {signo, info->si_code};
-	(void)context;
-	if (write(report_fd, out, sizeof out) != (ssize_t)sizeof out)
-		_exit(3);
-	_exit(0);
-}
 
 /* A 32-byte object at p (two granules) with its own tag; the returned pointer has it. */
 static uint8_t *tag_object(uint8_t *p)
@@ -220,13 +212,7 @@ static void overflow(uint8_t *page)
 
 static void child(void (*bug)(uint8_t *), int fd)
 {
-	struct sigaction action;
-	memset(&action, 0, sizeof action);
-	action.sa_sigaction = on_fault;
-	action.sa_flags = SA_SIGINFO;
-	sigaction(SIGSEGV, &action, NULL);
-	report_fd = fd;
-	alarm(30);
+	report_faults_to(fd);
 	uint8_t *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_MTE_,
 			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (page == MAP_FAILED)

@@ -110,7 +110,8 @@ def program(name: str) -> Path:
         )
     source = SOURCES / f"{name}.c"
     version = subprocess.run([CROSS_CC, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(source.read_bytes() + "\0".join((*CFLAGS, version)).encode())
+    headers = b"".join(header.read_bytes() for header in sorted(SOURCES.glob("*.h")))
+    key = hashlib.sha256(source.read_bytes() + headers + "\0".join((*CFLAGS, version)).encode())
     binary = _cache() / f"{name}-{key.hexdigest()[:16]}"
     if not binary.exists():
         _compile(source, binary)
