@@ -88,3 +88,41 @@ def test_uapi_matches_the_arm64_kernel_headers() -> None:
     different = {n: (hex(ours[n]), hex(v)) for n, v in headers.items() if ours[n] != v}
     assert not different, f"Python vs headers: {different}"
     assert len(headers) > 100
+
+
+UFFD_PROBE = Path(__file__).with_name("uffd_probe.c")
+
+
+@pytest.mark.oracle
+def test_userfaultfd_numbers_match_the_arm64_headers() -> None:
+    """Scenario: uffd_probe.c prints the syscall number, ioctls, flags and struct
+    layouts of linux/userfaultfd.h; tagvisor.kvm.linux.userfault has the same, and its
+    structs have the headers' sizes (uffd_msg's address at offset 16, uffdio_copy's
+    result at 32)."""
+    from tagvisor.kvm.linux import userfault as u
+
+    output = cross.run(cross.build(UFFD_PROBE, ("-O1", "-static", "-Wall", "-Werror")))
+    headers = {
+        name: int(value) for name, value in (line.rsplit(" ", 1) for line in output.splitlines())
+    }
+    ours = {
+        "__NR_userfaultfd": u.NR_USERFAULTFD,
+        "UFFD_API": u.UFFD_API,
+        "UFFD_USER_MODE_ONLY": u.UFFD_USER_MODE_ONLY,
+        "UFFDIO_API": u.UFFDIO_API,
+        "UFFDIO_REGISTER": u.UFFDIO_REGISTER,
+        "UFFDIO_UNREGISTER": u.UFFDIO_UNREGISTER,
+        "UFFDIO_WAKE": u.UFFDIO_WAKE,
+        "UFFDIO_COPY": u.UFFDIO_COPY,
+        "UFFDIO_REGISTER_MODE_MISSING": u.UFFDIO_REGISTER_MODE_MISSING,
+        "UFFDIO_COPY_MODE_DONTWAKE": u.UFFDIO_COPY_MODE_DONTWAKE,
+        "UFFD_EVENT_PAGEFAULT": u.UFFD_EVENT_PAGEFAULT,
+        "sizeof(struct uffd_msg)": u.UFFD_MSG.size,
+        "offsetof(struct uffd_msg, arg.pagefault.address)": 16,
+        "sizeof(struct uffdio_api)": u.UFFDIO_API_ARG.size,
+        "sizeof(struct uffdio_register)": u.UFFDIO_REGISTER_ARG.size,
+        "sizeof(struct uffdio_range)": u.UFFDIO_RANGE.size,
+        "sizeof(struct uffdio_copy)": u.UFFDIO_COPY_ARG.size,
+        "offsetof(struct uffdio_copy, copy)": u.UFFDIO_COPY_ARG.size - 8,
+    }
+    assert {name: headers.get(name) for name in ours} == ours

@@ -1,8 +1,8 @@
 """The migration stream: sections on the snapshot container, with a handshake.
 
-    source -> destination: HEADER("TAGVMIGR", 1.2) HELO
+    source -> destination: HEADER("TAGVMIGR", 1.3) HELO
     destination -> source: ACPT(version) | RFSE(reason)  (before any page is sent)
-    source -> destination: (PAGE* ITER)* (VCPU VREG?)* DEVICE* END!
+    source -> destination: (PAGE* ITER)* (VCPU VREG?)* GIC3? MPST? DEVICE* END!
     destination -> source: ITER* (REDY | FAIL(reason))
     source -> destination: CMIT
     destination -> source: DONE
@@ -31,7 +31,8 @@ and the source pauses the guest only after the echo of its last iteration, so th
 pause does not wait for a backlog. VCPU, VREG and the device sections (one per device
 since 1.2; one DEVS before) are the snapshot's, from tagvisor.snapshot.registry's
 COMPLETE phase (VREG, since 1.1, holds a real VCPU's registers that are not 64 bits
-wide). END! carries page counts.
+wide; GIC3 and MPST, since 1.3, a Linux guest's in-kernel GICv3 and VCPU power states).
+END! carries page counts.
 PAGE sections are the snapshot's: each page travels with its tags, and a section may
 carry a scattered set of pages (SKIP kinds).
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from tagvisor.errors import TagvisorError
-from tagvisor.kvm.api import UserMemory, page_runs
+from tagvisor.kvm.api import FaultHandler, UserMemory, page_runs
 from tagvisor.kvm.linux import libc
 from tagvisor.kvm.linux.libc import (
     MADV_DONTNEED,
@@ -30,6 +30,7 @@ from tagvisor.kvm.linux.libc import (
     PROT_READ,
     PROT_WRITE,
 )
+from tagvisor.kvm.linux.userfault import LinuxUserFaultRange
 
 if TYPE_CHECKING:  # numpy is imported where a capability needs it, not by the image
     import numpy as np
@@ -278,6 +279,18 @@ class LinuxUserMemory(UserMemory):
                 libc.madvise(start, length, MADV_DONTNEED)
             except OSError as exc:
                 raise UserMemoryError(exc.errno or errno.EIO, "madvise") from None
+
+    def userfaultfd(
+        self, start: int, length: int, handler: FaultHandler
+    ) -> LinuxUserFaultRange | None:
+        """Register [start, start + length) with the kernel's userfaultfd in MISSING
+        mode (tagvisor.kvm.linux.userfault); faults go to ``handler`` on a thread of
+        its own."""
+        self._find(start, length, "userfaultfd")
+        try:
+            return LinuxUserFaultRange(start, length, handler)
+        except OSError as exc:
+            raise UserMemoryError(exc.errno or errno.EIO, "userfaultfd", str(exc)) from None
 
     def close(self) -> None:
         """Unmap every mapping this backend made."""
