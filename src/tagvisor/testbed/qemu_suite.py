@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -31,6 +32,9 @@ APPEND: Final = "console=ttyAMA0 panic=-1 rdinit=/init quiet"
 MIGRATION_PORT: Final = 4444
 #: query-migrate's states that end a migration (QEMU's qapi/migration.json, MigrationStatus).
 FINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
+_MARKER_LINE: Final = re.compile(re.escape(MARKER.encode()))
+#: The waiting /init's second line, whole (the UART is slow: it comes after the marker).
+_FEATURES_LINE: Final = re.compile(rb"Features\s*:[^\n]*\n")
 
 
 class QemuReferenceError(Exception):
@@ -181,19 +185,26 @@ class Qemu:
         parts = [p.read_bytes().decode(errors="replace") for p in (self.console, err) if p.exists()]
         return "".join(parts)
 
-    def wait_marker(self, timeout: float) -> float:
-        """Seconds from QEMU's start until the guest's /init printed its marker."""
+    def wait_for(self, pattern: re.Pattern[bytes], timeout: float) -> tuple[float, str]:
+        """Seconds from QEMU's start until the console matched ``pattern``, and the match."""
         while True:
-            if MARKER.encode() in self.console.read_bytes():
-                return round(time.monotonic() - self.started, 2)
+            match = pattern.search(self.console.read_bytes())
+            if match is not None:
+                return round(time.monotonic() - self.started, 2), match.group().decode(
+                    errors="replace"
+                )
             assert self.process is not None
             if self.process.poll() is not None or time.monotonic() - self.started > timeout:
                 tail = "\n".join(self.text().splitlines()[-15:])
                 raise QemuReferenceError(
-                    f"{self.name}: no {MARKER!r} within {timeout:.0f} s "
-                    f"(exit {self.process.poll()}):\n{tail}"
+                    f"{self.name}: the guest never printed {pattern.pattern!r} within "
+                    f"{timeout:.0f} s (QEMU exit {self.process.poll()}):\n{tail}"
                 )
             time.sleep(0.05)
+
+    def wait_marker(self, timeout: float) -> float:
+        """Seconds from QEMU's start until the guest's /init printed its marker."""
+        return self.wait_for(_MARKER_LINE, timeout)[0]
 
     def stop(self) -> None:
         """Kill QEMU if it still runs."""
@@ -250,6 +261,7 @@ def _mte_refusal(suite_dir: Path, workdir: Path, timeout: float, **shape: Any) -
     qemu.start()
     try:
         boot = qemu.wait_marker(timeout)
+        features = qemu.wait_for(_FEATURES_LINE, timeout)[1].strip()
         qmp = Qmp.connect(qemu.qmp_path, 10.0)
         try:
             answer = qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{MIGRATION_PORT}"})
@@ -257,7 +269,7 @@ def _mte_refusal(suite_dir: Path, workdir: Path, timeout: float, **shape: Any) -
         finally:
             qmp.close()
         return {"boot_seconds": boot, "migrate": answer, "query_migrate": blockers,
-                "qemu": qmp.version, "console": qemu.text()}  # fmt: skip
+                "qemu": qmp.version, "features": features, "console": qemu.text()}  # fmt: skip
     finally:
         qemu.stop()
 
@@ -318,6 +330,7 @@ def run_qemu_reference(
         "migrate": refused["migrate"],
         "query_migrate": refused["query_migrate"],
         "qemu_version": refused["qemu"],
+        "guest_features": refused["features"],
         "console": refused["console"],
         "nomte_migration": moved,
     }
