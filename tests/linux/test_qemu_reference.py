@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import socket
 import struct
@@ -281,6 +282,22 @@ def test_an_image_without_qemu_says_which_files_to_add(tmp_path: Path) -> None:
     """Scenario: run_qemu_reference in an image whose run did not ship QEMU's tree."""
     with pytest.raises(QemuReferenceError, match="qemu_reference_files"):
         _prepare(tmp_path)
+
+
+def test_qemu_is_made_executable_and_only_its_environment_sees_its_libraries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: the image's cpio gives QEMU mode 0644 and the suite already has an
+    LD_LIBRARY_PATH: QEMU becomes executable, its environment puts qemu/lib first, and
+    the suite's own environment is left as it was."""
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/other")
+    binary = tmp_path / "qemu" / "bin" / "qemu-system-aarch64"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"ELF")
+    env = _prepare(tmp_path)
+    assert binary.stat().st_mode & 0o111 == 0o111
+    assert env["LD_LIBRARY_PATH"] == f"{tmp_path / 'qemu' / 'lib'}:/opt/other"
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/other"
 
 
 @pytest.mark.oracle

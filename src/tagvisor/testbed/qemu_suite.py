@@ -18,7 +18,7 @@ import re
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -152,9 +152,10 @@ class Qemu:
     name: str
     command: list[str]
     workdir: Path
+    #: Its environment: the image's, with QEMU's own library directory.
+    env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    log: list[str] = field(default_factory=list)
 
     @property
     def console(self) -> Path:
@@ -176,7 +177,7 @@ class Qemu:
             self.started = time.monotonic()
             self.process = subprocess.Popen(
                 [*self.command, "-qmp", f"unix:{self.qmp_path},server,wait=off"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env,
             )  # fmt: skip
 
     def text(self) -> str:
@@ -231,15 +232,17 @@ def qemu_command(
     ]  # fmt: skip
 
 
-def _prepare(suite_dir: Path) -> None:
-    """The cpio archive's files are 0644: make QEMU executable, and find its libraries."""
+def _prepare(suite_dir: Path) -> dict[str, str]:
+    """The cpio archive's files are 0644: make QEMU executable; the environment that
+    finds its libraries."""
     binary = suite_dir / QEMU_DIR / "bin" / "qemu-system-aarch64"
     if not binary.is_file():
         raise QemuReferenceError(f"no {binary}: add qemu_reference_files(...) to the run's files")
     binary.chmod(0o755)
     library = str(suite_dir / QEMU_DIR / "lib")
     current = os.environ.get("LD_LIBRARY_PATH")
-    os.environ["LD_LIBRARY_PATH"] = f"{library}:{current}" if current else library
+    # QEMU's environment only: the suite's own subprocesses keep the image's libraries.
+    return {**os.environ, "LD_LIBRARY_PATH": f"{library}:{current}" if current else library}
 
 
 def _poll_migration(qmp: Qmp, timeout: float) -> dict[str, Any]:
@@ -256,8 +259,10 @@ def _poll_migration(qmp: Qmp, timeout: float) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def _mte_refusal(suite_dir: Path, workdir: Path, timeout: float, **shape: Any) -> dict[str, Any]:
-    qemu = Qemu("mte", qemu_command(suite_dir, mte=True, **shape), workdir)
+def _mte_refusal(
+    suite_dir: Path, workdir: Path, env: dict[str, str], timeout: float, **shape: Any
+) -> dict[str, Any]:
+    qemu = Qemu("mte", qemu_command(suite_dir, mte=True, **shape), workdir, env)
     qemu.start()
     try:
         boot = qemu.wait_marker(timeout)
@@ -275,9 +280,9 @@ def _mte_refusal(suite_dir: Path, workdir: Path, timeout: float, **shape: Any) -
 
 
 def _plain_migration(
-    suite_dir: Path, workdir: Path, timeout: float, **shape: Any
+    suite_dir: Path, workdir: Path, env: dict[str, str], timeout: float, **shape: Any
 ) -> dict[str, Any]:
-    source = Qemu("source", qemu_command(suite_dir, mte=False, **shape), workdir)
+    source = Qemu("source", qemu_command(suite_dir, mte=False, **shape), workdir, env)
     target = Qemu(
         "target",
         [
@@ -286,6 +291,7 @@ def _plain_migration(
             f"tcp:127.0.0.1:{MIGRATION_PORT}",
         ],
         workdir,
+        env,
     )
     source.start()
     try:
@@ -319,12 +325,12 @@ def run_qemu_reference(
 ) -> dict[str, Any]:
     """Boot the guest under QEMU + KVM with MTE, ask it to migrate, then migrate it with
     MTE off: ``{"boot_seconds", "migrate", "nomte_migration": {...}, ...}``."""
-    _prepare(suite_dir)
+    env = _prepare(suite_dir)
     workdir = Path("/tmp/qemu-reference")
     workdir.mkdir(exist_ok=True)
     shape = {"vcpus": vcpus, "memory_mib": memory_mib, "append": append}
-    refused = _mte_refusal(suite_dir, workdir, timeout, **shape)
-    moved = _plain_migration(suite_dir, workdir, timeout, **shape)
+    refused = _mte_refusal(suite_dir, workdir, env, timeout, **shape)
+    moved = _plain_migration(suite_dir, workdir, env, timeout, **shape)
     return {
         "boot_seconds": refused["boot_seconds"],
         "migrate": refused["migrate"],
