@@ -37,6 +37,7 @@ from tagvisor.testbed.qemu_suite import (
     QemuReferenceError,
     Qmp,
     _prepare,
+    guest_uptime,
     migration_figures,
 )
 from tests.linux.test_testbed_image import parse_newc
@@ -300,6 +301,13 @@ def test_qemu_is_made_executable_and_only_its_environment_sees_its_libraries(
     assert os.environ["LD_LIBRARY_PATH"] == "/opt/other"
 
 
+def test_the_guests_uptime_is_read_from_its_marker_line() -> None:
+    """Scenario: a console with the boot noise, the marker and its uptime; and one
+    where the marker never came."""
+    assert guest_uptime(f"[    0.0] Booting\n{MARKER} uptime 4.10\nFeatures: fp\n") == 4.1
+    assert guest_uptime("[    0.0] Booting\n") is None
+
+
 @pytest.mark.oracle
 def test_qemu_refuses_to_migrate_an_mte_guest_and_migrates_it_without_mte() -> None:
     """Scenario: in the testbed (6.1), QEMU 10 boots the testbed's kernel on /dev/kvm
@@ -316,7 +324,7 @@ def test_qemu_refuses_to_migrate_an_mte_guest_and_migrates_it_without_mte() -> N
         f"mte=off migration {moved['total_seconds']} s, downtime {moved['downtime_ms']} ms; "
         f"testbed {result['testbed']}"
     )
-    assert result["boot_seconds"] > 0
+    assert result["boot_seconds"] > result["guest_uptime"] > 0
     assert " mte" in result["guest_features"]
     assert result["migrate"]["error"]["desc"] == "Live migration disabled due to MTE enabled"
     assert moved["status"] == "completed"

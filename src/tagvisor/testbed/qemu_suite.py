@@ -35,6 +35,14 @@ FINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
 _MARKER_LINE: Final = re.compile(re.escape(MARKER.encode()))
 #: The waiting /init's second line, whole (the UART is slow: it comes after the marker).
 _FEATURES_LINE: Final = re.compile(rb"Features\s*:[^\n]*\n")
+_UPTIME: Final = re.compile(re.escape(MARKER) + r" uptime ([0-9.]+)")
+
+
+def guest_uptime(console: str) -> float | None:
+    """The guest's uptime in its /init's marker line (seconds since its kernel started:
+    the rest of QEMU's boot time is QEMU's own start), if the line is there."""
+    match = _UPTIME.search(console)
+    return float(match.group(1)) if match else None
 
 
 class QemuReferenceError(Exception):
@@ -273,8 +281,10 @@ def _mte_refusal(
             blockers = qmp.execute("query-migrate")
         finally:
             qmp.close()
+        console = qemu.text()
         return {"boot_seconds": boot, "migrate": answer, "query_migrate": blockers,
-                "qemu": qmp.version, "features": features, "console": qemu.text()}  # fmt: skip
+                "qemu": qmp.version, "features": features, "console": console,
+                "uptime": guest_uptime(console)}  # fmt: skip
     finally:
         qemu.stop()
 
@@ -296,6 +306,7 @@ def _plain_migration(
     source.start()
     try:
         boot = source.wait_marker(timeout)
+        source.wait_for(_FEATURES_LINE, timeout)  # /init is then asleep: a quiet guest
         target.start()
         Qmp.connect(target.qmp_path, 10.0).close()  # listening once QMP answers
         qmp = Qmp.connect(source.qmp_path, 10.0)
@@ -308,6 +319,7 @@ def _plain_migration(
             qmp.close()
         figures = migration_figures(info)
         figures["boot_seconds"] = boot
+        figures["guest_uptime"] = guest_uptime(source.text())
         figures["ram_transferred"] = info.get("ram", {}).get("transferred")
         return figures
     finally:
@@ -333,6 +345,7 @@ def run_qemu_reference(
     moved = _plain_migration(suite_dir, workdir, env, timeout, **shape)
     return {
         "boot_seconds": refused["boot_seconds"],
+        "guest_uptime": refused["uptime"],
         "migrate": refused["migrate"],
         "query_migrate": refused["query_migrate"],
         "qemu_version": refused["qemu"],
