@@ -320,7 +320,8 @@ def test_qemu_refuses_to_migrate_an_mte_guest_and_migrates_it_without_mte() -> N
         pytest.fail(f"the testbed could not run the QEMU reference: {exc}", pytrace=False)
     moved = result["nomte_migration"]
     print(
-        f"QEMU {result['qemu_version']}: /init after {result['boot_seconds']} s; "
+        f"QEMU {result['qemu_version']}: /init after {result['boot_seconds']} s "
+        f"(guest uptime {result['guest_uptime']} s); "
         f"mte=off migration {moved['total_seconds']} s, downtime {moved['downtime_ms']} ms; "
         f"testbed {result['testbed']}"
     )
