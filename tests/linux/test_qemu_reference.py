@@ -2,8 +2,8 @@
 
 The oracle test boots the testbed once (6.1) with QEMU's reduced arm64 tree in it:
 QEMU boots the testbed's kernel on /dev/kvm with MTE, refuses to migrate it, and
-migrates the same guest with MTE off to a second QEMU. About 50 s in all (testbed
-boot 38 s, of which the QEMU part 25 s; docs/linux-guests.md). The other tests check
+migrates the same guest with MTE off to a second QEMU. 37 to 80 s in all on a loaded
+machine (docs/linux-guests.md). The other tests check
 the pieces without QEMU: apt's closure, the ELF reader, QMP's framing, query-migrate.
 """
 
