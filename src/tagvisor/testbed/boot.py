@@ -76,9 +76,11 @@ QEMU_ARGS: Final = (
     "-M", "virt,virtualization=on,mte=on,gic-version=3",
     "-cpu", "max,pauth-impdef=on",
     "-accel", "tcg,thread=multi",
-    "-smp", "2", "-m", "1024",
+    "-smp", "2",
     "-nographic", "-no-reboot",
 )  # fmt: skip
+#: The testbed's memory unless a run asks for more (QEMU inside it needs 2048).
+DEFAULT_MEMORY_MIB: Final = 1024
 APPEND: Final = "console=ttyAMA0 panic=-1"
 
 
@@ -229,14 +231,20 @@ def _modules(parts: Parts) -> list[tuple[str, bytes]]:
     return network_modules(modules_deb(parts), cache_root() / f"modules-{parts.kernel_package}")
 
 
-def qemu_command(parts: Parts, initrd: Path, network: Network | None = None) -> list[str]:
+def qemu_command(
+    parts: Parts,
+    initrd: Path,
+    network: Network | None = None,
+    memory_mib: int = DEFAULT_MEMORY_MIB,
+) -> list[str]:
     """The QEMU command line that boots ``parts``' kernel with ``initrd``: an ``-M virt`` machine
-    with virtualization and MTE on (so KVM runs inside), TCG, the serial console on QEMU's
-    standard output, and no network unless ``network`` is given."""
+    with virtualization and MTE on (so KVM runs inside), TCG, ``memory_mib`` of RAM, the serial
+    console on QEMU's standard output, and no network unless ``network`` is given."""
     nic = network.qemu_args() if network is not None else ["-nic", "none"]
     return [
         str(parts.qemu),
         *QEMU_ARGS,
+        "-m", str(memory_mib),
         *nic,
         "-kernel", str(parts.kernel),
         "-initrd", str(initrd),
@@ -344,12 +352,14 @@ def run_suite(
     files: dict[str, bytes] | None = None,
     network: Network | None = None,
     alongside: HostSide | None = None,
+    memory_mib: int = DEFAULT_MEMORY_MIB,
 ) -> SuiteRun:
     """Fetch what is missing, build the image, boot it, and return the suite's results.
 
     ``files`` go into the image next to the suite (/opt/suite); ``network`` gives it a
-    NIC; ``alongside(console)`` runs on the host while the image runs (for tests that
-    talk to it) and its result comes back as ``SuiteRun.host``.
+    NIC; ``memory_mib`` is the testbed's RAM (QEMU inside it needs 2048);
+    ``alongside(console)`` runs on the host while the image runs (for tests that talk to
+    it) and its result comes back as ``SuiteRun.host``.
     """
     parts = fetch(kernel_suite, say=say)
     if not parts.qemu.is_file():
@@ -357,7 +367,7 @@ def run_suite(
     started = time.monotonic()
     initrd = build_initrd(parts, suite, files=files, network=network)
     built = time.monotonic()
-    command = qemu_command(parts, initrd, network)
+    command = qemu_command(parts, initrd, network, memory_mib)
     try:
         console, stderr, returncode, host = _boot(command, timeout, alongside)
     finally:
