@@ -38,6 +38,7 @@ def passing_result() -> dict[str, Any]:
         "ready": {"granules": str(GRANULES), "mib": "64"},
         "snapshot": passing_step(save_seconds=20.0),
         "migration": passing_step(total_seconds=20.0, downtime_ms=380.0, tag_share=0.018),
+        "postcopy": passing_step(digests_equal=None, postcopy_pages=100, mismatches=2),
         "exit": {"exit_status": 0, "system_event": 1},
         "boot_seconds": 6.0,
     }

@@ -27,7 +27,9 @@ def run_linux_guest_in_testbed(args: argparse.Namespace) -> int:
     if args.boot_only:
         return _boot_only(args)
     with ConsoleWatcher(console_log(), _say):
-        run = linux_session(args.kernel, timeout=max(args.timeout, 900.0), say=_say)
+        run = linux_session(
+            args.kernel, qemu=not args.no_qemu, timeout=max(args.timeout, 900.0), say=_say
+        )
     result: dict[str, Any] = run.result if isinstance(run.result, dict) else {}
     if not result:
         result = {"error": run.error or f"the testbed's suite ended with status {run.status}"}
@@ -60,9 +62,14 @@ def _print_session(kernel: str, figures: dict[str, Any]) -> None:
         f"{mig['guest_verified_granules']} granules, {mig['mismatches']} mismatches, "
         f"bugs caught {mig['bugs_caught']}"
     )
-    qemu = figures.get("qemu")
+    qemu, plain = figures.get("qemu"), figures.get("qemu_nomte_migration")
     if isinstance(qemu, dict):
         print(f"  QEMU 10 + KVM: boot {qemu.get('boot_seconds')} s; migrate: {qemu.get('migrate')}")
+    if isinstance(plain, dict):
+        print(
+            f"  QEMU 10 + KVM, mte=off migration: {plain.get('total_seconds')} s, downtime "
+            f"{plain.get('downtime_ms')} ms"
+        )
 
 
 def _boot_only(args: argparse.Namespace) -> int:

@@ -140,6 +140,11 @@ def register(commands: Any) -> None:
         action="store_true",
         help="with --linux-guest: only boot the guest to its /init and power it off",
     )
+    parser.add_argument(
+        "--no-qemu",
+        action="store_true",
+        help="with --linux-guest: skip the side-by-side run of QEMU 10 + KVM",
+    )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--console", action="store_true", help="print the serial console")

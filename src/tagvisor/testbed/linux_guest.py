@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from tagvisor.testbed.boot import SuiteRun, run_suite
+from tagvisor.testbed.boot import DEFAULT_MEMORY_MIB, SuiteRun, run_suite
 from tagvisor.testbed.errors import TestbedError
 from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio
 from tagvisor.testbed.linux_suite import ECHO, MARKER
 from tagvisor.testbed.parts import Parts, cache_root, fetch
+from tagvisor.testbed.qemu_reference import TESTBED_MEMORY_MIB, qemu_reference_files
 
 SUITE: Final = "tagvisor.testbed.linux_suite"
 GUEST_INIT: Final = f"""#!/bin/busybox sh
@@ -51,6 +52,8 @@ class GuestShape:
     #: Run the workload session (snapshot, restore, migration: linux_session) rather
     #: than boot to /init and power off.
     session: bool = False
+    #: In a session, also run QEMU 10 + KVM on the same kernel (qemu_suite).
+    qemu: bool = False
 
 
 def guest_init(programs: list[str]) -> str:
@@ -95,8 +98,8 @@ def boot_linux_guest(
     say: Callable[[str], None] = print,
 ) -> SuiteRun:
     """Boot the testbed; inside it, boot its kernel again as tagvisor's guest, whose
-    /init runs ``programs``. The guest's console is kept in
-    ``.cache/testbed/linux-guest-console.log``."""
+    /init runs ``programs`` (and with ``shape.qemu`` QEMU + KVM on the same kernel).
+    The guest's console is kept in ``.cache/testbed/linux-guest-console.log``."""
     shape = shape or GuestShape()
     parts = fetch(kernel_suite, say=say)
     files = {
@@ -104,7 +107,13 @@ def boot_linux_guest(
         "guest-initrd.gz": guest_initrd(parts, programs),
         "linux_guest.json": json.dumps(shape.__dict__).encode(),
     }
-    run = run_suite(SUITE, kernel_suite=kernel_suite, timeout=timeout, say=say, files=files)
+    memory = DEFAULT_MEMORY_MIB
+    if shape.qemu:
+        files.update(qemu_reference_files(parts, say=say))
+        memory = TESTBED_MEMORY_MIB
+    run = run_suite(
+        SUITE, kernel_suite=kernel_suite, timeout=timeout, say=say, files=files, memory_mib=memory
+    )
     (cache_root() / "linux-guest-console.log").write_text(guest_console(run))
     return run
 
@@ -121,14 +130,15 @@ def guest_console(run: SuiteRun) -> str:
 def linux_session(
     kernel_suite: str = "6.1",
     *,
+    qemu: bool = True,
     timeout: float = 900.0,
     say: Callable[[str], None] = print,
 ) -> SuiteRun:
     """Boot the testbed; inside it, boot its kernel as tagvisor's guest with the MTE
     workload, snapshot and restore it, then live-migrate it
-    (tagvisor.testbed.linux_session); the result holds every figure."""
+    (tagvisor.testbed.linux_session), and with ``qemu`` run QEMU 10 + KVM on the same
+    kernel first; the result holds every figure."""
     from tagvisor.testbed.workload import programs
 
-    return boot_linux_guest(
-        kernel_suite, GuestShape(session=True), programs=programs(), timeout=timeout, say=say
-    )
+    shape = GuestShape(session=True, qemu=qemu)
+    return boot_linux_guest(kernel_suite, shape, programs=programs(), timeout=timeout, say=say)

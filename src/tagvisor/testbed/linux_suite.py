@@ -135,6 +135,9 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
     from tagvisor.testbed.workload import GLIBC_PREFIX, WorkloadConsole
     from tagvisor.vmm import MachineBuilder
 
+    out: dict[str, Any] = {}
+    if shape.get("qemu"):
+        out.update(qemu_side(int(shape["vcpus"]), int(shape["mem"]) >> 20))
     started = time.monotonic()
     watch = ConsoleWatch(started)
     glibc: list[str] = []
@@ -152,7 +155,7 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
     )
     console = WorkloadConsole(send=machine.console_input)
     watch.listeners.append(console.feed)
-    out: dict[str, Any] = {"glibc_mtag": glibc}
+    out["glibc_mtag"] = glibc
     guest = GuestThread(machine, deadline)
     try:
         at, ready = console.wait("READY", deadline)
@@ -163,6 +166,7 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
         out["verified"] = verified.fields
         guest, out["snapshot"] = snapshot_step(kvm, guest, console, watch, Path("/tmp"), deadline)
         guest, out["migration"] = migration_step(kvm, guest, console, watch, deadline)
+        guest, out["postcopy"] = migration_step(kvm, guest, console, watch, deadline, postcopy=True)
         console.command("exit", "EXIT", 120)
         result = guest.join(120)
         out["exit"] = {"system_event": result.system_event, "exit_status": result.exit_status}
@@ -172,3 +176,17 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
     out["ticks"] = sum(event.kind == "TICK" for _, event in console.log)
     out["seconds_total"] = round(time.monotonic() - started, 2)
     return out
+
+
+def qemu_side(vcpus: int, memory_mib: int) -> dict[str, Any]:
+    """QEMU 10 + KVM on the same kernel and guest shape (tagvisor.testbed.qemu_suite):
+    its boot, its answer to ``migrate`` with MTE on, its migration with MTE off; run
+    before tagvisor's guests so that both have the testbed to themselves."""
+    from tagvisor.testbed.qemu_suite import run_qemu_reference
+
+    try:
+        qemu = run_qemu_reference(SUITE_DIR, vcpus=vcpus, memory_mib=memory_mib)
+    except Exception as error:  # tagvisor's session still runs; the report says why
+        return {"qemu": {"error": f"{type(error).__name__}: {error}"}}
+    qemu.pop("console", None)
+    return {"qemu": qemu, "qemu_nomte_migration": qemu.pop("nomte_migration")}
