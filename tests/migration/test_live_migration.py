@@ -210,9 +210,9 @@ def test_registers_wider_than_64_bits_travel_in_a_vreg_section(
         state = capture_vcpu(index, vcpu)  # type: ignore[arg-type]
         return VcpuState(state.vcpu_id, tuple(sorted({**dict(state.registers), v0: wide}.items())))
 
-    def record(state: VcpuState, vcpu: object) -> list[int]:
+    def record(state: VcpuState, vcpu: object, holds: dict[int, int] | None = None) -> list[int]:
         applied.append(state)
-        return apply_vcpu(state, vcpu)  # type: ignore[arg-type]
+        return apply_vcpu(state, vcpu, holds)  # type: ignore[arg-type]
 
     # Both sides save and apply VCPU state through the registry's VCPU kind.
     monkeypatch.setattr(registry, "capture_vcpu", capture_with_v0)

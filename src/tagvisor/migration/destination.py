@@ -42,6 +42,7 @@ from tagvisor.migration.pipeline import Placer, ReadSection, SectionReader
 from tagvisor.migration.postcopy import PostcopyReceiver, decode_pending
 from tagvisor.migration.transport import Connection, Listener, TcpAddress
 from tagvisor.snapshot import pages
+from tagvisor.snapshot.baseline import capture_baseline
 from tagvisor.snapshot.container import (
     END_TAG,
     FormatError,
@@ -191,6 +192,8 @@ class _Incoming:
         self.sections = iter(self.reader)
         self.buffers = PageBuffers(pages.MAX_PAGES, data=False)
         self.prefaulter = _prefault(self.machine, hello.pages)
+        # Read now, so that the apply after the source's pause writes only what differs.
+        self.loaded.baseline = capture_baseline(self.machine)
 
     def iterate(self) -> Section:
         """Every section up to END! or POST (returned): pages applied as they come,

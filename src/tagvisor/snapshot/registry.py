@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from tagvisor import wire
 from tagvisor.snapshot import pages
+from tagvisor.snapshot.baseline import Baseline
 from tagvisor.snapshot.container import END_TAG, FormatError, Payload, Section, Version
 from tagvisor.snapshot.linux_state import MpStates, SavedGic, apply_mp_states, capture_mp_states
 from tagvisor.snapshot.state import (
@@ -71,6 +72,9 @@ class Loaded:
     devices: dict[str, Any] = field(default_factory=dict)
     gic: SavedGic | None = None
     mp_states: MpStates | None = None
+    #: What the machine applied to holds already (a migration destination reads it
+    #: while pre-copy runs, so the apply in the downtime writes only what differs).
+    baseline: Baseline | None = None
 
 
 class StateKind(ABC):
@@ -148,8 +152,9 @@ class VcpuRegisters(StateKind):
 
     def apply(self, loaded: Loaded, machine: Machine) -> None:
         """Write each VCPU's registers into ``machine``, in VCPU order (``apply_vcpu``)."""
+        held = loaded.baseline.registers if loaded.baseline is not None else {}
         for vcpu_id, state in sorted(loaded.vcpus.items()):
-            apply_vcpu(state, machine.vcpus[vcpu_id])
+            apply_vcpu(state, machine.vcpus[vcpu_id], held.get(vcpu_id))
 
 
 class WideRegisters(StateKind):
@@ -205,7 +210,8 @@ class GicRegisters(StateKind):
     def apply(self, loaded: Loaded, machine: Machine) -> None:
         """Write the registers into the machine's GIC, in their order."""
         if loaded.gic is not None and machine.irqchip is not None:
-            restore_gic(machine.irqchip, loaded.gic.state_for(machine.config))
+            held = loaded.baseline.gic if loaded.baseline is not None else None
+            restore_gic(machine.irqchip, loaded.gic.state_for(machine.config), held)
 
 
 class PowerStates(StateKind):

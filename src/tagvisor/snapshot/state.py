@@ -272,12 +272,13 @@ def capture_vcpu(vcpu_id: int, vcpu: Vcpu) -> VcpuState:
     return VcpuState(vcpu_id, registers)
 
 
-def apply_vcpu(state: VcpuState, vcpu: Vcpu) -> list[int]:
+def apply_vcpu(state: VcpuState, vcpu: Vcpu, holds: dict[int, int] | None = None) -> list[int]:
     """Write ``state`` into ``vcpu``; return the ids left behind (see :func:`droppable`).
 
     A state from the other kind of backend (the model's VCPU into a real one, or the
     reverse) names registers this VCPU lacks; nothing is written unless every one of
-    them may be dropped.
+    them may be dropped. ``holds``: what the VCPU is known to hold now (a
+    tagvisor.snapshot.baseline), whose equal values are not written again.
     """
     listed = set(vcpu.get_reg_list())
     values = dict(state.registers)
@@ -290,7 +291,12 @@ def apply_vcpu(state: VcpuState, vcpu: Vcpu) -> list[int]:
             + (f" (and {len(kept) - 16} more)" if len(kept) > 16 else "")
             + "; the guest's state would be lost here"
         )
+    known = holds or {}
     vcpu.set_registers(
-        [(reg, value) for reg, value in state.registers if reg in listed and reg not in READ_ONLY]
+        [
+            (reg, value)
+            for reg, value in state.registers
+            if reg in listed and reg not in READ_ONLY and known.get(reg) != value
+        ]
     )
     return left

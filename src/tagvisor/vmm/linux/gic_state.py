@@ -184,9 +184,15 @@ def save_gic(device: Device, mpidrs: tuple[int, ...], nr_irqs: int) -> GicState:
     return GicState(tuple((register, _get(device, register)) for register in registers))
 
 
-def restore_gic(device: Device, state: GicState) -> None:
-    """Write ``state`` into an initialised GIC of the same shape, in its order."""
+def restore_gic(
+    device: Device, state: GicState, holds: dict[tuple[int, int], int] | None = None
+) -> None:
+    """Write ``state`` into an initialised GIC of the same shape, in its order;
+    registers ``holds`` says hold their value already are left as they are."""
+    known = holds or {}
     for register, value in state.values:
+        if known.get((register.group, register.attr)) == value:
+            continue  # writing it (and its clear twin first) would change nothing
         if register.clear is not None:
             ones = (1 << 8 * register.size) - 1
             device.set_device_attr(
