@@ -145,7 +145,7 @@ def make_cpu() -> MachineFactory:
     def make(
         *, mte: bool = True, budget: int | None = 100_000, flags: int = 0, mte_level: int = 2
     ) -> CpuMachine:
-        kvm = ModelKvm(host_memory=16 << 20)
+        kvm = ModelKvm(host_memory=16 << 20, host_mte_level=mte_level)
         vm = kvm.create_vm()
         if mte:
             vm.enable_cap(Cap.ARM_MTE)
@@ -162,7 +162,7 @@ def make_cpu() -> MachineFactory:
         vcpu = vm.create_vcpu(0)
         vcpu.arm_vcpu_init(vm.arm_preferred_target())
         vcpu.regs.core[34] = STACK_TOP  # SP_EL1
-        core = A64Core(max_instructions_per_run=budget, mte_level=mte_level)
+        core = A64Core(max_instructions_per_run=budget)
         vcpu.attach(core)
         machine = CpuMachine(kvm, vm, vcpu, core, ram)
         machine.install_vectors()
