@@ -3,7 +3,8 @@
  * Run by the conformance suite in a VM with MTE and in one without, on the model and
  * on the real kernel. With its own vector table installed (probes.S) it reads every
  * MTE system register (GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1, GMID_EL1), runs IRG,
- * STG and LDG, then writes all ones to each writable register and reads it back. For
+ * STG and LDG, then writes all ones to each writable register and reads it back, and
+ * reads ID_AA64PFR1_EL1 (where a guest learns whether it has MTE). For
  * each probe: REPORT_TRAPS_PROBE (probe, ESR_EL1 or 0 if it did not trap, the value
  * read or the tag produced, ELR_EL1 - probe address, FAR_EL1). Then the registers go
  * back to what the runtime set (quietly: without MTE those writes trap too), the
@@ -29,6 +30,7 @@ uint64_t traps_mrs_rgsr(uint64_t unused);
 uint64_t traps_mrs_tfsr(uint64_t unused);
 uint64_t traps_mrs_tfsre0(uint64_t unused);
 uint64_t traps_mrs_gmid(uint64_t unused);
+uint64_t traps_mrs_pfr1(uint64_t unused);
 uint64_t traps_msr_gcr(uint64_t value);
 uint64_t traps_msr_rgsr(uint64_t value);
 uint64_t traps_msr_tfsr(uint64_t value);
@@ -42,6 +44,7 @@ enum probe {
     IRG, MRS_RGSR_AFTER_IRG, STG, LDG,
     MSR_GCR, MRS_GCR_BACK, MSR_RGSR, MRS_RGSR_BACK,
     MSR_TFSR, MRS_TFSR_BACK, MSR_TFSRE0, MRS_TFSRE0_BACK,
+    MRS_PFR1,
 };
 
 #define ALL_ONES (~0UL)
@@ -95,6 +98,7 @@ int main(void)
     READ(MRS_TFSR_BACK, traps_mrs_tfsr);
     probe(MSR_TFSRE0, traps_msr_tfsre0, ALL_ONES, 0);
     READ(MRS_TFSRE0_BACK, traps_mrs_tfsre0);
+    READ(MRS_PFR1, traps_mrs_pfr1); /* how a guest finds MTE: its VCPU's ID register */
 
     /* Back to the runtime's set-up (guests/README.md); without MTE these trap too. */
     traps_msr_gcr(0x1);

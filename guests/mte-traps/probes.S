@@ -4,7 +4,7 @@
  * resumes at ELR + 4 skips exactly the probed instruction. The MRS/MSR probes use x1
  * as Rt on purpose: Rt is part of an EC 0x18 syndrome (ISS bits 9:5), and a fixed
  * register keeps the ESR the same whatever the compiler does around the call. MRS
- * probes clear x1 first, so a trapped read returns 0.
+ * probes clear x1 first, so a trapped read returns 0; MSR and STG probes return 0.
  *
  * The vector table replaces the runtime's (whose handler panics on anything but a
  * tag check fault) while the probes run: every entry records ESR_EL1, ELR_EL1,
@@ -32,6 +32,7 @@
 \name:
     mov     x1, x0
     msr     \reg, x1
+    mov     x0, xzr
     isb
     ret
     .endm
@@ -41,6 +42,7 @@
     mrs_probe traps_mrs_tfsr, tfsr_el1
     mrs_probe traps_mrs_tfsre0, tfsre0_el1
     mrs_probe traps_mrs_gmid, gmid_el1
+    mrs_probe traps_mrs_pfr1, id_aa64pfr1_el1
     msr_probe traps_msr_gcr, gcr_el1
     msr_probe traps_msr_rgsr, rgsr_el1
     msr_probe traps_msr_tfsr, tfsr_el1
@@ -55,13 +57,14 @@ traps_irg:
     irg     x0, x0
     ret
 
-/* void traps_stg(uint64_t tagged_ptr): STG x0, [x0]. */
+/* uint64_t traps_stg(uint64_t tagged_ptr): STG x0, [x0]; returns 0. */
     .global traps_stg
     .type traps_stg, %function
     .balign 8
 traps_stg:
     nop
     stg     x0, [x0]
+    mov     x0, xzr
     ret
 
 /* uint64_t traps_ldg(uint64_t ptr): LDG x0, [x0]. */

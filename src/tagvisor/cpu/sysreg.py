@@ -164,6 +164,13 @@ EXTRA_RESETS: Final = {
 #: Changing one of these changes what addresses translate to.
 TRANSLATION_REGS: Final = frozenset({SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, MAIR_EL1})
 MTE_REGS: Final = frozenset({GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1, GMID_EL1})
+#: The bits of each writable MTE register an MSR keeps.
+MTE_VALID: Final = {
+    GCR_EL1: GcrEl1.VALID,
+    RGSR_EL1: RgsrEl1.VALID,
+    TFSR_EL1: Tfsr.VALID,
+    TFSRE0_EL1: Tfsr.VALID,
+}
 
 SCTLR_DZE: Final = 1 << 14
 SCTLR_UCT: Final = 1 << 15
@@ -293,7 +300,7 @@ class SystemRegisters:
             return state.mte.tfsr_el1.raw
         if reg == TFSRE0_EL1:
             return state.mte.tfsre0_el1.raw
-        return state.sysregs[GCR_EL1]
+        return state.mte.gcr.raw
 
     def _gmid(self, rt: int) -> int:
         """GMID_EL1 is an ID register: HCR_EL2.ATA does not trap it, HCR_EL2.TID5 does
@@ -360,7 +367,9 @@ class SystemRegisters:
             mte.tfsr_el1 = Tfsr.from_raw(value & Tfsr.VALID)
         else:
             mte.tfsre0_el1 = Tfsr.from_raw(value & Tfsr.VALID, "TFSRE0_EL1")
-        state.sysregs[reg] = value
+        # The register keeps its fields only (RES0 bits read 0), and so does the copy
+        # KVM saves from it when the VCPU stops.
+        state.sysregs[reg] = value & MTE_VALID[reg]
 
     def _set_tco(self, tco: bool) -> None:
         if self.state.mte.tco != tco:
