@@ -65,10 +65,11 @@ def probe_fields(prefix: str, probe: str, values: tuple[int, ...]) -> Result:
     ``prefix.probe``.
 
     A value read from a register of VALID_BITS is compared masked: QEMU's TCG keeps
-    every bit an MSR writes to RGSR_EL1, TFSR_EL1 and TFSRE0_EL1 (their cpregs have
-    no write mask), where hardware keeps only the fields and reads RES0 bits as 0. The
-    nested guest of the testbed then reads the reserved bits back; the raw value is
-    kept as a host fact (``_raw``).
+    every bit written to GCR_EL1, RGSR_EL1, TFSR_EL1 and TFSRE0_EL1 (target/arm's
+    mte_reginfo gives them a plain fieldoffset, no write mask), where hardware keeps
+    only the fields and reads RES0 bits as 0. So in the testbed the guest reads back
+    all ones after writing them, and TFSRE0_EL1 shows KVM's whole reset_unknown pattern
+    0x1de7ec7edbadc0de; the raw value is kept as a host fact (``_raw``).
     """
     esr, value, elr, far = values
     key = f"{prefix}.{probe}"
