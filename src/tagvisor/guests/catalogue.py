@@ -78,7 +78,7 @@ GUESTS: Final = (
         "mte-traps",
         "reads and writes every MTE system register and runs IRG, STG and LDG from its "
         "own vector table, reporting each ESR_EL1 (the conformance suite's guest for "
-        "MTE traps; boot it with and without --mte)",
+        "MTE traps; run it with and without --no-mte)",
         "none",
         ends=True,
     ),
