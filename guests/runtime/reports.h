@@ -52,4 +52,8 @@
 #define REPORT_PROBE_LOG_READ 0x611  /* (none): the VMM reads the dirty log for pages 4-7 */
 #define REPORT_PROBE_AFTER 0x612     /* tag of page 4, tag of page 7, page 4's data word */
 
+/* mte-traps */
+#define REPORT_TRAPS_PROBE 0x700   /* probe, ESR (0: no trap), value, ELR - probe, FAR */
+#define REPORT_TRAPS_SUMMARY 0x701 /* exceptions taken, vectors (bitmap), MTE usable */
+
 #endif

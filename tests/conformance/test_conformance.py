@@ -138,3 +138,59 @@ def test_the_6_4_and_6_12_copy_tags_rules_hold_on_the_real_kernels(
     assert old["copy_tags_while_dirty_logging"]["logging_to_guest"] == 4096
     assert new["copy_tags_while_dirty_logging"]["logging_to_guest"] == -errno.EBUSY
     assert new["copy_tags_while_dirty_logging"]["after_to_guest"] == 4096
+
+
+#: MRS x1, GMID_EL1 trapped by HCR_EL2.TID5, reported as FEAT_IDST says: EC 0x18, IL, and
+#: the ISS of the MRS (Op0 3, Op2 4, Op1 1, CRn 0, Rt 1, CRm 0, read).
+GMID_IDST_ESR = "0x62384021"
+UNDEF_ESR = "0x02000000"
+TRAPPED_WITHOUT_MTE = ("GCR_EL1", "RGSR_EL1", "TFSR_EL1", "TFSRE0_EL1")
+
+
+def _gmid_without_mte(result: dict[str, Any]) -> tuple[str, str]:
+    return result["mte_off.mrs_GMID_EL1.esr"], result["mte_off.mrs_GMID_EL1.value"]
+
+
+def test_the_model_traps_gmid_el1_without_mte_only_from_7_0() -> None:
+    """Scenario: mte_traps on the model's linux-6.12 and linux-7.3 profiles. Without MTE the
+    MTE registers are UNDEFINED on both; GMID_EL1 reads BS 6 on 6.12 and takes EC 0x18 on
+    7.3 (70a5ce4efc0e); with MTE nothing traps. Those are the only fields that differ."""
+    old = model_results("linux-6.12", ["mte_traps"])["mte_traps"]
+    new = model_results("linux-7.3", ["mte_traps"])["mte_traps"]
+    assert _gmid_without_mte(old) == ("0x00000000", "0x6")
+    assert _gmid_without_mte(new) == (GMID_IDST_ESR, "0x0")
+    for result in (old, new):
+        for register in TRAPPED_WITHOUT_MTE:
+            assert result[f"mte_off.mrs_{register}.esr"] == UNDEF_ESR
+            assert result[f"mte_off.msr_{register}_ones.esr"] == UNDEF_ESR
+        assert result["mte_on.exceptions"] == 0
+    differing = {field for field in old.keys() | new.keys() if old.get(field) != new.get(field)}
+    assert {field for field in differing if not field.startswith("_")} == {
+        "mte_off.mrs_GMID_EL1.esr",
+        "mte_off.mrs_GMID_EL1.value",
+        "mte_off.mrs_GMID_EL1.elr",
+        "mte_off.exceptions",
+    }
+
+
+@pytest.mark.oracle
+def test_mte_traps_on_the_real_kernels_match_the_model_field_by_field(
+    bookworm: SuiteRun, backports: SuiteRun, trixie: SuiteRun
+) -> None:
+    """Scenario: the mte-traps guest under the real KVM of 6.1, 6.12 and 7.3, with MTE and
+    without: every probe reported, the MTE registers UNDEF (ESR 0x02000000) without MTE,
+    GMID_EL1 read as 6 before 7.0 and trapped with EC 0x18 on 7.3, IRG/STG/LDG never
+    trapping; and every compared field equal to the matching profile's."""
+    for run, profile in ((bookworm, "linux-6.1"), (backports, "linux-6.12"), (trixie, "linux-7.3")):
+        real = run.result["scenarios"]["mte_traps"]
+        assert (real["mte_on.probes_reported"], real["mte_off.probes_reported"]) == (18, 18)
+        for register in TRAPPED_WITHOUT_MTE:
+            assert real[f"mte_off.mrs_{register}.esr"] == UNDEF_ESR
+        for instruction in ("irg", "stg", "ldg"):
+            assert real[f"mte_off.{instruction}.esr"] == real[f"mte_on.{instruction}.esr"]
+            assert real[f"mte_on.{instruction}.esr"] == "0x00000000"
+        expected = (GMID_IDST_ESR, "0x0") if profile == "linux-7.3" else ("0x00000000", "0x6")
+        assert _gmid_without_mte(real) == expected
+        model = model_results(profile, ["mte_traps"])
+        differences = compare(model, {"mte_traps": real})
+        assert not differences, "\n".join(map(str, differences))

@@ -16,6 +16,7 @@ import pytest
 from tagvisor.cpu import A64Core
 from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.model import ModelKvm, ModelVcpu, ModelVm
+from tagvisor.kvm.model.profiles import DEFAULT_PROFILE
 from tagvisor.kvm.uapi import (
     ELR_EL1,
     ESR_EL1,
@@ -143,9 +144,14 @@ MachineFactory = Callable[..., CpuMachine]
 @pytest.fixture
 def make_cpu() -> MachineFactory:
     def make(
-        *, mte: bool = True, budget: int | None = 100_000, flags: int = 0, mte_level: int = 2
+        *,
+        mte: bool = True,
+        budget: int | None = 100_000,
+        flags: int = 0,
+        mte_level: int = 2,
+        profile: str = DEFAULT_PROFILE,
     ) -> CpuMachine:
-        kvm = ModelKvm(host_memory=16 << 20)
+        kvm = ModelKvm(16 << 20, profile, host_mte_level=mte_level)
         vm = kvm.create_vm()
         if mte:
             vm.enable_cap(Cap.ARM_MTE)
@@ -162,7 +168,7 @@ def make_cpu() -> MachineFactory:
         vcpu = vm.create_vcpu(0)
         vcpu.arm_vcpu_init(vm.arm_preferred_target())
         vcpu.regs.core[34] = STACK_TOP  # SP_EL1
-        core = A64Core(max_instructions_per_run=budget, mte_level=mte_level)
+        core = A64Core(max_instructions_per_run=budget)
         vcpu.attach(core)
         machine = CpuMachine(kvm, vm, vcpu, core, ram)
         machine.install_vectors()

@@ -132,6 +132,8 @@ class FakeContext:
     regs: Registers
     stage2: FakeBus
     tag_access: bool = True
+    id_aa64pfr1: int = 2 << 8
+    gmid_trap_ec: int | None = None
 
     def mte_state(self) -> MteState:
         sysregs = self.regs.sysregs

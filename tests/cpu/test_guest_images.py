@@ -30,7 +30,7 @@ def run_on_tagvisor(name: str, config: BootConfig, *, mte_level: int = 3) -> tup
     """
     console: list[bytes] = []
     machine = (
-        MachineBuilder(ModelKvm(host_memory=256 << 20))
+        MachineBuilder(ModelKvm(host_memory=256 << 20, host_mte_level=mte_level))
         .memory(config.ram_size)
         .mte(config.mte, tcf=TCF_NAMES[config.mode])
         .argument(config.arg, irg_seed=config.seed)
@@ -40,7 +40,7 @@ def run_on_tagvisor(name: str, config: BootConfig, *, mte_level: int = 3) -> tup
     )
     for vcpu in machine.vcpus:
         assert isinstance(vcpu, ModelVcpu)
-        vcpu.attach(A64Core(mte_level=mte_level))
+        vcpu.attach(A64Core())
     result = machine.run()
     assert result.exit_status is not None, result
     return result.exit_status, b"".join(console).decode()

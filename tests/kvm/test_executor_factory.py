@@ -8,7 +8,7 @@ from tagvisor.cpu import A64Core
 from tagvisor.kvm.api import VcpuExit
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.kvm.model.guest import GeneratorGuest, GuestContext, GuestExecutor, mmio_write
-from tagvisor.kvm.uapi import ExitReason
+from tagvisor.kvm.uapi import Cap, ExitReason
 
 UART = 0x0900_0000
 
@@ -36,9 +36,13 @@ def test_vcpus_run_on_what_the_executor_factory_builds() -> None:
     assert built == [kvm]
 
 
-def test_the_default_executor_is_an_a64_core_at_the_host_mte_level() -> None:
-    """Scenario: a KVM on an MTE3 host, built without a factory, makes A64 cores whose
-    ID_AA64PFR1_EL1.MTE reads 3."""
-    executor = ModelKvm(host_memory=16 << 20, host_mte_level=3).new_executor()
-    assert isinstance(executor, A64Core)
-    assert executor.mte_level == 3
+def test_the_default_executor_is_an_a64_core_shown_the_host_mte_level() -> None:
+    """Scenario: a KVM on an MTE3 host, built without a factory, makes A64 cores, and an MTE
+    VM's VCPU shows them ID_AA64PFR1_EL1.MTE 3 (the core reads the VCPU's register)."""
+    kvm = ModelKvm(host_memory=16 << 20, host_mte_level=3)
+    assert isinstance(kvm.new_executor(), A64Core)
+    vm = kvm.create_vm()
+    vm.enable_cap(Cap.ARM_MTE)
+    vcpu = vm.create_vcpu(0)
+    vcpu.arm_vcpu_init(vm.arm_preferred_target())
+    assert vcpu.context().id_aa64pfr1 >> 8 & 0xF == 3

@@ -29,6 +29,7 @@ GUEST_NAMES: Final = (
     "heap",
     "kvm-probe",
     "mte-smoke",
+    "mte-traps",
 )
 
 RAM_BASE: Final = 0x4000_0000

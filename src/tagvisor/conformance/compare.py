@@ -23,8 +23,9 @@ def profile_for(kernel: str) -> str:
     return PROFILE_FOR_KERNEL[kernel_named(kernel).name]
 
 
-def model_results(profile: str = "linux-6.1") -> dict[str, Result]:
-    """Every scenario the model can run, on a fresh ModelKvm of ``profile`` each."""
+def model_results(profile: str = "linux-6.1", only: list[str] | None = None) -> dict[str, Result]:
+    """Every scenario the model can run (or those ``only`` names), on a fresh ModelKvm of
+    ``profile`` each."""
     return run_all(
         lambda: ModelKvm(
             64 << 20,
@@ -34,6 +35,7 @@ def model_results(profile: str = "linux-6.1") -> dict[str, Result]:
             host_32bit_el1=TESTBED_32BIT_EL1,
         ),
         "model",
+        only,
     )
 
 

@@ -63,12 +63,13 @@ class Session:
         argument: int = 0,
         tcf: str = "sync",
         ram: int = RAM_SIZE,
+        mte: bool = True,
     ) -> None:
         self.console = bytearray()
         self.machine: Machine = (
             MachineBuilder(kvm)
             .memory(ram)
-            .mte(True, tcf=tcf)
+            .mte(mte, tcf=tcf)
             .argument(argument)
             .image(GUEST_DIR / f"{guest}.elf")
             .console(self.console.extend)

@@ -160,6 +160,19 @@ class CoreContext(Protocol):
         """HCR_EL2.ATA: whether the guest may reach allocation tags at all."""
         ...
 
+    @property
+    def id_aa64pfr1(self) -> int:
+        """ID_AA64PFR1_EL1 as the VCPU's register holds it (what KVM_GET_ONE_REG reads):
+        an MRS of it returns this, as a guest under KVM sees its VCPU's value."""
+        ...
+
+    @property
+    def gmid_trap_ec(self) -> int | None:
+        """What an MRS of GMID_EL1 raises: None when it is not trapped (it reads the
+        hardware's value), else the exception class the hypervisor injects (0x00 UNDEF
+        or 0x18 with the trap's syndrome)."""
+        ...
+
     def mte_state(self) -> MteState:
         """The arch MTE state from the registers, as the core starts running."""
         ...

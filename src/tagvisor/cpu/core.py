@@ -69,15 +69,12 @@ class A64Core:
         *,
         max_instructions_per_run: int | None = DEFAULT_BUDGET,
         max_block_instructions: int = MAX_BLOCK_INSNS,
-        mte_level: int = 2,
         wfi_sleep: float = 0.001,
     ) -> None:
-        if mte_level not in (2, 3):
-            raise ValueError("ID_AA64PFR1_EL1.MTE is 2 (FEAT_MTE2) or 3 (FEAT_MTE3)")
+        # ID_AA64PFR1_EL1 (MTE 2 or 3) is the VCPU's (CoreContext.id_aa64pfr1), not the
+        # core's. Asymmetric checking (TCF = 3, FEAT_MTE3) works either way; guests use
+        # it only when the VCPU says MTE3.
         self.max_instructions_per_run = max_instructions_per_run
-        #: What ID_AA64PFR1_EL1.MTE reads when the VM has MTE. Asymmetric checking
-        #: (TCF = 3, FEAT_MTE3) works either way; guests use it only when this is 3.
-        self.mte_level = mte_level
         #: Seconds a WFI idles the host before KVM_RUN returns INTR (0: WFI is a NOP).
         #: Without modelled interrupts an idle guest would otherwise spin a host CPU.
         self.wfi_sleep = wfi_sleep
@@ -200,7 +197,7 @@ class A64Core:
         memory.on_code_write = self._code_written
         memory.on_generation = self._pc_cache.clear
         self._memory = memory
-        self._sysregs = SystemRegisters(self.state, memory, self, mte_level=self.mte_level)
+        self._sysregs = SystemRegisters(self.state, memory, self)
         self._namespace = build_namespace(self)
         self.code_changed()
 
@@ -210,6 +207,8 @@ class A64Core:
         core = regs.core
         state.sysregs = regs.sysregs
         state.tag_access = context.tag_access
+        state.id_aa64pfr1 = context.id_aa64pfr1
+        state.gmid_trap_ec = context.gmid_trap_ec
         self.memory.bind(state)
         fresh = context.mte_state()
         mte = self._mte

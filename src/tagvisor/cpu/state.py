@@ -33,6 +33,8 @@ class CpuState:
         "daif",
         "el",
         "flags",
+        "gmid_trap_ec",
+        "id_aa64pfr1",
         "monitor",
         "mte",
         "pc",
@@ -57,6 +59,9 @@ class CpuState:
         self.sysregs = sysregs
         self.mte = mte
         self.tag_access = tag_access
+        #: The VCPU's ID_AA64PFR1_EL1 and GMID_EL1's trap (CoreContext): set at each run.
+        self.id_aa64pfr1 = 0
+        self.gmid_trap_ec: int | None = None
         #: The exclusive monitor: (physical address, size) after LDXR, else None.
         self.monitor: tuple[int, int] | None = None
 

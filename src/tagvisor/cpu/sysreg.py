@@ -164,6 +164,13 @@ EXTRA_RESETS: Final = {
 #: Changing one of these changes what addresses translate to.
 TRANSLATION_REGS: Final = frozenset({SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, MAIR_EL1})
 MTE_REGS: Final = frozenset({GCR_EL1, RGSR_EL1, TFSR_EL1, TFSRE0_EL1, GMID_EL1})
+#: The bits of each writable MTE register an MSR keeps.
+MTE_VALID: Final = {
+    GCR_EL1: GcrEl1.VALID,
+    RGSR_EL1: RgsrEl1.VALID,
+    TFSR_EL1: Tfsr.VALID,
+    TFSRE0_EL1: Tfsr.VALID,
+}
 
 SCTLR_DZE: Final = 1 << 14
 SCTLR_UCT: Final = 1 << 15
@@ -190,14 +197,10 @@ class CoreHooks(Protocol):
 class SystemRegisters:
     """MRS/MSR/SYS semantics for one core."""
 
-    def __init__(
-        self, state: CpuState, memory: GuestMemory, hooks: CoreHooks, *, mte_level: int = 2
-    ) -> None:
+    def __init__(self, state: CpuState, memory: GuestMemory, hooks: CoreHooks) -> None:
         self.state = state
         self.memory = memory
         self.hooks = hooks
-        #: ID_AA64PFR1_EL1.MTE when the VM has MTE: 2 (FEAT_MTE2) or 3 (FEAT_MTE3).
-        self.mte_level = mte_level
         self._epoch = time.perf_counter_ns()
 
     def counter(self) -> int:
@@ -255,9 +258,9 @@ class SystemRegisters:
                 raise undefined()  # SP_EL0 is the current SP: use SP
             return state.sp_banks[0]
         if reg in MTE_REGS:
-            return self._mte_read(reg)
+            return self._mte_read(reg, rt)
         if reg == ID_AA64PFR1_EL1:
-            return (self.mte_level << 8) if state.tag_access else 0
+            return state.id_aa64pfr1  # the VCPU's value: the guest sees what KVM says
         if reg in (CNTVCT_EL0, CNTPCT_EL0):
             return self.counter()
         if reg == CNTV_TVAL_EL0:
@@ -285,19 +288,30 @@ class SystemRegisters:
             sysregs[reg] = value = reset
         return value
 
-    def _mte_read(self, reg: int) -> int:
+    def _mte_read(self, reg: int, rt: int) -> int:
         state = self.state
+        if reg == GMID_EL1:
+            return self._gmid(rt)
         if not state.tag_access:
             raise undefined()
-        if reg == GMID_EL1:
-            return GMID
         if reg == RGSR_EL1:
             return state.mte.rgsr.raw
         if reg == TFSR_EL1:
             return state.mte.tfsr_el1.raw
         if reg == TFSRE0_EL1:
             return state.mte.tfsre0_el1.raw
-        return state.sysregs[GCR_EL1]
+        return state.mte.gcr.raw
+
+    def _gmid(self, rt: int) -> int:
+        """GMID_EL1 is an ID register: HCR_EL2.ATA does not trap it, HCR_EL2.TID5 does
+        (Arm ARM D19.2, GMID_EL1's accessibility), and KVM sets TID5 for a VM without
+        MTE only from 7.0 (CoreContext.gmid_trap_ec)."""
+        ec = self.state.gmid_trap_ec
+        if ec is None:
+            return GMID
+        if ec == EC_SYSREG:
+            raise self._trap(GMID_EL1, rt, read=True)
+        raise undefined()
 
     def msr(self, reg: int, value: int, rt: int) -> None:
         """MSR <reg>, Xt."""
@@ -353,7 +367,9 @@ class SystemRegisters:
             mte.tfsr_el1 = Tfsr.from_raw(value & Tfsr.VALID)
         else:
             mte.tfsre0_el1 = Tfsr.from_raw(value & Tfsr.VALID, "TFSRE0_EL1")
-        state.sysregs[reg] = value
+        # The register keeps its fields only (RES0 bits read 0), and so does the copy
+        # KVM saves from it when the VCPU stops.
+        state.sysregs[reg] = value & MTE_VALID[reg]
 
     def _set_tco(self, tco: bool) -> None:
         if self.state.mte.tco != tco:

@@ -75,6 +75,14 @@ GUESTS: Final = (
         ends=True,
     ),
     GuestInfo(
+        "mte-traps",
+        "reads and writes every MTE system register and runs IRG, STG and LDG from its "
+        "own vector table, reporting each ESR_EL1 (the conformance suite's guest for "
+        "MTE traps; run it with and without --no-mte)",
+        "none",
+        ends=True,
+    ),
+    GuestInfo(
         "bench-int",
         "a plain integer loop, to count guest instructions per second",
         "N iterations (0: 1,000,000)",

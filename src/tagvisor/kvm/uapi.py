@@ -443,6 +443,7 @@ ID_PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 1, 1)
 ID_AA64PFR0_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 0)
 #: Its MTE field (bits 11:8) is the MTE level a VCPU sees.
 ID_AA64PFR1_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 1)
+ID_AA64MMFR2_EL1: Final = arm64_sys_reg(3, 0, 0, 7, 2)
 #: MTESTOREONLY (7:4) and MTEFAR (11:8) reach MTE guests from Linux 6.17.
 ID_AA64PFR2_EL1: Final = arm64_sys_reg(3, 0, 0, 4, 2)
 ID_AA64DFR0_EL1: Final = arm64_sys_reg(3, 0, 0, 5, 0)

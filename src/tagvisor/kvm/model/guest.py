@@ -73,6 +73,11 @@ class GuestContext:
     stage2: Stage2Mmu
     #: HCR_EL2.ATA for this VCPU: whether the guest may reach allocation tags at all.
     tag_access: bool
+    #: The VCPU's ID_AA64PFR1_EL1, as KVM_GET_ONE_REG reads it: what the guest's MRS sees.
+    id_aa64pfr1: int = 0
+    #: What the guest's MRS of GMID_EL1 raises (None: not trapped), as the kernel
+    #: profile's KVM answers it (ModelVcpu.context).
+    gmid_trap_ec: int | None = None
 
     @property
     def tag_memory(self) -> GuestPhysTagMemory:

@@ -99,6 +99,11 @@ def reset(vcpu: ModelVcpu, el1_32bit: bool) -> VcpuRegisters:
     return regs
 
 
+def id_value(vcpu: ModelVcpu, reg: int) -> int:
+    """The VCPU's value of the per-VM ID register ``reg`` (what GET_ONE_REG reads)."""
+    return _id_value(vcpu, reg)
+
+
 def _id_value(vcpu: ModelVcpu, reg: int) -> int:
     written = vcpu.vm.id_regs.get(reg)
     return _id_reset(vcpu, reg) if written is None else written

@@ -55,6 +55,12 @@ class KernelProfile:
     #: The first KVM_RUN clears the ID registers' GIC fields without an in-kernel
     #: irqchip (kvm_finalize_sys_regs, 6.7+).
     clears_gic_id_fields_at_run: ClassVar[bool] = False
+    #: A VM without MTE has HCR_EL2.TID5 set, so its reads of GMID_EL1 trap to KVM (7.0+,
+    #: 70a5ce4efc0e "Force trap of GMID_EL1 when the guest doesn't have MTE"), which
+    #: answers as FEAT_IDST says (idst_access, d78a14decd49): EC 0x18 with the trap's
+    #: syndrome when the guest's ID_AA64MMFR2_EL1.IDS is set, else UNDEF. Before, the
+    #: read was not trapped at all and returned the hardware's GMID_EL1.
+    traps_gmid_without_mte: ClassVar[bool] = False
 
     def memslot_refusal(self, vma: Vma) -> str | None:
         """Why kvm_arch_prepare_memory_region refuses this VMA for an MTE VM (EINVAL).
@@ -195,8 +201,9 @@ class Linux70(Linux617):
 
     name = "linux-7.0"
     version = (7, 0)
-    description = "pKVM refuses KVM_CAP_ARM_MTE"
+    description = "pKVM refuses KVM_CAP_ARM_MTE; GMID_EL1 traps without MTE"
     mte_cap_under_pkvm = False
+    traps_gmid_without_mte = True
 
 
 class Linux73(Linux70):

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from tagvisor.cpu.exceptions import EC_SYSREG, EC_UNKNOWN
 from tagvisor.kvm.api import GuestProgram, Vcpu, VcpuExit
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.model import onereg
@@ -14,6 +15,8 @@ from tagvisor.kvm.model.guest import GeneratorGuest, GuestContext, GuestExecutor
 from tagvisor.kvm.model.psci import handle_psci
 from tagvisor.kvm.model.vcpu_regs import VcpuRegisters, check_reg_id
 from tagvisor.kvm.uapi import (
+    ID_AA64MMFR2_EL1,
+    ID_AA64PFR1_EL1,
     KVM_ARM_TARGET_GENERIC_V8,
     SEED_V2_VCPU_FEATURE_MTE,
     ExitReason,
@@ -64,8 +67,27 @@ class ModelVcpu(Vcpu):
         return self.has_mte_feature
 
     def context(self) -> GuestContext:
-        """The VCPU as its executor sees it: registers, stage 2, tag access."""
-        return GuestContext(self.regs, self.vm.stage2, self.tag_access)
+        """The VCPU as its executor sees it: registers, stage 2, tag access, the ID
+        register the guest reads for MTE and how GMID_EL1 traps."""
+        return GuestContext(
+            self.regs,
+            self.vm.stage2,
+            self.tag_access,
+            id_aa64pfr1=onereg.id_value(self, ID_AA64PFR1_EL1),
+            gmid_trap_ec=self._gmid_trap_ec(),
+        )
+
+    def _gmid_trap_ec(self) -> int | None:
+        """None when GMID_EL1 reads the hardware's value; else what KVM injects.
+
+        7.0+ (profile.traps_gmid_without_mte) sets HCR_EL2.TID5 for a VM without MTE;
+        sys_regs.c's idst_access then injects the trap's own syndrome (EC 0x18) when
+        the VM's ID_AA64MMFR2_EL1.IDS says FEAT_IDST, else an UNDEF (EC 0).
+        """
+        if self.tag_access or not self.vm.profile.traps_gmid_without_mte:
+            return None
+        ids = onereg.id_value(self, ID_AA64MMFR2_EL1) >> 36 & 0xF
+        return EC_SYSREG if ids else EC_UNKNOWN
 
     def kick(self) -> None:
         """Make a KVM_RUN in progress (or the next) return KVM_EXIT_INTR.
