@@ -52,4 +52,8 @@
 #define REPORT_PROBE_LOG_READ 0x611  /* (none): the VMM reads the dirty log for pages 4-7 */
 #define REPORT_PROBE_AFTER 0x612     /* tag of page 4, tag of page 7, page 4's data word */
 
+/* tag-owner */
+#define REPORT_OWNER_BEFORE 0x700 /* page, mask of its granules' tags at the first touch */
+#define REPORT_OWNER_AFTER 0x701  /* page, mask of its granules' tags after the STGs */
+
 #endif

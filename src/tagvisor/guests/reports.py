@@ -54,3 +54,7 @@ PROBE_PAGE: Final = 0x600  # page, first granule's tag, last granule's tag, data
 PROBE_LOG_RESET: Final = 0x610  # (none): the VMM reads and clears the dirty log
 PROBE_LOG_READ: Final = 0x611  # (none): the VMM reads the dirty log for pages 4-7
 PROBE_AFTER: Final = 0x612  # tag of page 4, tag of page 7, page 4's data word
+
+# tag-owner
+OWNER_BEFORE: Final = 0x700  # page, mask of its granules' tags at the first touch
+OWNER_AFTER: Final = 0x701  # page, mask of its granules' tags after the STGs
