@@ -102,6 +102,8 @@ class FrameTable:
         self.tag_inits = np.zeros(nframes, dtype=np.int32)
         self._flags = threading.Condition()
         self._free_small = list(range(nframes - 1, FIRST_FRAME - 1, -1))
+        #: Heads of freed hugetlb folios: the hugetlb pool, last freed at the end.
+        self._free_huge: list[int] = []
         # The pre-fault thread's frontier is the first frame never handed out.
         self.ever_used[:FIRST_FRAME] = True
         #: Frames below this were faulted in ahead of use (:meth:`prealloc`): the OS
@@ -151,8 +153,21 @@ class FrameTable:
             return pfns
 
     def alloc_huge(self) -> Pfns:
-        """One 2 MiB hugetlb folio: 512 contiguous frames, head first."""
+        """One 2 MiB hugetlb folio: 512 contiguous frames, head first.
+
+        A folio freed before comes back first, the last freed first: the hugetlb pool
+        keeps freed huge pages on a list and hands out its head (mm/hugetlb.c
+        enqueue_hugetlb_folio, dequeue_hugetlb_folio_node_exact); a new one is carved
+        out of free small frames otherwise.
+        """
         with self._flags:
+            if self._free_huge:
+                head = self._free_huge.pop()
+                pfns = np.arange(head, head + HUGE_PAGE_FRAMES, dtype=np.int64)
+                self._prepare(pfns)
+                self.folio_head[pfns] = head
+                self.hugetlb[pfns] = True
+                return pfns
             free = np.zeros(self.nframes, dtype=bool)
             free[self._free_small] = True
             for head in range(FIRST_FRAME, self.nframes - HUGE_PAGE_FRAMES + 1, HUGE_PAGE_FRAMES):
@@ -191,11 +206,24 @@ class FrameTable:
                 raise ValueError("freeing a frame that is not in use")
             self.in_use[pfns] = False
             self.refcount[pfns] = 0
+            # arch_clear_hugetlb_flags clears a huge folio's flags as it goes back to the
+            # pool (arch/arm64/include/asm/hugetlb.h); small pages' at free.
             self.mte_tagged[pfns] = False
             self.mte_lock[pfns] = False
-            self.hugetlb[pfns] = False
-            self.folio_head[pfns] = pfns
-            self._free_small.extend(pfns.tolist())
+            whole = self._whole_huge_folios(pfns)
+            self._free_huge.extend(whole)
+            small = pfns[~np.isin(self.folio_head[pfns], whole)]
+            self.hugetlb[small] = False
+            self.folio_head[small] = small
+            self._free_small.extend(small.tolist())
+
+    def _whole_huge_folios(self, pfns: Pfns) -> list[int]:
+        """Heads of the hugetlb folios all of whose frames are in ``pfns``."""
+        huge = pfns[self.hugetlb[pfns]]
+        if not huge.size:
+            return []
+        heads, counts = np.unique(self.folio_head[huge], return_counts=True)
+        return [int(h) for h, c in zip(heads, counts, strict=True) if c == HUGE_PAGE_FRAMES]
 
     def get(self, pfns: Pfns) -> None:
         """Take another reference (a second mapping of the same frame)."""
