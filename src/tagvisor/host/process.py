@@ -192,6 +192,11 @@ class HostProcess:
                 self.swap.release(backing.swap_slots[backing.swap_slots != NO_SLOT])
             backing.swap_slots[:] = NO_SLOT
 
+    def exit(self) -> None:
+        """The process ends (exit_mmap): every mapping goes, with its frames."""
+        for vma in list(self.vmas):
+            self.munmap(vma.start, vma.length)
+
     def discard(self, address: int, pages: np.ndarray) -> None:
         """MADV_DONTNEED of the given pages (indices from ``address``) of one private
         anonymous or shared mapping: their frames go, the next touch faults again."""

@@ -434,6 +434,13 @@ class Kvm(Protocol):
         model (snapshots and streams record it)."""
         return "linux"
 
+    def in_child_process(self, run: Callable[[Kvm], dict[str, Any]]) -> dict[str, Any]:
+        """``run`` on a Kvm of its own in a child of the VMM process, on the same host
+        (fork, then the child opens ``/dev/kvm``; the model: a new process on the same
+        host frames); the JSON dict it returns. A child that fails returns
+        ``{"exception": ...}``."""
+        ...
+
 
 T = TypeVar("T")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import Any
 
 from tagvisor.cpu import A64Core
 from tagvisor.host.frames import FrameTable
@@ -110,6 +112,25 @@ class ModelKvm(Kvm):
     def abi_profile(self) -> str:
         """The kernel profile's name, e.g. linux-6.13 or seed-v2."""
         return self.profile.name
+
+    def in_child_process(self, run: Callable[[Kvm], dict[str, Any]]) -> dict[str, Any]:
+        """``run`` in a new modelled process on this host's frames (what a forked VMM's
+        child that opens ``/dev/kvm`` has: an address space of its own, the same RAM);
+        the process exits afterwards, its memory going back to the host."""
+        child = copy.copy(self)
+        child.process = HostProcess(
+            self.frames,
+            self.process.swap,
+            hugetlb_mte=self.profile.hugetlb_mte_allowed,
+            proposals=self.process.proposals,
+        )
+        child._user_memory = ModelUserMemory(child.process)
+        try:
+            return run(child)
+        except Exception as exc:  # as a real child would report it
+            return {"exception": f"{type(exc).__name__}: {exc}"}
+        finally:
+            child.process.exit()
 
 
 def a64_core(kvm: ModelKvm) -> GuestExecutor:
