@@ -201,8 +201,19 @@ def memslot_backing_tags(kvm: Kvm) -> Result:
     result: Result = {}
     for backing in BACKINGS:
         seen, _ = tenancy(kvm, backing, store_tag=OWNER_TAG, vmm_stg=False)
-        result.update({f"{backing}.{name}": value for name, value in seen.items()})
+        result.update(_fields(backing, "", seen))
     return result
+
+
+def _fields(backing: str, owner: str, seen: Result, facts: frozenset[str] = frozenset()) -> Result:
+    """``seen`` as ``<backing>[.<owner>].<field>``; host facts (and ``facts``) with ``_``
+    in front, where compare looks for it."""
+    fields: Result = {}
+    for name, value in seen.items():
+        fact = name.startswith("_") or name in facts
+        key = ".".join(part for part in (backing, owner, name.lstrip("_")) if part)
+        fields[f"_{key}" if fact else key] = value
+    return fields
 
 
 def _reader(backing: str, frames: list[int] | None) -> Callable[[Kvm], Result]:
@@ -220,11 +231,14 @@ def tags_across_owners(kvm: Kvm) -> Result:
     result: Result = {}
     for backing in BACKINGS:
         first, frames = tenancy(kvm, backing, store_tag=OWNER_TAG, vmm_stg=True)
-        result.update({f"{backing}.first.{name}": value for name, value in first.items()})
+        # What the first owner finds depends on what ran on the host before (a real
+        # host's hugetlb pool keeps pages from earlier scenarios): a host fact.
+        history = {"from_before", "guest_before"}
+        result.update(_fields(backing, "first", first, history))
         if "state" not in first and "run" not in first:
             continue  # refused before any run: nothing left behind to find
         second, _ = tenancy(kvm, backing, store_tag=0, vmm_stg=True, frames=frames)
-        result.update({f"{backing}.same_process.{name}": v for name, v in second.items()})
+        result.update(_fields(backing, "same_process", second))
         third = kvm.in_child_process(_reader(backing, frames))
-        result.update({f"{backing}.child_process.{name}": v for name, v in third.items()})
+        result.update(_fields(backing, "child_process", third))
     return result
