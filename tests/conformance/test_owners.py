@@ -79,7 +79,8 @@ def test_a_child_process_runs_on_the_parents_host_frames_and_gives_them_back() -
     used = kvm.in_child_process(
         lambda child: {"frames": _touch(child)}  # the child's own address space
     )
-    assert used["frames"] and not kvm.frames.in_use[used["frames"]].any()
+    assert all(used["frames"])
+    assert not kvm.frames.in_use[used["frames"]].any()
     assert kvm.process.vmas == []
 
 
@@ -87,3 +88,19 @@ def _touch(kvm: ModelKvm) -> list[int]:
     address = kvm.user_memory.map_anonymous(8192)
     kvm.user_memory.write(address, b"\x01" * 8192)
     return kvm.user_memory.frame_numbers(address, 2)
+
+
+def test_linux_7_3_copy_tags_into_one_page_of_a_reused_huge_page_shows_the_rest_stale() -> None:
+    """Scenario: linux-7.3, hugetlb memfds mapped without PROT_MTE: a guest stores 0xB on a
+    huge page and its VM goes; the next VM's VMM plants tag 5 on page 1 with COPY_TAGS
+    TO_GUEST before the first touch. TO_GUEST marks the whole folio tagged
+    (folio_set_hugetlb_mte_tagged) without clearing its other pages, so the new guest's
+    first touch clears nothing and reads the old owner's 0xB on pages 0, 2 and 3: what
+    trixie-backports' 7.3.4 does (docs/conformance.md)."""
+    kvm = _kvm("linux-7.3")
+    first, frames = tenancy(kvm, "hugetlb_memfd_shared", store_tag=OWNER_TAG, vmm_stg=False)
+    second, _ = tenancy(kvm, "hugetlb_memfd_private", store_tag=0, vmm_stg=False, frames=frames)
+    assert first["guest_after"] == [OWNERS] * 4
+    assert second["_frames_reused"] == 512
+    assert second["from_before"]["masks"] == [ZEROS] * 8  # untagged folio: FROM_GUEST zeros
+    assert second["guest_before"] == [OWNERS, PLANTED, OWNERS, OWNERS]

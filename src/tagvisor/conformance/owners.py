@@ -233,7 +233,7 @@ def tags_across_owners(kvm: Kvm) -> Result:
         first, frames = tenancy(kvm, backing, store_tag=OWNER_TAG, vmm_stg=True)
         # What the first owner finds depends on what ran on the host before (a real
         # host's hugetlb pool keeps pages from earlier scenarios): a host fact.
-        history = {"from_before", "guest_before"}
+        history = frozenset({"from_before", "guest_before"})
         result.update(_fields(backing, "first", first, history))
         if "state" not in first and "run" not in first:
             continue  # refused before any run: nothing left behind to find
