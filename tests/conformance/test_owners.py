@@ -6,6 +6,7 @@ tests pin what each profile reproduces of them.
 
 from tagvisor.conformance.compare import TESTBED_32BIT_EL1, TESTBED_MTE_LEVEL
 from tagvisor.conformance.owners import OWNER_TAG, tenancy
+from tagvisor.kvm.api import Kvm
 from tagvisor.kvm.model import ModelKvm
 
 ZEROS = 1  # the mask of a page whose granules all hold tag 0
@@ -84,7 +85,7 @@ def test_a_child_process_runs_on_the_parents_host_frames_and_gives_them_back() -
     assert kvm.process.vmas == []
 
 
-def _touch(kvm: ModelKvm) -> list[int]:
+def _touch(kvm: Kvm) -> list[int] | None:
     address = kvm.user_memory.map_anonymous(8192)
     kvm.user_memory.write(address, b"\x01" * 8192)
     return kvm.user_memory.frame_numbers(address, 2)

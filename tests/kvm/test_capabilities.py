@@ -38,8 +38,10 @@ class BareUserMemory(UserMemory):
     def map_file(self, length: int) -> int:
         return self.inner.map_file(length)
 
-    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
-        return self.inner.map_hugetlb(length, mte=mte)
+    def map_hugetlb(
+        self, length: int, *, mte: bool = False, source: str = "memfd", shared: bool = True
+    ) -> int:
+        return self.inner.map_hugetlb(length, mte=mte, source=source, shared=shared)
 
     def unmap(self, address: int, length: int) -> None:
         self.inner.unmap(address, length)
