@@ -134,6 +134,8 @@ class HostProcess:
             shared=shared,
             backing=backing,
             page_offset=page_offset,
+            # MAP_HUGETLB too: stable 5.10.y-6.12.y's "arm64: mte: Do not allow PROT_MTE
+            # on MAP_HUGETLB user mappings" (Catalin Marinas, 2025) took it away before 6.13.
             mte_allowed=backing.kind.ram_based
             and (self.hugetlb_mte or backing.kind is not BackingKind.HUGETLB),
         )
