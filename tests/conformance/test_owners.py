@@ -5,9 +5,11 @@ tests pin what each profile reproduces of them.
 """
 
 from tagvisor.conformance.compare import TESTBED_32BIT_EL1, TESTBED_MTE_LEVEL
-from tagvisor.conformance.owners import OWNER_TAG, tenancy
+from tagvisor.conformance.owners import OWNER_TAG, mask_of, tenancy
+from tagvisor.conformance.scenarios import add_slot, copy_tags
 from tagvisor.kvm.api import Kvm
 from tagvisor.kvm.model import ModelKvm
+from tagvisor.kvm.uapi import KVM_ARM_TAGS_TO_GUEST, Cap
 
 ZEROS = 1  # the mask of a page whose granules all hold tag 0
 OWNERS = 1 << OWNER_TAG
@@ -105,3 +107,33 @@ def test_linux_7_3_copy_tags_into_one_page_of_a_reused_huge_page_shows_the_rest_
     assert second["_frames_reused"] == 512
     assert second["from_before"]["masks"] == [ZEROS] * 8  # untagged folio: FROM_GUEST zeros
     assert second["guest_before"] == [OWNERS, PLANTED, OWNERS, OWNERS]
+
+
+def _stale_huge_page_after_to_guest(profile: str) -> list[int]:
+    """A private hugetlb slot whose frames hold a previous owner's tag 3 with no
+    PG_mte_tagged (flags cleared, tags left in memory); TO_GUEST of tag 5 into page 1,
+    then FROM_GUEST of pages 0-2: each page's mask."""
+    kvm = _kvm(profile)
+    vm = kvm.create_vm()
+    vm.enable_cap(Cap.ARM_MTE)
+    user = kvm.user_memory
+    ram = user.map_hugetlb(2 << 20, shared=False)
+    assert add_slot(vm, 0, 0x4000_0000, 2 << 20, ram) == 0
+    user.write(ram, b"\0")  # the VMM's own fault: the huge page is allocated
+    pfns = user.frame_numbers(ram, 512)
+    kvm.frames.packed_pages[pfns] = 0x33
+    buffer = user.map_anonymous(4096)
+    user.write(buffer, bytes([5]) * 256)
+    assert copy_tags(vm, 0x4000_0000 + 4096, 4096, buffer, KVM_ARM_TAGS_TO_GUEST) == 4096
+    assert copy_tags(vm, 0x4000_0000, 3 * 4096, buffer) == 3 * 4096
+    tags = user.read(buffer, 3 * 256)
+    return [mask_of(tags[i * 256 : (i + 1) * 256]) for i in range(3)]
+
+
+def test_linux_6_1_to_guest_tags_only_its_page_of_a_huge_page_the_rest_reads_zero() -> None:
+    """Scenario: the earlier model bug ("FROM_GUEST returned tag 3 on never-tagged reused
+    frames" on linux-6.1): 6.1's flags are per 4 KiB page, so TO_GUEST into page 1 leaves
+    pages 0 and 2 untagged and FROM_GUEST reads zeros there; 7.3's flag is the folio's,
+    so there the stale 3s show (what the real 7.3 does, memslot_backing_tags)."""
+    assert _stale_huge_page_after_to_guest("linux-6.1") == [ZEROS, PLANTED, ZEROS]
+    assert _stale_huge_page_after_to_guest("linux-7.3") == [1 << 3, PLANTED, 1 << 3]
