@@ -72,7 +72,7 @@ class Mapping:
     address: int
     length: int
     prot: int
-    kind: str  # anonymous, anonymous-shared, memfd, file, hugetlb
+    kind: str  # anonymous, anonymous-shared, memfd, file, hugetlb-{memfd,anonymous,file}
     fd: int = -1
 
     @property
