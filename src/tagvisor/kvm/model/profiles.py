@@ -36,6 +36,11 @@ class KernelProfile:
     partial_to_guest_clears_page: ClassVar[bool] = False
     #: hugetlbfs mappings are VM_MTE_ALLOWED ("hugetlb: arm64: add mte support", 6.13).
     hugetlb_mte_allowed: ClassVar[bool] = False
+    #: A huge page's PG_mte_tagged is its folio's and is cleared as the page goes back to
+    #: the hugetlb pool (arch_clear_hugetlb_flags, 25c17c4b55de, 6.13). Before, each 4 KiB
+    #: page had its own and the pool kept it: a reused huge page's old tags stay valid,
+    #: measured on 6.1 (docs/conformance.md "Memory").
+    hugetlb_pool_clears_mte_flags: ClassVar[bool] = False
     #: Tag initialisation also runs on stage-2 permission faults (seed v2 only).
     sanitise_on_permission_fault: ClassVar[bool] = False
     #: KVM promotes (initialises and keeps tags of) only memory the VMM mapped
@@ -164,6 +169,7 @@ class Linux613(Linux612):
     version = (6, 13)
     description = "hugetlb MTE"
     hugetlb_mte_allowed = True
+    hugetlb_pool_clears_mte_flags = True
 
 
 class Linux617(Linux613):

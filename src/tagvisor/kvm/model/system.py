@@ -58,7 +58,7 @@ class ModelKvm(Kvm):
         #: KVM runs in protected mode (kvm-arm.mode=protected, pKVM).
         self.host_kvm_protected = host_kvm_protected
         self.frames = FrameTable(host_memory // 4096)
-        self.frames.hugetlb_folio_flags = self.profile.hugetlb_mte_allowed
+        self.frames.hugetlb_folio_flags = self.profile.hugetlb_pool_clears_mte_flags
         self.frames.prealloc(-(-prealloc // 4096))
         swap = SwapDevice(self.frames, swap_pages) if swap_pages else None
         self.process = HostProcess(
