@@ -56,4 +56,8 @@
 #define REPORT_TRAPS_PROBE 0x700   /* probe, ESR (0: no trap), value, ELR - probe, FAR */
 #define REPORT_TRAPS_SUMMARY 0x701 /* exceptions taken, vectors (bitmap), MTE usable */
 
+/* tag-owner */
+#define REPORT_OWNER_BEFORE 0x710 /* page, mask of its granules' tags at the first touch */
+#define REPORT_OWNER_AFTER 0x711  /* page, mask of its granules' tags after the STGs */
+
 #endif

@@ -194,3 +194,24 @@ def test_mte_traps_on_the_real_kernels_match_the_model_field_by_field(
         model = model_results(profile, ["mte_traps"])
         differences = compare(model, {"mte_traps": real})
         assert not differences, "\n".join(map(str, differences))
+
+
+@pytest.mark.oracle
+def test_real_6_1_and_7_3_show_a_previous_owners_huge_page_tags(
+    bookworm: SuiteRun, trixie: SuiteRun
+) -> None:
+    """Scenario: a guest stores tag 0xB on a huge page and its VM goes; the next VM gets the
+    same huge page (docs/conformance.md "Memory").
+
+    6.1 (MAP_PRIVATE hugetlb memfd, same process and child): FROM_GUEST before the run
+    and the guest's first LDG read 0xB. 7.3 (hugetlb memfd, no PROT_MTE): FROM_GUEST reads
+    zeros, but after COPY_TAGS TO_GUEST into page 1 the guest reads 0xB on pages 0, 2, 3.
+    """
+    owner, planted = 1 << 0xB, 1 << 5
+    old = bookworm.result["scenarios"]["tags_across_owners"]
+    for who in ("same_process", "child_process"):
+        assert old[f"_hugetlb_memfd_private.{who}.frames_reused"] == 512
+        assert old[f"hugetlb_memfd_private.{who}.guest_before"] == [owner, planted, owner, owner]
+    new = trixie.result["scenarios"]["memslot_backing_tags"]
+    assert new["hugetlb_memfd_private.from_before"]["masks"] == [1] * 8
+    assert new["hugetlb_memfd_private.guest_before"] == [owner, planted, owner, owner]

@@ -38,8 +38,10 @@ class BareUserMemory(UserMemory):
     def map_file(self, length: int) -> int:
         return self.inner.map_file(length)
 
-    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
-        return self.inner.map_hugetlb(length, mte=mte)
+    def map_hugetlb(
+        self, length: int, *, mte: bool = False, source: str = "memfd", shared: bool = True
+    ) -> int:
+        return self.inner.map_hugetlb(length, mte=mte, source=source, shared=shared)
 
     def unmap(self, address: int, length: int) -> None:
         self.inner.unmap(address, length)
@@ -152,14 +154,21 @@ def test_real_backend_discards_anonymous_pages_with_madvise(
     assert linux_memory.read(base, 2) == b"aa"
 
 
-def test_real_backend_has_no_userfaultfd_or_vmm_tag_instructions(
+def test_real_backend_has_userfaultfd_that_cannot_place_tags_and_no_tagged_mapping(
     linux_memory: LinuxUserMemory,
 ) -> None:
-    """Scenario: what Python cannot do on a real host is said by the capabilities'
-    defaults, not found out by probing: no tagged mapping, no userfaultfd."""
+    """Scenario: what a real host can do is said by the capabilities, not found out by
+    probing: no tagged mapping (the model's PROT_MTE VMM mapping), but a userfaultfd
+    range (tagvisor.kvm.linux.userfault) that says it cannot place tags with the data,
+    since Linux has no such UFFDIO_COPY."""
     base = linux_memory.map_anonymous(PAGE)
     assert linux_memory.tagged_mapping() is None
-    assert linux_memory.userfaultfd(base, PAGE, lambda page: None) is None
+    uffd = linux_memory.userfaultfd(base, PAGE, lambda page: None)
+    assert uffd is not None
+    try:
+        assert uffd.places_tags is False
+    finally:
+        uffd.unregister()
 
 
 def test_reading_every_register_at_once_gives_what_one_reg_calls_give() -> None:

@@ -28,6 +28,7 @@ GUEST_NAMES: Final = (
     "fill",
     "heap",
     "kvm-probe",
+    "tag-owner",
     "mte-smoke",
     "mte-traps",
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -531,13 +532,16 @@ def run_kick(kvm: Kvm) -> Result:
 def run_all(
     kvm_factory: Callable[[], Kvm], backend: str, only: list[str] | None = None
 ) -> dict[str, Result]:
-    """Every scenario this backend can run, each on a fresh Kvm; errors are results too."""
+    """Every scenario this backend can run, each on a fresh Kvm; errors are results too.
+    Each result says how long it took (``_seconds``, a host fact: CI's budget)."""
     results: dict[str, Result] = {}
     for entry in SCENARIOS:
         if backend not in entry.backends or (only and entry.name not in only):
             continue
+        started = time.monotonic()
         try:
             results[entry.name] = entry.run(kvm_factory())
         except Exception as exc:  # a scenario that crashes is a difference, not a stop
             results[entry.name] = {"exception": f"{type(exc).__name__}: {exc}"}
+        results[entry.name].setdefault("_seconds", round(time.monotonic() - started, 2))
     return results

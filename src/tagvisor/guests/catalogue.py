@@ -83,6 +83,14 @@ GUESTS: Final = (
         ends=True,
     ),
     GuestInfo(
+        "tag-owner",
+        "reads the tags of 4 pages of a second memslot at RAM + 64 MiB at its first "
+        "touch, then stores a tag on all of them (the conformance suite's memory guest; "
+        "under `run` there is no such slot and its first access is an MMIO exit)",
+        "the tag to store (1-15; 0: only read)",
+        ends=True,
+    ),
+    GuestInfo(
         "bench-int",
         "a plain integer loop, to count guest instructions per second",
         "N iterations (0: 1,000,000)",

@@ -58,3 +58,7 @@ PROBE_AFTER: Final = 0x612  # tag of page 4, tag of page 7, page 4's data word
 # mte-traps
 TRAPS_PROBE: Final = 0x700  # probe, ESR (0: no trap), value, ELR - probe, FAR
 TRAPS_SUMMARY: Final = 0x701  # exceptions taken, vectors (bitmap), MTE usable
+
+# tag-owner
+OWNER_BEFORE: Final = 0x710  # page, mask of its granules' tags at the first touch
+OWNER_AFTER: Final = 0x711  # page, mask of its granules' tags after the STGs

@@ -92,6 +92,12 @@ class FrameTable:
         #: Head frame of the folio a frame belongs to (itself for a small page).
         self.folio_head = np.arange(nframes, dtype=np.int64)
         self.hugetlb = np.zeros(nframes, dtype=bool)
+        #: Frames of a huge page from the hugetlb pool (in use or back in the pool).
+        self.pooled = np.zeros(nframes, dtype=bool)
+        #: A huge page's MTE flags live on its folio and are cleared when it goes back
+        #: to the pool (Linux 6.13, 25c17c4b55de). Before, each 4 KiB page of it had
+        #: its own PG_mte_tagged, which the pool kept (ModelKvm sets this per profile).
+        self.hugetlb_folio_flags = True
         self.in_use = np.zeros(nframes, dtype=bool)
         #: Frames handed out at least once: only those can hold old data.
         self.ever_used = np.zeros(nframes, dtype=bool)
@@ -102,6 +108,8 @@ class FrameTable:
         self.tag_inits = np.zeros(nframes, dtype=np.int32)
         self._flags = threading.Condition()
         self._free_small = list(range(nframes - 1, FIRST_FRAME - 1, -1))
+        #: Heads of freed hugetlb folios: the hugetlb pool, last freed at the end.
+        self._free_huge: list[int] = []
         # The pre-fault thread's frontier is the first frame never handed out.
         self.ever_used[:FIRST_FRAME] = True
         #: Frames below this were faulted in ahead of use (:meth:`prealloc`): the OS
@@ -151,20 +159,48 @@ class FrameTable:
             return pfns
 
     def alloc_huge(self) -> Pfns:
-        """One 2 MiB hugetlb folio: 512 contiguous frames, head first."""
+        """One 2 MiB hugetlb folio: 512 contiguous frames, head first.
+
+        A folio freed before comes back first, the last freed first: the hugetlb pool
+        keeps freed huge pages on a list and hands out its head (mm/hugetlb.c
+        enqueue_hugetlb_folio, dequeue_hugetlb_folio_node_exact); a new one is carved
+        out of free small frames otherwise. Without :attr:`hugetlb_folio_flags` its
+        pages come back with the MTE flags they had when the pool took them.
+        """
         with self._flags:
-            free = np.zeros(self.nframes, dtype=bool)
-            free[self._free_small] = True
-            for head in range(FIRST_FRAME, self.nframes - HUGE_PAGE_FRAMES + 1, HUGE_PAGE_FRAMES):
-                if free[head : head + HUGE_PAGE_FRAMES].all():
-                    pfns = np.arange(head, head + HUGE_PAGE_FRAMES, dtype=np.int64)
-                    taken = set(pfns.tolist())
-                    self._free_small = [p for p in self._free_small if p not in taken]
-                    self._prepare(pfns)
-                    self.folio_head[pfns] = head
-                    self.hugetlb[pfns] = True
-                    return pfns
-            raise OutOfMemory("no free 2 MiB block of contiguous frames for a huge page")
+            head = self._free_huge.pop() if self._free_huge else self._carve_huge()
+            pfns = np.arange(head, head + HUGE_PAGE_FRAMES, dtype=np.int64)
+            kept = self.mte_tagged[pfns].copy()
+            self._prepare(pfns)
+            self.pooled[pfns] = True
+            if self.hugetlb_folio_flags:
+                self.folio_head[pfns] = head
+                self.hugetlb[pfns] = True
+            else:
+                self.mte_tagged[pfns] = kept
+            return pfns
+
+    def _carve_huge(self) -> int:
+        free = np.zeros(self.nframes, dtype=bool)
+        free[self._free_small] = True
+        for head in range(FIRST_FRAME, self.nframes - HUGE_PAGE_FRAMES + 1, HUGE_PAGE_FRAMES):
+            if free[head : head + HUGE_PAGE_FRAMES].all():
+                taken = set(range(head, head + HUGE_PAGE_FRAMES))
+                self._free_small = [p for p in self._free_small if p not in taken]
+                self.mte_tagged[head : head + HUGE_PAGE_FRAMES] = False
+                return head
+        raise OutOfMemory("no free 2 MiB block of contiguous frames for a huge page")
+
+    def huge_page_frames(self, pfns: Pfns) -> Pfns:
+        """``pfns`` with every frame of each hugetlb page one of them is in: what a
+        stage-2 block mapping of a huge page covers (user_mem_abort's vma_pagesize)."""
+        pfns = as_pfns(pfns)
+        huge = pfns[self.pooled[pfns]]
+        if not huge.size:
+            return pfns
+        heads = np.unique(huge - (huge - FIRST_FRAME) % HUGE_PAGE_FRAMES)
+        spans = (heads[:, None] + np.arange(HUGE_PAGE_FRAMES)).reshape(-1)
+        return np.unique(np.concatenate([pfns, spans]))
 
     def _prepare(self, pfns: Pfns) -> None:
         # Flags are clear on allocation (cleared when the page was freed); data is zeroed
@@ -191,11 +227,30 @@ class FrameTable:
                 raise ValueError("freeing a frame that is not in use")
             self.in_use[pfns] = False
             self.refcount[pfns] = 0
-            self.mte_tagged[pfns] = False
-            self.mte_lock[pfns] = False
-            self.hugetlb[pfns] = False
-            self.folio_head[pfns] = pfns
-            self._free_small.extend(pfns.tolist())
+            whole = self._whole_huge_pages(pfns)
+            heads = pfns - (pfns - FIRST_FRAME) % HUGE_PAGE_FRAMES
+            pooled = self.pooled[pfns] & np.isin(heads, whole)
+            # Small pages lose their flags at free (free_pages_prepare); a huge page going
+            # back to the pool only where arch_clear_hugetlb_flags clears PG_mte_tagged
+            # and PG_mte_lock (arch/arm64/include/asm/hugetlb.h, 25c17c4b55de, 6.13).
+            cleared = pfns if self.hugetlb_folio_flags else pfns[~pooled]
+            self.mte_tagged[cleared] = False
+            self.mte_lock[cleared] = False
+            self._free_huge.extend(whole)
+            small = pfns[~pooled]
+            self.hugetlb[small] = False
+            self.pooled[small] = False
+            self.folio_head[small] = small
+            self._free_small.extend(small.tolist())
+
+    def _whole_huge_pages(self, pfns: Pfns) -> list[int]:
+        """Heads of the hugetlb pages all of whose frames are in ``pfns``."""
+        huge = pfns[self.pooled[pfns]]
+        if not huge.size:
+            return []
+        starts = huge - (huge - FIRST_FRAME) % HUGE_PAGE_FRAMES
+        heads, counts = np.unique(starts, return_counts=True)
+        return [int(h) for h, c in zip(heads, counts, strict=True) if c == HUGE_PAGE_FRAMES]
 
     def get(self, pfns: Pfns) -> None:
         """Take another reference (a second mapping of the same frame)."""

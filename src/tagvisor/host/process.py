@@ -134,6 +134,8 @@ class HostProcess:
             shared=shared,
             backing=backing,
             page_offset=page_offset,
+            # MAP_HUGETLB too: stable 5.10.y-6.12.y's "arm64: mte: Do not allow PROT_MTE
+            # on MAP_HUGETLB user mappings" (Catalin Marinas, 2025) took it away before 6.13.
             mte_allowed=backing.kind.ram_based
             and (self.hugetlb_mte or backing.kind is not BackingKind.HUGETLB),
         )
@@ -173,17 +175,29 @@ class HostProcess:
         self.invalidate(address, address + length)
 
     def munmap(self, address: int, length: int) -> None:
-        """munmap(2) of whole VMAs; private frames go back to the allocator."""
+        """munmap(2) of whole VMAs. A private mapping's frames go back to the allocator;
+        so do a shared object's once no mapping of it is left, since the files the
+        modelled VMM maps are unlinked and have no descriptor open (memfd, shmem, an
+        unlinked tmpfs, ramfs or hugetlbfs file: their pages are freed with the inode,
+        huge pages back to the hugetlb pool)."""
         for vma in list(self._vmas_in(address, length)):
             self.invalidate(vma.start, vma.end)
-            if not vma.backing.kind.shared_object:
-                present = vma.backing.pfns[vma.backing.pfns != NO_FRAME]
-                if present.size:
-                    self.frames.put(present)
-                if self.swap is not None:
-                    slots = vma.backing.swap_slots[vma.backing.swap_slots != NO_SLOT]
-                    self.swap.release(slots)
             self.vmas.remove(vma)
+            backing = vma.backing
+            if backing.kind.shared_object and any(v.backing is backing for v in self.vmas):
+                continue
+            present = backing.pfns[backing.pfns != NO_FRAME]
+            if present.size:
+                self.frames.put(present)
+            backing.pfns[:] = NO_FRAME
+            if self.swap is not None:
+                self.swap.release(backing.swap_slots[backing.swap_slots != NO_SLOT])
+            backing.swap_slots[:] = NO_SLOT
+
+    def exit(self) -> None:
+        """The process ends (exit_mmap): every mapping goes, with its frames."""
+        for vma in list(self.vmas):
+            self.munmap(vma.start, vma.length)
 
     def discard(self, address: int, pages: np.ndarray) -> None:
         """MADV_DONTNEED of the given pages (indices from ``address``) of one private

@@ -159,8 +159,12 @@ class UserMemory(Protocol):
         """mmap(MAP_SHARED) of a regular file on a disk filesystem (page cache)."""
         ...
 
-    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
-        """mmap of a hugetlbfs file (2 MiB pages)."""
+    def map_hugetlb(
+        self, length: int, *, mte: bool = False, source: str = "memfd", shared: bool = True
+    ) -> int:
+        """mmap of 2 MiB huge pages, MAP_SHARED or MAP_PRIVATE, from ``source``: "memfd"
+        (memfd_create with MFD_HUGETLB), "anonymous" (MAP_ANONYMOUS | MAP_HUGETLB) or
+        "file" (a file on a hugetlbfs mount)."""
         ...
 
     def unmap(self, address: int, length: int) -> None:
@@ -240,6 +244,18 @@ class UserMemory(Protocol):
 
     def tagged_mapping(self) -> TaggedMapping | None:
         """The VMM's own tag instructions on its PROT_MTE mappings, if it has them."""
+        return None
+
+    def tag_instructions(self) -> TaggedMapping | None:
+        """The VMM's own LDG/STG on its PROT_MTE mappings, for planting or reading tags
+        as the process itself would (no tag-check control, which :meth:`tagged_mapping`'s
+        users need); by default those of :meth:`tagged_mapping`."""
+        return self.tagged_mapping()
+
+    def frame_numbers(self, address: int, npages: int) -> list[int] | None:
+        """The host page frame of each of ``npages`` pages from ``address`` (0 where none
+        is present), to tell whether memory came back on frames used before; None where
+        the backend cannot see them."""
         return None
 
     def userfaultfd(self, start: int, length: int, handler: FaultHandler) -> UserFaultRange | None:
@@ -417,6 +433,13 @@ class Kvm(Protocol):
         """Whose KVM ABI this is: "linux" for a real kernel, a profile's name for the
         model (snapshots and streams record it)."""
         return "linux"
+
+    def in_child_process(self, run: Callable[[Kvm], dict[str, Any]]) -> dict[str, Any]:
+        """``run`` on a Kvm of its own in a child of the VMM process, on the same host
+        (fork, then the child opens ``/dev/kvm``; the model: a new process on the same
+        host frames); the JSON dict it returns. A child that fails returns
+        ``{"exception": ...}``."""
+        ...
 
 
 T = TypeVar("T")

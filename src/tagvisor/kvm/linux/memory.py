@@ -22,6 +22,7 @@ from tagvisor.kvm.linux import libc
 from tagvisor.kvm.linux.libc import (
     MADV_DONTNEED,
     MAP_ANONYMOUS,
+    MAP_HUGETLB,
     MAP_PRIVATE,
     MAP_SHARED,
     MFD_CLOEXEC,
@@ -36,12 +37,20 @@ if TYPE_CHECKING:  # numpy is imported where a capability needs it, not by the i
     import numpy as np
     from numpy.typing import NDArray
 
+    from tagvisor.kvm.linux.tagging import LinuxTagging
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 HUGE_PAGE_SIZE = 2 << 20
 #: /proc/self/pagemap, one u64 per page: bit 63 present in RAM, bit 62 in swap
 #: (Documentation/admin-guide/mm/pagemap.rst).
 PAGEMAP: Final = "/proc/self/pagemap"
 PAGEMAP_PRESENT_OR_SWAPPED: Final = (1 << 63) | (1 << 62)
+#: Bits 54:0 of a present page's pagemap entry: its page frame number (root only).
+PAGEMAP_PFN: Final = (1 << 55) - 1
+#: Where huge pages come from (map_hugetlb's ``source``).
+HUGETLB_SOURCES: Final = ("memfd", "anonymous", "file")
+#: Where the testbed's /init mounts hugetlbfs (tagvisor.testbed.boot.INIT).
+HUGETLBFS_DIR: Final = "/dev/hugepages"
 
 
 class UserMemoryError(TagvisorError, OSError):
@@ -64,7 +73,7 @@ class Mapping:
     address: int
     length: int
     prot: int
-    kind: str  # anonymous, anonymous-shared, memfd, file, hugetlb
+    kind: str  # anonymous, anonymous-shared, memfd, file, hugetlb-{memfd,anonymous,file}
     fd: int = -1
 
     @property
@@ -90,10 +99,14 @@ class LinuxUserMemory(UserMemory):
     page cache; in the testbed, /tmp is tmpfs (shmem), which KVM treats like memfd.
     """
 
-    def __init__(self, file_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, file_dir: str | Path | None = None, hugetlbfs_dir: str | Path = HUGETLBFS_DIR
+    ) -> None:
         self.file_dir = Path(file_dir) if file_dir else Path(tempfile.gettempdir())
+        self.hugetlbfs_dir = Path(hugetlbfs_dir)
         self.mappings: dict[int, Mapping] = {}
         self._mte: bool | None = None
+        self._tagging: LinuxTagging | None = None
 
     # -- capability ------------------------------------------------------------------
 
@@ -161,26 +174,48 @@ class LinuxUserMemory(UserMemory):
         os.ftruncate(fd, length)
         return self._map(length, PROT_READ | PROT_WRITE, MAP_SHARED, "file", fd)
 
-    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
-        """A hugetlbfs file (memfd_create with MFD_HUGETLB: 2 MiB pages), MAP_SHARED.
+    def map_hugetlb(
+        self, length: int, *, mte: bool = False, source: str = "memfd", shared: bool = True
+    ) -> int:
+        """2 MiB huge pages from ``source`` (see :data:`HUGETLB_SOURCES`), mapped
+        MAP_SHARED or MAP_PRIVATE (PROT_MTE if ``mte``).
 
-        Needs huge pages reserved (``/proc/sys/vm/nr_hugepages``); without them mmap
-        fails with ENOMEM.
+        Needs huge pages reserved (``/proc/sys/vm/nr_hugepages``; without them mmap
+        fails with ENOMEM) and, for "file", hugetlbfs mounted at ``hugetlbfs_dir``.
         """
+        if source not in HUGETLB_SOURCES:
+            raise UserMemoryError(
+                errno.EINVAL, "mmap", f"unknown hugetlb source {source!r}: {HUGETLB_SOURCES}"
+            )
         prot = self._prot(mte)
         size = _round_up(length, HUGE_PAGE_SIZE)
-        try:
-            fd = libc.memfd_create("tagvisor-huge", MFD_CLOEXEC | MFD_HUGETLB)
-        except OSError as exc:
-            raise UserMemoryError(
-                exc.errno or errno.EIO, "memfd_create", "MFD_HUGETLB: no hugetlbfs support"
-            ) from None
+        share = MAP_SHARED if shared else MAP_PRIVATE
+        kind = f"hugetlb-{source}"
+        if source == "anonymous":
+            return self._map(size, prot, share | MAP_ANONYMOUS | MAP_HUGETLB, kind)
+        fd = self._hugetlb_fd(source)
         try:
             os.ftruncate(fd, size)
         except OSError as exc:
             os.close(fd)
             raise UserMemoryError(exc.errno or errno.EIO, "ftruncate", "hugetlb file") from None
-        return self._map(size, prot, MAP_SHARED, "hugetlb", fd)
+        return self._map(size, prot, share, kind, fd)
+
+    def _hugetlb_fd(self, source: str) -> int:
+        if source == "memfd":
+            try:
+                return libc.memfd_create("tagvisor-huge", MFD_CLOEXEC | MFD_HUGETLB)
+            except OSError as exc:
+                raise UserMemoryError(
+                    exc.errno or errno.EIO, "memfd_create", "MFD_HUGETLB: no hugetlbfs support"
+                ) from None
+        try:
+            fd, name = tempfile.mkstemp(prefix="tagvisor-huge-", dir=self.hugetlbfs_dir)
+        except OSError as exc:
+            detail = f"no hugetlbfs mounted at {self.hugetlbfs_dir}? mount -t hugetlbfs"
+            raise UserMemoryError(exc.errno or errno.EIO, "open", detail) from None
+        os.unlink(name)  # the pages go when the last mapping and the fd do
+        return fd
 
     def unmap(self, address: int, length: int) -> None:
         """munmap of a whole mapping made here; anything else is EINVAL."""
@@ -291,6 +326,36 @@ class LinuxUserMemory(UserMemory):
             return LinuxUserFaultRange(start, length, handler)
         except OSError as exc:
             raise UserMemoryError(exc.errno or errno.EIO, "userfaultfd", str(exc)) from None
+
+    def mappings_at(self, address: int) -> Mapping | None:
+        """The mapping made here that holds ``address``, if any."""
+        for mapping in self.mappings.values():
+            if mapping.address <= address < mapping.end:
+                return mapping
+        return None
+
+    def tag_instructions(self) -> LinuxTagging | None:
+        """STG/LDG run through ctypes (tagvisor.kvm.linux.tagging), where PROT_MTE works."""
+        if not self.mte_supported:
+            return None
+        if self._tagging is None:
+            from tagvisor.kvm.linux.tagging import LinuxTagging
+
+            self._tagging = LinuxTagging(self)
+        return self._tagging
+
+    def frame_numbers(self, address: int, npages: int) -> list[int] | None:
+        """Page frames from /proc/self/pagemap (0 where absent); None when they read as 0
+        everywhere, as they do without CAP_SYS_ADMIN (pagemap.rst)."""
+        try:
+            with open(PAGEMAP, "rb") as pagemap:
+                pagemap.seek(address // PAGE_SIZE * 8)
+                raw = pagemap.read(npages * 8)
+        except OSError:
+            return None
+        entries = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
+        frames = [e & PAGEMAP_PFN if e >> 63 else 0 for e in entries]
+        return frames if any(frames) else None
 
     def close(self) -> None:
         """Unmap every mapping this backend made."""

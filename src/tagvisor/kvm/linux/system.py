@@ -14,11 +14,12 @@ import ctypes
 import errno
 import fcntl
 import functools
+import json
 import mmap
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from tagvisor.kvm.api import Device, Kvm, Vcpu, VcpuExit
@@ -373,6 +374,31 @@ class LinuxKvm(_Fd, Kvm):
     def mte_feature_level(self) -> int:
         """ID_AA64PFR1_EL1.MTE of a scratch VCPU (see :attr:`host_mte_level`)."""
         return self.host_mte_level
+
+    def in_child_process(self, run: Callable[[Kvm], dict[str, Any]]) -> dict[str, Any]:
+        """``run`` in a forked child with its own ``/dev/kvm`` (the parent's mappings
+        are left alone: the child makes its own); its result comes back as JSON over a
+        pipe, and the child exits with os._exit (no Python clean-up of the parent's
+        state)."""
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.close(reader)
+            try:
+                payload = json.dumps(run(LinuxKvm(file_dir=str(self.user_memory.file_dir))))
+            except BaseException as exc:
+                payload = json.dumps({"exception": f"{type(exc).__name__}: {exc}"})
+            with os.fdopen(writer, "w") as pipe:
+                pipe.write(payload)
+            os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader) as pipe:
+            data = pipe.read()
+        os.waitpid(pid, 0)
+        if not data:
+            return {"exception": "the child process died before it answered"}
+        result: dict[str, Any] = json.loads(data)
+        return result
 
     @functools.cached_property
     def host_mte_level(self) -> int:

@@ -36,6 +36,11 @@ class KernelProfile:
     partial_to_guest_clears_page: ClassVar[bool] = False
     #: hugetlbfs mappings are VM_MTE_ALLOWED ("hugetlb: arm64: add mte support", 6.13).
     hugetlb_mte_allowed: ClassVar[bool] = False
+    #: A huge page's PG_mte_tagged is its folio's and is cleared as the page goes back to
+    #: the hugetlb pool (arch_clear_hugetlb_flags, 25c17c4b55de, 6.13). Before, each 4 KiB
+    #: page had its own and the pool kept it: a reused huge page's old tags stay valid,
+    #: measured on 6.1 (docs/conformance.md "Memory").
+    hugetlb_pool_clears_mte_flags: ClassVar[bool] = False
     #: Tag initialisation also runs on stage-2 permission faults (seed v2 only).
     sanitise_on_permission_fault: ClassVar[bool] = False
     #: KVM promotes (initialises and keeps tags of) only memory the VMM mapped
@@ -74,15 +79,16 @@ class KernelProfile:
     def fault_refusal(self, vma: Vma) -> tuple[int, str] | None:
         """Why user_mem_abort refuses to map a page of this VMA (KVM_RUN's errno).
 
-        Before 6.2 a translation fault maps a page only if its VMA is VM_MTE_ALLOWED
-        and not VM_SHARED ("Check the VMM hasn't introduced a new VM_SHARED VMA" in
-        arch/arm64/kvm/mmu.c, replaced by kvm_vma_mte_allowed in Peter
-        Collingbourne's 6.2 series); else KVM_RUN fails with EFAULT.
+        Up to 6.1 only a VM_SHARED VMA fails (EFAULT): "Check the VMM hasn't introduced
+        a new VM_SHARED VMA" in arch/arm64/kvm/mmu.c tests ``shared`` alone and
+        sanitise_mte_tags clears any other page's tags, VM_MTE_ALLOWED or not. The
+        VM_MTE_ALLOWED test came with Catalin Marinas's "KVM: arm64: Simplify the
+        sanitise_mte_tags() logic" (6.2). Measured: bookworm's 6.1.0-57 runs a guest
+        on MAP_PRIVATE hugetlb memory (not VM_MTE_ALLOWED) in an MTE VM
+        (conformance scenario memslot_backing_tags).
         """
         if vma.shared:
             return errno.EFAULT, "a MAP_SHARED page faulted into an MTE guest"
-        if not vma.mte_allowed:
-            return errno.EFAULT, f"{vma.backing.kind.value} memory is not VM_MTE_ALLOWED"
         return None
 
     def __repr__(self) -> str:
@@ -169,6 +175,7 @@ class Linux613(Linux612):
     version = (6, 13)
     description = "hugetlb MTE"
     hugetlb_mte_allowed = True
+    hugetlb_pool_clears_mte_flags = True
 
 
 class Linux617(Linux613):

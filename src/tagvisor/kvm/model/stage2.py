@@ -164,7 +164,8 @@ class Stage2Mmu:
         pfns = pfns_all[pages - pages[0]]
         opted_out = self.profile.promotes_only_prot_mte and not all(v.mte for v in vmas)
         if mte and not opted_out:
-            self.frames.sanitise(pfns)
+            # A huge page is mapped (and its tags made valid) as one block.
+            self.frames.sanitise(self.frames.huge_page_frames(pfns))
         memslot.s2_pfn[pages] = pfns
         writable = write or (not memslot.logging and not memslot.readonly)
         memslot.s2_writable[pages] = writable and all(v.prot & PROT_WRITE for v in vmas)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import Any
 
 from tagvisor.cpu import A64Core
 from tagvisor.host.frames import FrameTable
@@ -56,6 +58,7 @@ class ModelKvm(Kvm):
         #: KVM runs in protected mode (kvm-arm.mode=protected, pKVM).
         self.host_kvm_protected = host_kvm_protected
         self.frames = FrameTable(host_memory // 4096)
+        self.frames.hugetlb_folio_flags = self.profile.hugetlb_pool_clears_mte_flags
         self.frames.prealloc(-(-prealloc // 4096))
         swap = SwapDevice(self.frames, swap_pages) if swap_pages else None
         self.process = HostProcess(
@@ -110,6 +113,25 @@ class ModelKvm(Kvm):
     def abi_profile(self) -> str:
         """The kernel profile's name, e.g. linux-6.13 or seed-v2."""
         return self.profile.name
+
+    def in_child_process(self, run: Callable[[Kvm], dict[str, Any]]) -> dict[str, Any]:
+        """``run`` in a new modelled process on this host's frames (what a forked VMM's
+        child that opens ``/dev/kvm`` has: an address space of its own, the same RAM);
+        the process exits afterwards, its memory going back to the host."""
+        child = copy.copy(self)
+        child.process = HostProcess(
+            self.frames,
+            self.process.swap,
+            hugetlb_mte=self.profile.hugetlb_mte_allowed,
+            proposals=self.process.proposals,
+        )
+        child._user_memory = ModelUserMemory(child.process)
+        try:
+            return run(child)
+        except Exception as exc:  # as a real child would report it
+            return {"exception": f"{type(exc).__name__}: {exc}"}
+        finally:
+            child.process.exit()
 
 
 def a64_core(kvm: ModelKvm) -> GuestExecutor:

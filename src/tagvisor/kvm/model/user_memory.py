@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.arch.tagformat import U8
 from tagvisor.host.mapping import (
     MAP_ANONYMOUS,
+    MAP_HUGETLB,
     MAP_PRIVATE,
     MAP_SHARED,
     PROT_MTE,
@@ -74,10 +76,19 @@ class ModelUserMemory(UserMemory):
         backing = Backing.of_size(BackingKind.FILE, length, "guest-ram.img")
         return self.process.mmap(length, RW, MAP_SHARED, backing)
 
-    def map_hugetlb(self, length: int, *, mte: bool = False) -> int:
-        """A modelled hugetlbfs file, mapped MAP_SHARED."""
-        backing = Backing.of_size(BackingKind.HUGETLB, length, "hugetlbfs:tagvisor")
-        return self.process.mmap(length, self._prot(mte), MAP_SHARED, backing)
+    def map_hugetlb(
+        self, length: int, *, mte: bool = False, source: str = "memfd", shared: bool = True
+    ) -> int:
+        """Modelled huge pages: a hugetlb memfd or hugetlbfs file, or MAP_HUGETLB memory,
+        MAP_SHARED or MAP_PRIVATE."""
+        share = MAP_SHARED if shared else MAP_PRIVATE
+        if source == "anonymous":
+            return self.process.mmap(length, self._prot(mte), MAP_ANONYMOUS | MAP_HUGETLB | share)
+        if source not in ("memfd", "file"):
+            raise ValueError(f"unknown hugetlb source {source!r}: memfd, anonymous or file")
+        name = "memfd:tagvisor-huge" if source == "memfd" else "hugetlbfs:tagvisor"
+        backing = Backing.of_size(BackingKind.HUGETLB, length, name)
+        return self.process.mmap(length, self._prot(mte), share, backing)
 
     def unmap(self, address: int, length: int) -> None:
         """munmap in the modelled process."""
@@ -132,6 +143,19 @@ class ModelUserMemory(UserMemory):
     def tagged_mapping(self) -> TaggedMapping:
         """The process's own LDG/STG on its PROT_MTE mappings."""
         return ProcessTagging(self.process)
+
+    def frame_numbers(self, address: int, npages: int) -> list[int]:
+        """The host frames behind the pages now (0 where none), from the page tables."""
+        frames = []
+        for page in range(npages):
+            vma = self.process.find_vma(address + page * PAGE_SIZE)
+            pfn = (
+                0
+                if vma is None
+                else int(vma.backing.pfns[vma.page_index(address + page * PAGE_SIZE)])
+            )
+            frames.append(pfn)
+        return frames
 
     def userfaultfd(self, start: int, length: int, handler: FaultHandler) -> Userfaultfd:
         """The modelled userfaultfd over [start, start + length)."""
