@@ -4,7 +4,7 @@
  * Usage: mte-workload [MiB]   (default 64; stdin and stdout are the console)
  *
  * It turns on tagged addresses with synchronous tag checks (prctl), maps MiB of
- * PROT_MTE memory, gives every 16-byte granule data and a random tag (IRG, then STGP
+ * PROT_MTE memory (without MTE: plain memory, untagged, READY says mte=0), gives every 16-byte granule data and a random tag (IRG, then STGP
  * stores the tag and both data words at once), keeps its own record of each granule
  * (tag and generation: the data follow from the granule's index and generation) and
  * prints READY with a digest of all data and tags (the tags read back with LDG).
@@ -338,17 +338,28 @@ static int serve(void)
 	}
 }
 
+/*
+ * Without MTE (a VM with mte=off: the prctl's TCF bits are EINVAL, kernel/sys.c via
+ * arch/arm64/kernel/mte.c set_mte_ctrl) the same work runs untagged, so that a VMM
+ * without tags migrates the same load: IRG gives tag 0 and LDG reads 0 when the
+ * hypervisor gives no allocation tag access (HCR_EL2.ATA = 0), so the records hold 0.
+ */
+static int tagged = 1;
+
 static int setup(long mib)
 {
 	unsigned long ctrl = PR_TAGGED_ADDR_ENABLE_ | PR_MTE_TCF_SYNC_ |
 			     (TAG_INCLUDE << PR_MTE_TAG_SHIFT_);
 	if (prctl(PR_SET_TAGGED_ADDR_CTRL_, ctrl, 0, 0, 0)) {
-		line("ERROR prctl(PR_SET_TAGGED_ADDR_CTRL): %s (no MTE?)", strerror(errno));
-		return 1;
+		if (errno != EINVAL) {
+			line("ERROR prctl(PR_SET_TAGGED_ADDR_CTRL): %s", strerror(errno));
+			return 1;
+		}
+		tagged = 0;
 	}
 	size_t bytes = (size_t)mib << 20;
 	granules = bytes / GRANULE;
-	region = mmap(NULL, bytes, PROT_READ | PROT_WRITE | PROT_MTE_,
+	region = mmap(NULL, bytes, PROT_READ | PROT_WRITE | (tagged ? PROT_MTE_ : 0),
 		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	records = calloc(granules, 1);
 	if (region == MAP_FAILED || records == NULL) {
@@ -375,6 +386,7 @@ int main(int argc, char **argv)
 	size_t none;
 	uint64_t h = scan(0, &none);
 	quiet_console();
-	line("READY mib=%ld granules=%zu digest=%016llx", mib, granules, (unsigned long long)h);
+	line("READY mib=%ld granules=%zu digest=%016llx mte=%d", mib, granules,
+	     (unsigned long long)h, tagged);
 	return serve();
 }

@@ -32,6 +32,10 @@ APPEND: Final = "console=ttyAMA0 panic=-1 rdinit=/init quiet"
 MIGRATION_PORT: Final = 4444
 #: query-migrate's states that end a migration (QEMU's qapi/migration.json, MigrationStatus).
 FINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
+#: tagvisor's guest initrd (linux_guest.guest_initrd with the workload), when shipped.
+WORKLOAD_INITRD: Final = "guest-initrd.gz"
+#: The workload's READY without MTE (guests/linux/mte-workload.c).
+_WORKLOAD_READY: Final = re.compile(rb"=== TAGVISOR-WORKLOAD READY [^\n]*mte=0")
 _MARKER_LINE: Final = re.compile(re.escape(MARKER.encode()))
 #: The waiting /init's second line, whole (the UART is slow: it comes after the marker).
 _FEATURES_LINE: Final = re.compile(rb"Features\s*:[^\n]*\n")
@@ -164,6 +168,9 @@ class Qemu:
     env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
+    #: Keep the guest console's input open (a pipe nobody writes): the workload reads
+    #: commands from it and ends at its end.
+    open_input: bool = False
 
     @property
     def console(self) -> Path:
@@ -185,7 +192,8 @@ class Qemu:
             self.started = time.monotonic()
             self.process = subprocess.Popen(
                 [*self.command, "-qmp", f"unix:{self.qmp_path},server,wait=off"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env,
+                stdin=subprocess.PIPE if self.open_input else subprocess.DEVNULL,
+                stdout=out, stderr=err, env=self.env,
             )  # fmt: skip
 
     def text(self) -> str:
@@ -223,10 +231,16 @@ class Qemu:
 
 
 def qemu_command(
-    suite_dir: Path, *, mte: bool, vcpus: int, memory_mib: int, append: str
+    suite_dir: Path,
+    *,
+    mte: bool,
+    vcpus: int,
+    memory_mib: int,
+    append: str,
+    initrd: str = GUEST_INITRD,
 ) -> list[str]:
-    """qemu-system-aarch64 on KVM with the guest kernel and the waiting initrd, run by
-    the image's dynamic loader on QEMU's own libraries."""
+    """qemu-system-aarch64 on KVM with the guest kernel and ``initrd`` (the waiting one,
+    or tagvisor's workload initrd), run on QEMU's own libraries."""
     qemu = suite_dir / QEMU_DIR
     return [
         str(qemu / "bin" / "qemu-system-aarch64"),
@@ -235,7 +249,7 @@ def qemu_command(
         "-smp", str(vcpus), "-m", str(memory_mib),
         "-nographic", "-nic", "none", "-no-reboot",
         "-kernel", str(suite_dir / "Image"),
-        "-initrd", str(suite_dir / GUEST_INITRD),
+        "-initrd", str(suite_dir / initrd),
         "-append", append,
     ]  # fmt: skip
 
@@ -292,21 +306,19 @@ def _mte_refusal(
 def _plain_migration(
     suite_dir: Path, workdir: Path, env: dict[str, str], timeout: float, **shape: Any
 ) -> dict[str, Any]:
-    source = Qemu("source", qemu_command(suite_dir, mte=False, **shape), workdir, env)
-    target = Qemu(
-        "target",
-        [
-            *qemu_command(suite_dir, mte=False, **shape),
-            "-incoming",
-            f"tcp:127.0.0.1:{MIGRATION_PORT}",
-        ],
-        workdir,
-        env,
-    )
+    # The same guest as tagvisor's when its initrd is here: the workload then runs
+    # untagged (mte=0) and rewrites memory as it does with tags; else a quiet guest.
+    workload = (suite_dir / WORKLOAD_INITRD).is_file()
+    initrd = WORKLOAD_INITRD if workload else GUEST_INITRD
+    command = qemu_command(suite_dir, mte=False, initrd=initrd, **shape)
+    source = Qemu("source", command, workdir, env, open_input=workload)
+    incoming = [*command, "-incoming", f"tcp:127.0.0.1:{MIGRATION_PORT}"]
+    target = Qemu("target", incoming, workdir, env, open_input=workload)
     source.start()
     try:
         boot = source.wait_marker(timeout)
-        source.wait_for(_FEATURES_LINE, timeout)  # /init is then asleep: a quiet guest
+        ready = _WORKLOAD_READY if workload else _FEATURES_LINE
+        busy_at, _ = source.wait_for(ready, timeout)
         target.start()
         Qmp.connect(target.qmp_path, 10.0).close()  # listening once QMP answers
         qmp = Qmp.connect(source.qmp_path, 10.0)
@@ -319,6 +331,8 @@ def _plain_migration(
             qmp.close()
         figures = migration_figures(info)
         figures["boot_seconds"] = boot
+        figures["workload"] = workload
+        figures["seconds_to_ready"] = busy_at if workload else None
         figures["guest_uptime"] = guest_uptime(source.text())
         figures["ram_transferred"] = info.get("ram", {}).get("transferred")
         return figures

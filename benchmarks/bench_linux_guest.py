@@ -1,0 +1,116 @@
+"""A running MTE Linux guest, tagvisor against QEMU 10 + KVM, from the same testbed run.
+
+Each run is one ``tagvisor testbed --linux-guest`` session (tagvisor.testbed.linux_session):
+inside the testbed, QEMU 10 + KVM boots the same kernel and guest shape, answers
+``migrate`` with MTE on, and migrates the guest with mte=off; then tagvisor boots it
+with MTE and its workload, snapshots it, and live-migrates it (pre-copy, then
+post-copy). The ratios compare figures measured in that one run, so the shared
+machine's load falls on both sides alike:
+
+- boot to /init: tagvisor / QEMU (target: at most 1);
+- migration time: tagvisor's MTE migration / QEMU's non-MTE one (target: at most 1.25);
+- downtime: tagvisor / QEMU non-MTE (target: at most 1; and under 100 ms nested);
+- tag bytes / page bytes sent (target: at most 1/32), and pages whose granules share a
+  tag sent with one tag byte.
+
+QEMU's guest has nothing to do (MTE off: the workload needs PROT_MTE) while tagvisor's
+rewrites 64 KiB of data and tags every 20 ms, so the migration ratios are unfavourable
+to tagvisor by design. With ``--runs N`` it prints each run and the range.
+
+    python benchmarks/bench_linux_guest.py [--kernel 6.1] [--runs 3] [--json]
+    python benchmarks/bench_linux_guest.py --from-json session.json   # a saved run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from tagvisor.testbed.linux_guest import linux_session
+from tagvisor.testbed.session_report import failures
+
+TARGETS: Final = {
+    "boot": 1.0,
+    "migration_time": 1.25,
+    "downtime": 1.0,
+    "tag_bytes_per_page_byte": 1 / 32,
+}
+DOWNTIME_TARGET_MS: Final = 100.0
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float | None]:
+    """The four ratios of one session's result (None where a side is missing)."""
+    qemu = result.get("qemu") or {}
+    plain = result.get("qemu_nomte_migration") or {}
+    migration = result.get("migration") or {}
+
+    def ratio(ours: object, theirs: object) -> float | None:
+        if not isinstance(ours, (int, float)) or not isinstance(theirs, (int, float)):
+            return None
+        return round(ours / theirs, 3) if theirs else None
+
+    return {
+        "boot": ratio(result.get("boot_seconds"), qemu.get("boot_seconds")),
+        "migration_time": ratio(migration.get("total_seconds"), plain.get("total_seconds")),
+        "downtime": ratio(migration.get("downtime_ms"), plain.get("downtime_ms")),
+        "tag_bytes_per_page_byte": ratio(migration.get("tag_bytes"), migration.get("data_bytes")),
+    }
+
+
+def one_run(kernel: str) -> dict[str, Any]:
+    """One testbed session; its result, or SystemExit with why it failed."""
+    run = linux_session(kernel, qemu=True, say=lambda line: print(line, file=sys.stderr))
+    if not isinstance(run.result, dict):
+        raise SystemExit(f"bench_linux_guest: the testbed run failed: {run.error}")
+    problems = failures(run.result)
+    if problems:
+        raise SystemExit("bench_linux_guest: the session failed: " + "; ".join(problems))
+    return run.result
+
+
+def report(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures and ratios of one run."""
+    migration = result["migration"]
+    return {
+        "tagvisor_boot_s": result.get("boot_seconds"),
+        "qemu_boot_s": (result.get("qemu") or {}).get("boot_seconds"),
+        "tagvisor_migration_s": migration.get("total_seconds"),
+        "qemu_nomte_migration_s": (result.get("qemu_nomte_migration") or {}).get("total_seconds"),
+        "tagvisor_downtime_ms": migration.get("downtime_ms"),
+        "qemu_nomte_downtime_ms": (result.get("qemu_nomte_migration") or {}).get("downtime_ms"),
+        "uniform_tag_pages": migration.get("uniform_tag_pages"),
+        "pages_sent": migration.get("pages_sent"),
+        "ratios": ratios(result),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sessions (or read saved ones) and print each run's ratios and their ranges."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernel", default="6.1")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--from-json", type=Path, action="append", default=[])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    results = [json.loads(path.read_text()) for path in args.from_json]
+    results += [one_run(args.kernel) for _ in range(args.runs if not results else 0)]
+    runs = [report(result) for result in results]
+    if args.json:
+        print(json.dumps({"runs": runs, "targets": TARGETS}, indent=2))
+        return 0
+    for number, run in enumerate(runs, 1):
+        print(f"run {number}: " + ", ".join(f"{k} {v}" for k, v in run["ratios"].items()))
+    for key, target in TARGETS.items():
+        values = [r["ratios"][key] for r in runs if r["ratios"][key] is not None]
+        span = f"{min(values)} to {max(values)}" if values else "n/a"
+        print(f"{key}: {span} (target at most {target:.4g})")
+    downtimes = [r["tagvisor_downtime_ms"] for r in runs]
+    print(f"tagvisor downtime: {downtimes} ms (target under {DOWNTIME_TARGET_MS:g} ms, nested)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
