@@ -47,8 +47,20 @@ def test_a_file_that_is_no_kernel_is_a_usage_error(
 def test_run_without_a_guest_or_a_kernel_is_a_usage_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Scenario: `tagvisor run` with neither: status 2; --kernel with --api-socket: 2."""
+    """Scenario: `tagvisor run` with neither: status 2, naming --kernel."""
     assert main(["run"]) == 2
     assert "--kernel" in capsys.readouterr().err
-    assert main(["run", "--kernel", "Image", "--api-socket", "/tmp/x.sock"]) == 2
-    assert "--api-socket" in capsys.readouterr().err
+
+
+def test_a_served_linux_guest_on_the_model_is_refused_before_any_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario: --kernel with --api-socket on the model: Linux guests are served like
+    any other now, so the refusal is the model's (69, no GIC), and no socket is left."""
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(image(text_offset=0x80000, image_size=4 << 20))
+    sock = tmp_path / "vm.sock"
+    args = ["run", "--kernel", str(kernel), "--backend", "model", "--api-socket", str(sock)]
+    assert main(args) == 69
+    assert "no in-kernel GIC" in capsys.readouterr().err
+    assert not sock.exists()

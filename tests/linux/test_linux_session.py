@@ -148,3 +148,25 @@ def test_glibcs_heap_tagging_catches_both_bugs_in_the_guest(session: SuiteRun) -
     assert any("tagging=3 BUG kind=uaf signal=11 code=9" in line for line in lines), lines
     assert any("tagging=1 BUG kind=uaf signal=11 code=8" in line for line in lines), lines
     assert any("tagging=0 BUG kind=uaf signal=0" in line for line in lines), lines
+
+
+@pytest.mark.oracle
+def test_qemu_refuses_to_migrate_the_mte_guest_and_migrates_it_without_mte(
+    session: SuiteRun,
+) -> None:
+    """Scenario: in the same testbed boot, QEMU 10 + KVM boots the same kernel with
+    mte=on to the /init marker (its guest lists mte); QMP migrate answers that MTE
+    blocks migration, verbatim; with mte=off the same guest, its workload running
+    untagged, migrates to a second QEMU and query-migrate reports the times."""
+    qemu = session.result["qemu"]
+    moved = session.result["qemu_nomte_migration"]
+    print(f"QEMU {qemu['qemu_version']}: /init after {qemu['boot_seconds']} s; {moved}")
+    assert qemu["boot_seconds"] > qemu["guest_uptime"] > 0
+    assert " mte" in qemu["guest_features"]
+    assert qemu["migrate"] == {
+        "error": {"class": "GenericError", "desc": "Live migration disabled due to MTE enabled"}
+    }
+    assert moved["status"] == "completed"
+    assert moved["workload"] is True
+    assert moved["total_seconds"] > 0
+    assert moved["downtime_ms"] >= 0

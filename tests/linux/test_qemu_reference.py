@@ -1,10 +1,10 @@
 """QEMU 10 + KVM as the reference VMM inside the testbed (issue 13).
 
-The oracle test boots the testbed once (6.1) with QEMU's reduced arm64 tree in it:
-QEMU boots the testbed's kernel on /dev/kvm with MTE, refuses to migrate it, and
-migrates the same guest with MTE off to a second QEMU. 37 to 80 s in all on a loaded
-machine (docs/linux-guests.md). The other tests check
-the pieces without QEMU: apt's closure, the ELF reader, QMP's framing, query-migrate.
+QEMU itself runs in the Linux guest session's testbed boot (its oracle test is in
+tests/linux/test_linux_session.py): it boots the testbed's kernel on /dev/kvm with MTE,
+refuses to migrate it, and migrates the same guest with MTE off to a second QEMU. These
+tests check the pieces without QEMU: apt's closure, the ELF reader, QMP's framing,
+query-migrate.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tagvisor.testbed.qemu_parts import (
     needed,
     parse_simulation,
 )
-from tagvisor.testbed.qemu_reference import WAITING_INIT, qemu_reference, waiting_initrd
+from tagvisor.testbed.qemu_reference import WAITING_INIT, waiting_initrd
 from tagvisor.testbed.qemu_suite import (
     QemuReferenceError,
     Qmp,
@@ -306,28 +306,3 @@ def test_the_guests_uptime_is_read_from_its_marker_line() -> None:
     where the marker never came."""
     assert guest_uptime(f"[    0.0] Booting\n{MARKER} uptime 4.10\nFeatures: fp\n") == 4.1
     assert guest_uptime("[    0.0] Booting\n") is None
-
-
-@pytest.mark.oracle
-def test_qemu_refuses_to_migrate_an_mte_guest_and_migrates_it_without_mte() -> None:
-    """Scenario: in the testbed (6.1), QEMU 10 boots the testbed's kernel on /dev/kvm
-    with mte=on to the /init marker; QMP migrate answers that MTE blocks migration;
-    the same guest with mte=off migrates to a second QEMU and query-migrate reports
-    its total time and downtime."""
-    try:
-        result = qemu_reference("6.1")
-    except TestbedError as exc:
-        pytest.fail(f"the testbed could not run the QEMU reference: {exc}", pytrace=False)
-    moved = result["nomte_migration"]
-    print(
-        f"QEMU {result['qemu_version']}: /init after {result['boot_seconds']} s "
-        f"(guest uptime {result['guest_uptime']} s); "
-        f"mte=off migration {moved['total_seconds']} s, downtime {moved['downtime_ms']} ms; "
-        f"testbed {result['testbed']}"
-    )
-    assert result["boot_seconds"] > result["guest_uptime"] > 0
-    assert " mte" in result["guest_features"]
-    assert result["migrate"]["error"]["desc"] == "Live migration disabled due to MTE enabled"
-    assert moved["status"] == "completed"
-    assert moved["total_seconds"] > 0
-    assert moved["downtime_ms"] >= 0

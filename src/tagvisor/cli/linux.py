@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Final
 
 from tagvisor.cli.common import console_sink, guest_summary, host, input_file, print_json
-from tagvisor.cli.errors import CliError, Exit, UsageError
-from tagvisor.vmm import MachineBuilder
+from tagvisor.cli.errors import CliError, Exit
+from tagvisor.vmm import Machine, MachineBuilder
 from tagvisor.vmm.linux.guest import DEFAULT_BOOTARGS, LinuxUnsupported
 from tagvisor.vmm.linux.run import LinuxBootError, console_text, run_linux
 
@@ -55,10 +55,9 @@ def add_linux_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_linux_guest(args: argparse.Namespace) -> int:
-    """Build the Linux machine, run it to power-off or its deadline; the exit status."""
-    if getattr(args, "api_socket", None) is not None:
-        raise UsageError("tagvisor run: --api-socket does not serve Linux guests yet")
+def build_linux_machine(args: argparse.Namespace) -> Machine:
+    """The Linux machine of ``run --kernel``, paused (CliError 69 where KVM cannot run
+    Linux, 66 for a missing file)."""
     kernel = input_file(args.kernel, "kernel")
     initrd = None if args.initrd is None else input_file(args.initrd, "initrd")
     builder = (
@@ -70,9 +69,13 @@ def run_linux_guest(args: argparse.Namespace) -> int:
         .linux(kernel, initrd, args.append)
     )
     try:
-        machine = builder.build()
+        return builder.build()
     except LinuxUnsupported as error:
         raise CliError(str(error), Exit.UNAVAILABLE, "unavailable") from error
+
+
+def run_linux_guest(args: argparse.Namespace, machine: Machine) -> int:
+    """Run the Linux machine to power-off or its deadline; the exit status."""
     try:
         result = run_linux(machine, args.deadline or None)
     except LinuxBootError as error:

@@ -158,7 +158,7 @@ def _arrived(args: argparse.Namespace, machine: Machine, report: IncomingReport)
         print(
             f"tagvisor incoming: guest arrived, memory+tags digest {arrived[:16]}", file=sys.stderr
         )
-    machine.console.sink = console_sink(not args.json, raw=args.raw)
+    machine.set_console_sink(console_sink(not args.json, raw=args.raw))
     return arrived
 
 

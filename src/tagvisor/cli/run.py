@@ -24,7 +24,7 @@ from tagvisor.api import Controller
 from tagvisor.cli.common import add_command, add_machine_options, boot, guest_summary, print_json
 from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
 from tagvisor.cli.errors import UsageError
-from tagvisor.cli.linux import add_linux_options, run_linux_guest
+from tagvisor.cli.linux import add_linux_options, build_linux_machine, run_linux_guest
 from tagvisor.guests.catalogue import BY_NAME, help_table
 from tagvisor.vmm import Machine
 from tagvisor.vmm.machine import RunResult
@@ -76,7 +76,10 @@ def _warn_if_endless(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.kernel is not None:
-        return run_linux_guest(args)
+        linux = build_linux_machine(args)
+        if args.api_socket is not None:  # served like any guest, with no deadline
+            return _serve(args, linux)
+        return run_linux_guest(args, linux)
     if args.guest is None:
         raise UsageError("tagvisor run: name a guest, or a Linux kernel with --kernel")
     machine = boot(args, stream=not args.json, tag_access=args.tag_access)

@@ -70,7 +70,7 @@ def _restore(args: argparse.Namespace) -> int:
     kvm = host(args, snapshot.machine.config.ram_size)
     with progress_bar("restoring", not args.json) as progress:
         machine = restore_snapshot(args.file, kvm, with_tags=not args.no_tags, progress=progress)
-    machine.console.sink = console_sink(not args.json, raw=args.raw)
+    machine.set_console_sink(console_sink(not args.json, raw=args.raw))
     result = machine.run()
     status = result.exit_status if result.exit_status is not None else 255
     if args.json:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -119,6 +120,14 @@ class Machine:
         self._pause.set()
         for vcpu in self.vcpus:
             vcpu.kick()
+
+    def set_console_sink(self, sink: Callable[[bytes], None] | None) -> None:
+        """Where the guest's console bytes go from now on: the polled console's and,
+        on a Linux machine, the AMBA PL011's (e.g. after a restore or a migration)."""
+        self.console.sink = sink
+        device = self.devices.get(AmbaPl011.name)
+        if isinstance(device, AmbaPl011):
+            device.sink = sink
 
     def console_input(self, data: bytes) -> None:
         """Send ``data`` to the guest's console, as if typed on its serial line: the
