@@ -24,6 +24,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Final, Self, cast
 
+import numpy as np
+
 from tagvisor.kvm.api import GuestProgram, Kvm, Vcpu, Vm
 from tagvisor.kvm.errors import KvmError
 from tagvisor.kvm.uapi import CORE_REG_PC, SEED_V2_VCPU_FEATURE_MTE, Cap, VcpuFeature, arm_spi_irq
@@ -95,6 +97,27 @@ def config_problem(config: MachineConfig) -> str | None:
         if device_base % 0x1000 or not 0 <= device_base < IPA_LIMIT:
             return f"the {kind} device's base {device_base:#x} is not a page in the IPA space"
     return None
+
+
+#: Guest RAM whose tags are cleared per KVM_ARM_MTE_COPY_TAGS call (a 1/16 of it in
+#: tags, one byte per granule here).
+CLEAR_CHUNK: Final = 64 << 20
+
+
+def clear_stale_tags(tags: TagAccess, base: int, size: int) -> None:
+    """Give every granule of huge-page guest RAM tag 0 before anything else touches it.
+
+    A huge page that comes back from the hugetlb pool may still hold a previous owner's
+    tags, and real kernels show them (docs/conformance.md, "Memory"): 6.1 keeps each
+    4 KiB page's PG_mte_tagged through the pool, so KVM never clears them; 7.3 marks a
+    whole folio tagged when the VMM writes one page's tags (a restore, a migration's
+    pages) and the other 511 pages keep the old owner's. Writing zeros to all of it
+    first makes every page tagged and clean, on any kernel; small pages need nothing
+    (the kernel clears their tags at their first touch).
+    """
+    for start in range(0, size, CLEAR_CHUNK):
+        length = min(CLEAR_CHUNK, size - start)
+        tags.write_tags(base + start, np.zeros(length // 16, np.uint8))
 
 
 def boot_config(tcf: int, mte: bool, ram_size: int, argument: int = 0, irg_seed: int = 0) -> bytes:
@@ -277,6 +300,8 @@ class MachineBuilder:
         if self._irqchip:
             irqchip = create_gicv3(vm, platform.gic_layout(self._vcpus))
         tags = make_tag_access(self._tag_access, vm, memory, self._kvm.user_memory)
+        if self._mte and self._backing == "hugetlb":
+            clear_stale_tags(tags, self._ram_base, self._ram_size)
         bus, devices = self._attach_devices(memory, tags, None if irqchip is None else vm)
         machine = Machine(
             self._kvm,
