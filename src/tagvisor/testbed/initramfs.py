@@ -141,3 +141,24 @@ def userland_archive(tree: Path) -> bytes:
         writer.symlink("bin/sh", "busybox")
 
     return gzip_cpio(build)
+
+
+def busybox_initrd(busybox: Path, init: str, programs: dict[str, bytes] | None = None) -> bytes:
+    """A Linux guest's initrd: busybox-static (from the testbed's userland), /dev/console,
+    ``programs`` in /bin and ``init`` as /init, gzip'd cpio (about 1 MB without programs)."""
+    from tagvisor.testbed.errors import TestbedError
+
+    if not busybox.is_file():
+        raise TestbedError(f"{busybox} is missing: the testbed userland has no busybox-static")
+
+    def build(writer: CpioWriter) -> None:
+        for directory in ("dev", "proc", "sys"):
+            writer.directory(directory)
+        writer.char_device("dev/console", 5, 1)
+        writer.file("bin/busybox", busybox.read_bytes(), 0o755)
+        writer.symlink("bin/sh", "busybox")
+        for name, binary in (programs or {}).items():
+            writer.file(f"bin/{name}", binary, 0o755)
+        writer.file("init", init.encode(), 0o755)
+
+    return gzip_cpio(build)

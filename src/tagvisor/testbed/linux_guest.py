@@ -19,7 +19,7 @@ from typing import Final
 
 from tagvisor.testbed.boot import DEFAULT_MEMORY_MIB, SuiteRun, run_suite
 from tagvisor.testbed.errors import TestbedError
-from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio
+from tagvisor.testbed.initramfs import busybox_initrd
 from tagvisor.testbed.linux_suite import ECHO, MARKER
 from tagvisor.testbed.parts import Parts, cache_root, fetch
 from tagvisor.testbed.qemu_reference import TESTBED_MEMORY_MIB, qemu_reference_files
@@ -72,21 +72,7 @@ def guest_initrd(parts: Parts, programs: dict[str, bytes] | None = None) -> byte
     as a gzip'd cpio archive (about 1 MB)."""
     programs = programs or {}
     init = guest_init(list(programs))
-    busybox = parts.userland / "bin" / "busybox"
-    if not busybox.is_file():
-        raise TestbedError(f"{busybox} is missing: the testbed userland has no busybox-static")
-
-    def build(writer: CpioWriter) -> None:
-        for directory in ("dev", "proc", "sys"):
-            writer.directory(directory)
-        writer.char_device("dev/console", 5, 1)
-        writer.file("bin/busybox", busybox.read_bytes(), 0o755)
-        writer.symlink("bin/sh", "busybox")
-        for name, binary in programs.items():
-            writer.file(f"bin/{name}", binary, 0o755)
-        writer.file("init", init.encode(), 0o755)
-
-    return gzip_cpio(build)
+    return busybox_initrd(parts.userland / "bin" / "busybox", init, programs)
 
 
 def boot_linux_guest(

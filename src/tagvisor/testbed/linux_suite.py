@@ -47,6 +47,21 @@ class ConsoleWatch:
             listener(text)
 
 
+def guest_machine(kvm: Any, shape: dict[str, Any], watch: ConsoleWatch) -> Any:
+    """The Linux guest's machine as ``shape`` (linux_guest.json) says, paused."""
+    from tagvisor.vmm import MachineBuilder
+
+    return (
+        MachineBuilder(kvm)
+        .memory(int(shape["mem"]))
+        .mte(bool(shape["mte"]))
+        .vcpus(int(shape["vcpus"]))
+        .console(watch)
+        .linux(SUITE_DIR / "Image", SUITE_DIR / "guest-initrd.gz", str(shape["append"]))
+        .build()
+    )
+
+
 def gic_round_trip(kvm: Any, machine: Any, vcpus: int) -> dict[str, Any]:
     """Save the stopped guest's GIC, restore it into a fresh VM's, read it back: how
     many registers there are, how many Linux changed, and any that did not survive."""
@@ -85,7 +100,6 @@ def run() -> dict[str, Any]:
     """Inside the testbed: boot the guest kernel with tagvisor on this /dev/kvm, wait
     for its /init marker, and report the console, the times and the GIC's state."""
     from tagvisor.kvm.linux import LinuxKvm
-    from tagvisor.vmm import MachineBuilder
     from tagvisor.vmm.linux.run import console_text, run_linux
 
     shape = json.loads((SUITE_DIR / "linux_guest.json").read_text())
@@ -94,15 +108,7 @@ def run() -> dict[str, Any]:
     started = time.monotonic()
     watch = ConsoleWatch(started)
     kvm = LinuxKvm()
-    machine = (
-        MachineBuilder(kvm)
-        .memory(int(shape["mem"]))
-        .mte(bool(shape["mte"]))
-        .vcpus(int(shape["vcpus"]))
-        .console(watch)
-        .linux(SUITE_DIR / "Image", SUITE_DIR / "guest-initrd.gz", str(shape["append"]))
-        .build()
-    )
+    machine = guest_machine(kvm, shape, watch)
     built = time.monotonic() - started
     mp_before = [vcpu.get_mp_state() for vcpu in machine.vcpus]
     result = run_linux(machine, float(shape["deadline"]))
@@ -133,7 +139,6 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
     from tagvisor.kvm.linux import LinuxKvm
     from tagvisor.testbed.linux_session import GuestThread, migration_step, snapshot_step
     from tagvisor.testbed.workload import GLIBC_PREFIX, WorkloadConsole
-    from tagvisor.vmm import MachineBuilder
 
     out: dict[str, Any] = {}
     if shape.get("qemu"):
@@ -144,15 +149,7 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
     watch.listeners.append(lambda line: glibc.append(line) if GLIBC_PREFIX in line else None)
     kvm = LinuxKvm()
     deadline = float(shape["deadline"])
-    machine = (
-        MachineBuilder(kvm)
-        .memory(int(shape["mem"]))
-        .mte(bool(shape["mte"]))
-        .vcpus(int(shape["vcpus"]))
-        .console(watch)
-        .linux(SUITE_DIR / "Image", SUITE_DIR / "guest-initrd.gz", str(shape["append"]))
-        .build()
-    )
+    machine = guest_machine(kvm, shape, watch)
     console = WorkloadConsole(send=machine.console_input)
     watch.listeners.append(console.feed)
     out["glibc_mtag"] = glibc

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from tagvisor.testbed.boot import SuiteRun, run_suite
 from tagvisor.testbed.errors import TestbedError
-from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio
+from tagvisor.testbed.initramfs import busybox_initrd
 from tagvisor.testbed.linux_suite import MARKER
 from tagvisor.testbed.parts import Parts, fetch
 from tagvisor.testbed.qemu_parts import fetch_qemu
@@ -37,19 +37,7 @@ exec /bin/busybox sleep 2147483647
 
 def waiting_initrd(parts: Parts) -> bytes:
     """busybox and :data:`WAITING_INIT` as a gzip'd cpio archive."""
-    busybox = parts.userland / "bin" / "busybox"
-    if not busybox.is_file():
-        raise TestbedError(f"{busybox} is missing: the testbed userland has no busybox-static")
-
-    def build(writer: CpioWriter) -> None:
-        for directory in ("dev", "proc", "sys"):
-            writer.directory(directory)
-        writer.char_device("dev/console", 5, 1)
-        writer.file("bin/busybox", busybox.read_bytes(), 0o755)
-        writer.symlink("bin/sh", "busybox")
-        writer.file("init", WAITING_INIT.encode(), 0o755)
-
-    return gzip_cpio(build)
+    return busybox_initrd(parts.userland / "bin" / "busybox", WAITING_INIT)
 
 
 def qemu_reference_files(
