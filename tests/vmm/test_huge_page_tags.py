@@ -21,7 +21,7 @@ RAM = 0x4000_0000
 HUGE = 2 << 20
 
 
-def _restored_on_a_used_huge_page(profile: str) -> np.ndarray:  # type: ignore[type-arg]
+def _restored_on_a_used_huge_page(profile: str) -> np.ndarray:
     """A huge page whose frames hold an old owner's tag 3 (flags cleared, tags left)
     goes back to the pool; a machine restoring onto huge pages gets it and writes
     tag 5 into page 1 (as a snapshot's restore does): the tags of pages 0 to 2."""
