@@ -39,37 +39,60 @@ def run_linux_guest_in_testbed(args: argparse.Namespace) -> int:
         json.dump({"kernel": run.kernel, "passed": not problems, **figures}, sys.stdout, indent=2)
         print()
     else:
-        _print_session(run.kernel, figures)
+        _print_session(run.kernel, figures, not problems)
     for problem in problems:
         _say(f"testbed: {problem}")
     return 0 if not problems else 1
 
 
-def _print_session(kernel: str, figures: dict[str, Any]) -> None:
-    snap, mig = figures["snapshot"], figures["migration"]
-    print(f"Linux {kernel} as tagvisor's MTE guest, {figures['granules']} granules tagged")
+def _yes(value: object) -> str:
+    if value is None:
+        return "n/a (the guest ran on while its pages came)"
+    return "yes" if value is True else "NO"
+
+
+def _step(name: str, figures: dict[str, Any], timing: str) -> str:
+    return (
+        f"  {name}: {timing}; digests equal: {_yes(figures.get('digests_equal'))}; the guest "
+        f"verified {figures.get('guest_verified_granules') or 0:,} granules, "
+        f"{figures.get('mismatches')} mismatches, caught {figures.get('bugs_caught')} bugs"
+    )
+
+
+def _print_session(kernel: str, figures: dict[str, Any], passed: bool) -> None:
+    snap, mig, post = figures["snapshot"], figures["migration"], figures["postcopy"]
+    granules = figures["granules"] or 0
+    print(f"Linux {kernel} as tagvisor's MTE guest: {granules:,} granules tagged by its workload")
     boot, ready = figures["boot_seconds"], figures["seconds_to_ready"]
-    print(f"  boot to /init {boot} s, workload READY {ready} s")
-    print(
-        f"  snapshot: save {snap['save_seconds']} s, restore {snap['restore_seconds']} s, "
-        f"{snap['file_bytes']} bytes; digests equal: {snap['digests_equal']}; guest verified "
-        f"{snap['guest_verified_granules']} granules, {snap['mismatches']} mismatches, "
-        f"bugs caught {snap['bugs_caught']}"
+    print(f"  boot to /init {boot} s; workload READY after {ready} s")
+    size = (snap.get("file_bytes") or 0) / 1e6
+    timing = f"save {snap['save_seconds']} s, restore {snap['restore_seconds']} s, {size:.1f} MB"
+    print(_step("snapshot", snap, timing))
+    share = 100 * (mig.get("tag_share") or 0)
+    timing = (
+        f"{mig['total_seconds']} s, downtime {mig['downtime_ms']:.0f} ms, "
+        f"tags {share:.2f} % of the bytes sent"
+        if mig.get("total_seconds") is not None
+        else "not run"
     )
-    print(
-        f"  migration: {mig['total_seconds']} s, downtime {mig['downtime_ms']} ms, tag share "
-        f"{mig['tag_share']}; digests equal: {mig['digests_equal']}; guest verified "
-        f"{mig['guest_verified_granules']} granules, {mig['mismatches']} mismatches, "
-        f"bugs caught {mig['bugs_caught']}"
+    print(_step("pre-copy migration", mig, timing))
+    timing = (
+        f"{post['total_seconds']} s, downtime {post['downtime_ms']:.0f} ms, "
+        f"{post['postcopy_pages']:,} pages after the switch"
+        if post.get("total_seconds") is not None
+        else "not run"
     )
+    print(_step("post-copy migration", post, timing))
     qemu, plain = figures.get("qemu"), figures.get("qemu_nomte_migration")
     if isinstance(qemu, dict):
-        print(f"  QEMU 10 + KVM: boot {qemu.get('boot_seconds')} s; migrate: {qemu.get('migrate')}")
+        answer = json.dumps(qemu.get("migrate"))
+        print(f"  QEMU 10 + KVM: boot to /init {qemu.get('boot_seconds')} s; migrate: {answer}")
     if isinstance(plain, dict):
         print(
-            f"  QEMU 10 + KVM, mte=off migration: {plain.get('total_seconds')} s, downtime "
-            f"{plain.get('downtime_ms')} ms"
+            f"  QEMU 10 + KVM, the same guest with mte=off: migration {plain.get('total_seconds')} "
+            f"s, downtime {plain.get('downtime_ms')} ms"
         )
+    print("PASSED: every tag arrived after each move" if passed else "FAILED (see below)")
 
 
 def _boot_only(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from tagvisor.cli.common import (
 )
 from tagvisor.cli.errors import CliError
 from tagvisor.snapshot import FormatError, read_snapshot, restore_snapshot, save_snapshot
+from tagvisor.vmm.machine import Machine
 
 
 def _snapshot(args: argparse.Namespace) -> int:
@@ -62,6 +63,17 @@ def _snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def unfinished_line(machine: Machine) -> bytes:
+    """What the guest's console holds after its last newline (the polled console's, or
+    a Linux guest's PL011)."""
+    text = machine.console.text
+    device = machine.devices.get("pl011-amba")
+    amba = getattr(device, "text", "")
+    if isinstance(amba, str) and amba:
+        text = amba
+    return text.rpartition("\n")[2].encode()
+
+
 def _restore(args: argparse.Namespace) -> int:
     try:
         snapshot = read_snapshot(input_file(args.file, "snapshot file"))
@@ -70,7 +82,12 @@ def _restore(args: argparse.Namespace) -> int:
     kvm = host(args, snapshot.machine.config.ram_size)
     with progress_bar("restoring", not args.json) as progress:
         machine = restore_snapshot(args.file, kvm, with_tags=not args.no_tags, progress=progress)
-    machine.set_console_sink(console_sink(not args.json, raw=args.raw))
+    sink = console_sink(not args.json, raw=args.raw)
+    # The guest may have been saved half way through a line: give the sink that part
+    # again, so the line comes out whole (and decoded) when the guest finishes it.
+    for byte in unfinished_line(machine):
+        sink(bytes([byte]))
+    machine.set_console_sink(sink)
     result = machine.run()
     status = result.exit_status if result.exit_status is not None else 255
     if args.json:

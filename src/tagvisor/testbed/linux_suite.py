@@ -161,6 +161,8 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
         out["ready"] = ready.fields
         _, verified = console.command("verify", "VERIFIED", 120)
         out["verified"] = verified.fields
+        # A TICK just before the pause, to compare the guest's clock across the restore.
+        console.wait("TICK", 12)
         guest, out["snapshot"] = snapshot_step(kvm, guest, console, watch, Path("/tmp"), deadline)
         guest, out["migration"] = migration_step(kvm, guest, console, watch, deadline)
         guest, out["postcopy"] = migration_step(kvm, guest, console, watch, deadline, postcopy=True)

@@ -328,7 +328,8 @@ class MachineBuilder:
             raise LinuxUnsupported(
                 "this KVM cannot run Linux: it has no in-kernel GIC (KVM_CAP_IRQCHIP is 0). "
                 "The software model has no interrupt controller, no arch timer and no "
-                "FP/SIMD; boot Linux guests on a real /dev/kvm (e.g. in `tagvisor testbed`)"
+                "FP/SIMD; boot Linux guests on a real arm64 /dev/kvm, or try one in the testbed: "
+                "tagvisor testbed --linux-guest"
             )
 
     def _create_vm(self) -> Vm:
