@@ -89,7 +89,11 @@ def test_suite_spec(tmp_path: Path) -> None:
 
 def test_init_runs_the_suite_and_powers_off() -> None:
     script = INIT.format(
-        module="pkg.suite", pagecache="/mnt/pc", guest_ip="10.0.2.15", host_ip="10.0.2.2"
+        module="pkg.suite",
+        pagecache="/mnt/pc",
+        guest_ip="10.0.2.15",
+        host_ip="10.0.2.2",
+        zram_size=1 << 20,
     )
     assert script.startswith("#!/bin/busybox sh\n")
     assert "mount -t ramfs pagecache /mnt/pc" in script
@@ -111,9 +115,28 @@ def test_network_modules_are_loaded_dependencies_first(tmp_path: Path) -> None:
         "virtio_ring",
     ]
     assert _depends(b"\0depends=\0") == []
-    script = INIT.format(module="m", pagecache="/p", guest_ip="10.0.2.15", host_ip="10.0.2.2")
+    script = INIT.format(
+        module="m", pagecache="/p", guest_ip="10.0.2.15", host_ip="10.0.2.2", zram_size=1
+    )
     assert "insmod /opt/modules/$module.ko" in script
     assert "ip route add default via 10.0.2.2" in script
+
+
+def test_init_makes_a_zram_swap_device_before_the_suite() -> None:
+    """Scenario: /init insmods /opt/swap-modules in order, sizes zram0, mkswap and swapon,
+    all before the suite starts (the host-memory scenarios page out to it)."""
+    script = INIT.format(
+        module="m", pagecache="/p", guest_ip="10.0.2.15", host_ip="10.0.2.2", zram_size=65536
+    )
+    steps = [
+        "insmod /opt/swap-modules/$module.ko",
+        "echo 65536 > /sys/block/zram0/disksize",
+        "mkswap /dev/zram0",
+        "swapon /dev/zram0",
+        "-m tagvisor.testbed.guest m",
+    ]
+    positions = [script.index(step) for step in steps]
+    assert positions == sorted(positions)
 
 
 def test_a_network_forwards_host_ports_into_the_image() -> None:
