@@ -120,11 +120,14 @@ def moved_and_read_back(kvm: Kvm, mte: bool, move: Move) -> Result:
         result["to_guest_page4"] = _to_guest(kvm, writer, 4, COPY_TAG)
         result["from_guest_before"] = from_guest(kvm, writer)
         frames = user.frame_numbers(hva, PAGES)
+        result["_frames_before"] = frames
         result.update({f"move.{k}": v for k, v in move(user, hva).items()})
         machines.append(guest(kvm, hva, 0, result, "reader"))
         result["from_guest_after"] = from_guest(kvm, machines[-1])
         result["data_kept"] = _data_kept(user, hva)
-        result["_move.pages_moved"] = _moved(frames, user.frame_numbers(hva, PAGES))
+        after = user.frame_numbers(hva, PAGES)
+        result["_frames_after"] = after
+        result["_move.pages_moved"] = _moved(frames, after)
     finally:
         for machine in machines:
             _dispose(kvm, machine, None)
@@ -204,7 +207,9 @@ def ksm_skips_tagged_pages(kvm: Kvm) -> Result:
         for page in range(PAGES):
             user.write(hva + page * PAGE, pattern(page))
         machines.append(guest(kvm, hva, OWNER_TAG, result, "writer"))
+        result["_frames_before"] = user.frame_numbers(hva, PAGES)
         result["ksm"] = user.ksm_merge([(hva, LENGTH), (plain, 2 * PAGE), (tagged, 2 * PAGE)])
+        result["_frames_after"] = user.frame_numbers(hva, PAGES)
         result["merged.slot_guest_tagged_0_1"] = _merged(user, hva)
         result["merged.slot_untagged_4_5"] = _merged(user, hva + 4 * PAGE)
         result["merged.plain_pair"] = _merged(user, plain)
