@@ -126,6 +126,10 @@ def moved_and_read_back(kvm: Kvm, mte: bool, move: Move) -> Result:
         frames = user.frame_numbers(hva, PAGES)
         result["_frames_before"] = frames
         result.update({f"move.{k}": v for k, v in move(user, hva).items()})
+        # Again once the writer's VM is gone (its stage 2 with it): what a live VM's
+        # mapping of the pages changes.
+        _dispose(kvm, machines.pop(), None)
+        result.update({f"move_writer_gone.{k}": v for k, v in move(user, hva).items()})
         machines.append(guest(kvm, hva, 0, result, "reader"))
         result["from_guest_after"] = from_guest(kvm, machines[-1])
         result["data_kept"] = _data_kept(user, hva)
@@ -218,6 +222,9 @@ def ksm_skips_tagged_pages(kvm: Kvm) -> Result:
         result["merged.slot_untagged_4_5"] = _merged(user, hva + 4 * PAGE)
         result["merged.plain_pair"] = _merged(user, plain)
         result["merged.prot_mte_pair"] = _merged(user, tagged)
+        _dispose(kvm, machines.pop(), None)  # again without the writer's VM
+        result["ksm_writer_gone"] = user.ksm_merge([(hva, LENGTH)])
+        result["merged_writer_gone.slot_untagged_4_5"] = _merged(user, hva + 4 * PAGE)
         machines.append(guest(kvm, hva, 0, result, "reader"))
         result["from_guest_after"] = from_guest(kvm, machines[-1])
         result["data_kept"] = _data_kept(user, hva)
