@@ -52,6 +52,8 @@ SEGV_ACCERR = 2
 
 #: Called with [start, end) of host virtual addresses whose translations are going.
 InvalidateHook = Callable[[int, int], None]
+#: A secondary MMU's answer to "do you map this page now?" (its access flag set).
+YoungHook = Callable[[int], bool]
 
 MMAP_BASE = 0x7F00_0000_0000
 
@@ -76,14 +78,31 @@ class HostProcess:
         self.vmas: list[Vma] = []
         self._next_map = MMAP_BASE
         self._notifiers: list[InvalidateHook] = []
+        self._young: dict[InvalidateHook, YoungHook] = {}
+        #: MADV_PAGEOUT keeps a page a secondary MMU (a live VM's stage 2) maps: before
+        #: 2864f3d0f583 (6.10) reclaim_pages checked references, which the MMU notifier
+        #: answers from KVM's stage-2 access flag (measured on 6.1, docs/host-memory.md).
+        self.pageout_keeps_secondary_mapped = False
         #: Ranges registered with userfaultfd (post-copy); see tagvisor.host.userfault.
         self.userfaults: list[Userfaultfd] = []
 
     # -- MMU notifiers ---------------------------------------------------------------
 
-    def register_notifier(self, hook: InvalidateHook) -> None:
-        """Have ``hook`` called on every invalidation (mmu_notifier_register)."""
+    def register_notifier(self, hook: InvalidateHook, young: YoungHook | None = None) -> None:
+        """Have ``hook`` called on every invalidation (mmu_notifier_register), and
+        ``young`` asked whether the secondary MMU maps a page (clear_flush_young)."""
         self._notifiers.append(hook)
+        if young is not None:
+            self._young[hook] = young
+
+    def unregister_notifier(self, hook: InvalidateHook) -> None:
+        """mmu_notifier_unregister: the secondary MMU is gone (its VM destroyed)."""
+        self._notifiers.remove(hook)
+        self._young.pop(hook, None)
+
+    def secondary_mapped(self, address: int) -> bool:
+        """Whether some secondary MMU (a VM's stage 2) maps the page at ``address``."""
+        return any(young(address) for young in self._young.values())
 
     def invalidate(self, start: int, end: int) -> None:
         """mmu_notifier_invalidate_range: tell secondary MMUs (KVM) to drop [start, end)."""

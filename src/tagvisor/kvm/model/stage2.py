@@ -78,7 +78,7 @@ class Stage2Mmu:
         #: Counts of faults taken, for tests and the lab.
         self.translation_faults = 0
         self.permission_faults = 0
-        process.register_notifier(self.invalidate_hva)
+        process.register_notifier(self.invalidate_hva, self.maps_hva)
 
     # -- MMU notifier ----------------------------------------------------------------
 
@@ -93,6 +93,24 @@ class Stage2Mmu:
                 last = -(-(hi - memslot.userspace_addr) // PAGE_SIZE)
                 memslot.unmap(slice(first, last))
                 self.memslots.changed()
+
+    def maps_hva(self, address: int) -> bool:
+        """Whether stage 2 maps the page at host address ``address`` (its access flag:
+        KVM sets it on every mapping it makes)."""
+        for memslot in self.memslots.slots.values():
+            if memslot.userspace_addr <= address < memslot.userspace_addr + memslot.memory_size:
+                page = (address - memslot.userspace_addr) // PAGE_SIZE
+                if memslot.s2_pfn[page] != NOT_MAPPED:
+                    return True
+        return False
+
+    @_locked
+    def detach(self) -> None:
+        """kvm_destroy_vm: stage 2 goes and the MMU notifier is unregistered."""
+        for memslot in self.memslots.slots.values():
+            memslot.unmap(slice(None))
+        self.memslots.changed()
+        self.process.unregister_notifier(self.invalidate_hva)
 
     # -- faults ----------------------------------------------------------------------
 

@@ -148,8 +148,13 @@ class ModelUserMemory(UserMemory):
     def page_out(self, address: int, length: int) -> int:
         """MADV_PAGEOUT: the range's unshared anonymous pages to the host's swap device
         (none without one); how many of its pages are in swap afterwards."""
-        if self.process.swap is not None:
-            self.process.swap.swap_out(self.process, address, length)
+        swap = self.process.swap
+        if swap is not None and not self.process.pageout_keeps_secondary_mapped:
+            swap.swap_out(self.process, address, length)
+        elif swap is not None:  # page by page, leaving those a live VM maps
+            for page in range(address, address + length, PAGE_SIZE):
+                if not self.process.secondary_mapped(page):
+                    swap.swap_out(self.process, page, PAGE_SIZE)
         return self._swapped(address, -(-length // PAGE_SIZE))
 
     def _swapped(self, address: int, npages: int) -> int:
