@@ -147,3 +147,35 @@ def test_a_network_forwards_host_ports_into_the_image() -> None:
         "-nic",
         "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:5555-10.0.2.15:4444",
     ]
+
+
+def test_swap_modules_are_zram_and_its_dependencies_from_the_kernel_package(
+    tmp_path: Path,
+) -> None:
+    """Scenario: a kernel package with zram.ko (depends=zsmalloc) and zsmalloc.ko, and an
+    unrelated module: swap_modules picks zsmalloc then zram, and nothing else (6.1's
+    layout; a kernel with zsmalloc built in has no zsmalloc.ko and gets zram alone)."""
+    import subprocess
+
+    from tagvisor.testbed.modules import swap_modules
+
+    root = tmp_path / "pkg"
+    modules = root / "lib/modules/6.1.0-test/kernel"
+    for path, info in (
+        ("drivers/block/zram/zram.ko", b"\0depends=zsmalloc\0"),
+        ("mm/zsmalloc.ko", b"\0depends=\0"),
+        ("drivers/net/dummy.ko", b"\0depends=\0"),
+    ):
+        (modules / path).parent.mkdir(parents=True, exist_ok=True)
+        (modules / path).write_bytes(b"\x7fELF" + info)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN/control").write_text(
+        "Package: linux-image-test\nVersion: 1\nArchitecture: arm64\n"
+        "Maintainer: t <t@t>\nDescription: t\n"
+    )
+    deb = tmp_path / "linux-image-test.deb"
+    subprocess.run(["dpkg-deb", "-b", str(root), str(deb)], check=True, capture_output=True)
+    chosen = swap_modules(deb, tmp_path / "cache")
+    assert [name for name, _ in chosen] == ["zsmalloc", "zram"]
+    assert chosen[1][1].endswith(b"depends=zsmalloc\0")
+    assert (tmp_path / "cache/order").read_text().split() == ["zsmalloc", "zram"]
