@@ -99,3 +99,15 @@ def test_ksm_merges_equal_pages_only_when_neither_is_tagged() -> None:
     assert result["merged.plain_pair"] is True
     assert result["reader.before"] == [GUEST] * 4
     assert result["data_kept"] == [True] * 6
+
+
+def test_linux_6_1_ksm_merges_nothing_in_an_mte_vms_memslot() -> None:
+    """Scenario: linux-6.1, the same equal pairs: KSM's write-protect reaches KVM's
+    change_pte notifier, which before 2dbf12ae132c sanitised the page (tags cleared,
+    PG_mte_tagged set) in an MTE VM, so even the slot's never-touched untagged pair stays
+    apart, also once the VM is gone; memory outside any memslot merges as usual."""
+    result = ksm_skips_tagged_pages(_kvm("linux-6.1"))
+    assert result["merged.slot_untagged_4_5"] is False
+    assert result["merged_writer_gone.slot_untagged_4_5"] is False
+    assert result["merged.plain_pair"] is True
+    assert result["from_guest_after"]["masks"][4:] == [ZEROS, ZEROS]  # cleared, not stale

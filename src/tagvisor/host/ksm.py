@@ -23,6 +23,10 @@ def ksm_try_merge(process: HostProcess, address_a: int, address_b: int) -> bool:
     pfn_b = int(process.fault_in(address_b, 1, write=False)[0])
     if pfn_a == pfn_b:
         return True
+    # write_protect_page on both before pages_identical: a secondary MMU hears of each
+    # (before 6.2 KVM tagged a page of an MTE VM's memslot right there).
+    process.write_protect(address_b)
+    process.write_protect(address_a)
     if frames.mte_tagged[pfn_a] or frames.mte_tagged[pfn_b]:
         return False
     if not (frames.data[pfn_a] == frames.data[pfn_b]).all():

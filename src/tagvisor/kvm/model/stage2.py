@@ -78,7 +78,7 @@ class Stage2Mmu:
         #: Counts of faults taken, for tests and the lab.
         self.translation_faults = 0
         self.permission_faults = 0
-        process.register_notifier(self.invalidate_hva, self.maps_hva)
+        process.register_notifier(self.invalidate_hva, self.maps_hva, self.change_pte)
 
     # -- MMU notifier ----------------------------------------------------------------
 
@@ -103,6 +103,23 @@ class Stage2Mmu:
                 if memslot.s2_pfn[page] != NOT_MAPPED:
                     return True
         return False
+
+    @_locked
+    def change_pte(self, address: int) -> None:
+        """kvm_set_spte_gfn for a page of a memslot: before 6.2 it sanitised the page's
+        tags in an MTE VM (clearing them and setting PG_mte_tagged) whether or not the
+        guest ever touched it; from 2dbf12ae132c ("KVM: arm64: Simplify the
+        sanitise_mte_tags() logic") an untagged page is left for user_mem_abort."""
+        if not (self.profile.change_pte_sanitises_tags and self.mte_enabled()):
+            return
+        for memslot in self.memslots.slots.values():
+            if memslot.userspace_addr <= address < memslot.userspace_addr + memslot.memory_size:
+                vma = self.process.find_vma(address)
+                if vma is not None:
+                    pfn = vma.backing.pfns[vma.page_index(address)]
+                    if pfn:
+                        self.frames.sanitise(np.array([pfn], dtype=np.int64))
+                return
 
     @_locked
     def detach(self) -> None:
