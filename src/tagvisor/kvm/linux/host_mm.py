@@ -28,9 +28,9 @@ PAGEMAP: Final = "/proc/self/pagemap"
 PAGEMAP_SWAPPED: Final = 1 << 62
 KSM: Final = Path("/sys/kernel/mm/ksm")
 #: Full scans ksmd must finish after MADV_MERGEABLE: one to checksum a page, one to see
-#: it unchanged and put it in the unstable tree, one for its twin to find it there, and
-#: three more for merges that failed on a passing reference (write_protect_page's
-#: page_count check) to be tried again.
+#: it unchanged and put it in the unstable tree, one for its twin to find it there;
+#: twice that, so a merge that failed once (write_protect_page's page_count check) is
+#: tried again. Six took about 0.3 s in the testbed.
 KSM_PASSES: Final = 6
 KSM_TIMEOUT: Final = 20.0
 
@@ -56,10 +56,11 @@ def page_out(address: int, length: int) -> int | None:
     """MADV_PAGEOUT once on each CPU this thread may run on, then the pages in swap; None
     if the kernel refused the advice.
 
-    A page faulted in recently waits in its CPU's LRU batch (mm/swap.c lru_add_fn) until
-    the batch drains, and reclaim cannot isolate it from there; madvise_pageout drains
-    only the CPU it runs on (lru_add_drain, not lru_add_drain_all), so one call leaves
-    the pages another CPU faulted in resident (measured on 6.1: 2 of 6 went out).
+    A page faulted in recently waits in its CPU's LRU batch (mm/swap.c) until the batch
+    drains, and reclaim cannot isolate it from there; madvise_pageout drains only the
+    CPU it runs on (lru_add_drain, not lru_add_drain_all), so a call per CPU leaves no
+    batch undrained. (A precaution from the source: the pages 6.1 kept resident were
+    those a live VM maps, and stayed so through both calls; docs/conformance.md.)
     """
     cpus = os.sched_getaffinity(0)
     try:
