@@ -89,7 +89,11 @@ def test_suite_spec(tmp_path: Path) -> None:
 
 def test_init_runs_the_suite_and_powers_off() -> None:
     script = INIT.format(
-        module="pkg.suite", pagecache="/mnt/pc", guest_ip="10.0.2.15", host_ip="10.0.2.2"
+        module="pkg.suite",
+        pagecache="/mnt/pc",
+        guest_ip="10.0.2.15",
+        host_ip="10.0.2.2",
+        zram_size=1 << 20,
     )
     assert script.startswith("#!/bin/busybox sh\n")
     assert "mount -t ramfs pagecache /mnt/pc" in script
@@ -111,9 +115,28 @@ def test_network_modules_are_loaded_dependencies_first(tmp_path: Path) -> None:
         "virtio_ring",
     ]
     assert _depends(b"\0depends=\0") == []
-    script = INIT.format(module="m", pagecache="/p", guest_ip="10.0.2.15", host_ip="10.0.2.2")
+    script = INIT.format(
+        module="m", pagecache="/p", guest_ip="10.0.2.15", host_ip="10.0.2.2", zram_size=1
+    )
     assert "insmod /opt/modules/$module.ko" in script
     assert "ip route add default via 10.0.2.2" in script
+
+
+def test_init_makes_a_zram_swap_device_before_the_suite() -> None:
+    """Scenario: /init insmods /opt/swap-modules in order, sizes zram0, mkswap and swapon,
+    all before the suite starts (the host-memory scenarios page out to it)."""
+    script = INIT.format(
+        module="m", pagecache="/p", guest_ip="10.0.2.15", host_ip="10.0.2.2", zram_size=65536
+    )
+    steps = [
+        "insmod /opt/swap-modules/$module.ko",
+        "echo 65536 > /sys/block/zram0/disksize",
+        "mkswap /dev/zram0",
+        "swapon /dev/zram0",
+        "-m tagvisor.testbed.guest m",
+    ]
+    positions = [script.index(step) for step in steps]
+    assert positions == sorted(positions)
 
 
 def test_a_network_forwards_host_ports_into_the_image() -> None:
@@ -124,3 +147,35 @@ def test_a_network_forwards_host_ports_into_the_image() -> None:
         "-nic",
         "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:5555-10.0.2.15:4444",
     ]
+
+
+def test_swap_modules_are_zram_and_its_dependencies_from_the_kernel_package(
+    tmp_path: Path,
+) -> None:
+    """Scenario: a kernel package with zram.ko (depends=zsmalloc) and zsmalloc.ko, and an
+    unrelated module: swap_modules picks zsmalloc then zram, and nothing else (6.1's
+    layout; a kernel with zsmalloc built in has no zsmalloc.ko and gets zram alone)."""
+    import subprocess
+
+    from tagvisor.testbed.modules import swap_modules
+
+    root = tmp_path / "pkg"
+    modules = root / "lib/modules/6.1.0-test/kernel"
+    for path, info in (
+        ("drivers/block/zram/zram.ko", b"\0depends=zsmalloc\0"),
+        ("mm/zsmalloc.ko", b"\0depends=\0"),
+        ("drivers/net/dummy.ko", b"\0depends=\0"),
+    ):
+        (modules / path).parent.mkdir(parents=True, exist_ok=True)
+        (modules / path).write_bytes(b"\x7fELF" + info)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN/control").write_text(
+        "Package: linux-image-test\nVersion: 1\nArchitecture: arm64\n"
+        "Maintainer: t <t@t>\nDescription: t\n"
+    )
+    deb = tmp_path / "linux-image-test.deb"
+    subprocess.run(["dpkg-deb", "-b", str(root), str(deb)], check=True, capture_output=True)
+    chosen = swap_modules(deb, tmp_path / "cache")
+    assert [name for name, _ in chosen] == ["zsmalloc", "zram"]
+    assert chosen[1][1].endswith(b"depends=zsmalloc\0")
+    assert (tmp_path / "cache/order").read_text().split() == ["zsmalloc", "zram"]

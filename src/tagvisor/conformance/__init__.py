@@ -5,6 +5,13 @@ ones that boot guest programs through the VMM; ``suite`` is what the
 testbed runs inside its image; ``compare`` runs the model side and lists differences.
 """
 
-from tagvisor.conformance import owners, programs, regfile, scenarios, traps  # registers them
+from tagvisor.conformance import (  # registers them
+    host_memory,
+    owners,
+    programs,
+    regfile,
+    scenarios,
+    traps,
+)
 
-__all__ = ["owners", "programs", "regfile", "scenarios", "traps"]
+__all__ = ["host_memory", "owners", "programs", "regfile", "scenarios", "traps"]

@@ -13,6 +13,8 @@ from tagvisor.testbed.parts import kernel_named
 #: (ID_AA64PFR1_EL1.MTE = 3) and AArch32 at EL1 (KVM_CAP_ARM_EL1_32BIT = 1).
 TESTBED_MTE_LEVEL: Final = 3
 TESTBED_32BIT_EL1: Final = True
+#: The testbed's swap: /init's zram device (tagvisor.testbed.boot.ZRAM_SIZE), in pages.
+TESTBED_SWAP_PAGES: Final = (64 << 20) // 4096
 
 #: The model profile that matches each testbed kernel (tagvisor.testbed.parts.KERNELS).
 PROFILE_FOR_KERNEL: Final = {"6.1": "linux-6.1", "6.12": "linux-6.12", "7.3": "linux-7.3"}
@@ -33,6 +35,7 @@ def model_results(profile: str = "linux-6.1", only: list[str] | None = None) -> 
             host_mte=True,
             host_mte_level=TESTBED_MTE_LEVEL,
             host_32bit_el1=TESTBED_32BIT_EL1,
+            swap_pages=TESTBED_SWAP_PAGES,
         ),
         "model",
         only,

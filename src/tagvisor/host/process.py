@@ -52,6 +52,10 @@ SEGV_ACCERR = 2
 
 #: Called with [start, end) of host virtual addresses whose translations are going.
 InvalidateHook = Callable[[int, int], None]
+#: A secondary MMU's answer to "do you map this page now?" (its access flag set).
+YoungHook = Callable[[int], bool]
+#: mmu_notifier change_pte: the page at this address got a new pte (KSM write-protects it).
+ChangePteHook = Callable[[int], None]
 
 MMAP_BASE = 0x7F00_0000_0000
 
@@ -76,14 +80,49 @@ class HostProcess:
         self.vmas: list[Vma] = []
         self._next_map = MMAP_BASE
         self._notifiers: list[InvalidateHook] = []
+        self._young: dict[InvalidateHook, YoungHook] = {}
+        self._change_pte: dict[InvalidateHook, ChangePteHook] = {}
+        #: MADV_PAGEOUT keeps a page a secondary MMU (a live VM's stage 2) maps: before
+        #: 2864f3d0f583 (6.10) reclaim_pages checked references, which the MMU notifier
+        #: answers from KVM's stage-2 access flag (measured on 6.1, docs/host-memory.md).
+        self.pageout_keeps_secondary_mapped = False
         #: Ranges registered with userfaultfd (post-copy); see tagvisor.host.userfault.
         self.userfaults: list[Userfaultfd] = []
 
     # -- MMU notifiers ---------------------------------------------------------------
 
-    def register_notifier(self, hook: InvalidateHook) -> None:
-        """Have ``hook`` called on every invalidation (mmu_notifier_register)."""
+    def register_notifier(
+        self,
+        hook: InvalidateHook,
+        young: YoungHook | None = None,
+        change_pte: ChangePteHook | None = None,
+    ) -> None:
+        """Have ``hook`` called on every invalidation (mmu_notifier_register), ``young``
+        asked whether the secondary MMU maps a page (clear_flush_young) and
+        ``change_pte`` told of a page's new pte (set_pte_at_notify)."""
         self._notifiers.append(hook)
+        if young is not None:
+            self._young[hook] = young
+        if change_pte is not None:
+            self._change_pte[hook] = change_pte
+
+    def unregister_notifier(self, hook: InvalidateHook) -> None:
+        """mmu_notifier_unregister: the secondary MMU is gone (its VM destroyed)."""
+        self._notifiers.remove(hook)
+        self._young.pop(hook, None)
+        self._change_pte.pop(hook, None)
+
+    def write_protect(self, address: int) -> None:
+        """What KSM's write_protect_page does to the page at ``address`` as secondary MMUs
+        see it: invalidate, then set_pte_at_notify (mm/ksm.c)."""
+        page = address - address % PAGE_SIZE
+        self.invalidate(page, page + PAGE_SIZE)
+        for change_pte in list(self._change_pte.values()):
+            change_pte(page)
+
+    def secondary_mapped(self, address: int) -> bool:
+        """Whether some secondary MMU (a VM's stage 2) maps the page at ``address``."""
+        return any(young(address) for young in self._young.values())
 
     def invalidate(self, start: int, end: int) -> None:
         """mmu_notifier_invalidate_range: tell secondary MMUs (KVM) to drop [start, end)."""

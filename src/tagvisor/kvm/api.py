@@ -240,6 +240,26 @@ class UserMemory(Protocol):
         afterwards. The default writes the zeros."""
         self.scatter_pages(address, pages, None)
 
+    # -- capabilities: the host's memory management, forced ------------------------------
+
+    def page_out(self, address: int, length: int) -> int | None:
+        """madvise(MADV_PAGEOUT) of the range (Linux 5.4+: reclaim it now, anonymous pages
+        to swap); how many of its pages are in swap afterwards, or None where the backend
+        cannot say."""
+        return None
+
+    def soft_offline(self, address: int, length: int) -> int | None:
+        """madvise(MADV_SOFT_OFFLINE) of the range's pages, one call a page: each present
+        page migrates to a new frame (mm/memory-failure.c); the raw outcome (0 or -errno),
+        or None where the backend cannot."""
+        return None
+
+    def ksm_merge(self, ranges: Sequence[tuple[int, int]]) -> int | None:
+        """madvise(MADV_MERGEABLE) of each (address, length), then KSM's scans until equal
+        pages that may merge have (a few full passes); the raw outcome of the madvises (the
+        first failure), or None where the backend has no KSM."""
+        return None
+
     # -- capabilities: what only some backends' VMM processes can do -----------------------
 
     def tagged_mapping(self) -> TaggedMapping | None:

@@ -28,7 +28,7 @@ from typing import Any, Final
 from tagvisor.testbed import guest
 from tagvisor.testbed.errors import TestbedError
 from tagvisor.testbed.initramfs import CpioWriter, gzip_cpio, userland_archive
-from tagvisor.testbed.modules import network_modules
+from tagvisor.testbed.modules import network_modules, swap_modules
 from tagvisor.testbed.parts import Parts, cache_root, fetch, modules_deb
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parents[1]  # src/tagvisor
@@ -44,6 +44,8 @@ PAGECACHE_DIR: Final = "/mnt/pagecache"
 #: guest reaches it.
 GUEST_IP: Final = "10.0.2.15"
 HOST_IP: Final = "10.0.2.2"
+#: The zram swap device /init makes (bytes; zram stores only what is swapped out).
+ZRAM_SIZE: Final = 64 << 20
 
 INIT: Final = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
@@ -58,6 +60,15 @@ if [ -f /opt/modules/order ]; then
     /bin/busybox ip link set eth0 up
     /bin/busybox ip addr add {guest_ip}/24 dev eth0
     /bin/busybox ip route add default via {host_ip}
+fi
+# A swap device in RAM for the host-memory scenarios (zram's modules, if the kernel has
+# them as modules; ZRAM_SIZE, tagvisor.conformance.compare.TESTBED_SWAP_PAGES).
+for module in $(/bin/busybox cat /opt/swap-modules/order 2>/dev/null); do
+    /bin/busybox insmod /opt/swap-modules/$module.ko
+done
+if [ -e /sys/block/zram0/disksize ]; then
+    echo {zram_size} > /sys/block/zram0/disksize
+    /bin/busybox mkswap /dev/zram0 >/dev/null && /bin/busybox swapon /dev/zram0
 fi
 /bin/busybox mkdir -p {pagecache}
 /bin/busybox mount -t ramfs pagecache {pagecache}
@@ -142,9 +153,10 @@ def _source_archive(
     suite_file: Path | None,
     files: dict[str, bytes],
     modules: list[tuple[str, bytes]],
+    swap: list[tuple[str, bytes]],
 ) -> bytes:
     """tagvisor's package (with hash-checked bytecode), the suite and its files, the
-    network's kernel modules if any, and /init."""
+    network's kernel modules if any, zram's, and /init."""
     with tempfile.TemporaryDirectory(prefix="tagvisor-testbed-") as tmp:
         staging = Path(tmp) / "tagvisor"
         shutil.copytree(
@@ -172,6 +184,9 @@ def _source_archive(
                 for name, data in modules:
                     writer.file(f"opt/modules/{name}.ko", data)
                 writer.file("opt/modules/order", "".join(f"{n}\n" for n, _ in modules).encode())
+            for name, data in swap:
+                writer.file(f"opt/swap-modules/{name}.ko", data)
+            writer.file("opt/swap-modules/order", "".join(f"{n}\n" for n, _ in swap).encode())
             writer.file(
                 "init",
                 INIT.format(
@@ -179,6 +194,7 @@ def _source_archive(
                     pagecache=PAGECACHE_DIR,
                     guest_ip=GUEST_IP,
                     host_ip=HOST_IP,
+                    zram_size=ZRAM_SIZE,
                 ).encode(),
                 0o755,
             )
@@ -224,13 +240,19 @@ def build_initrd(
     with tmp.open("wb") as out:
         with base.open("rb") as source:
             shutil.copyfileobj(source, out)
-        out.write(_source_archive(module, file, files or {}, _modules(parts) if network else []))
+        network_part = _modules(parts) if network else []
+        out.write(_source_archive(module, file, files or {}, network_part, _swap(parts)))
     tmp.replace(initrd)
     return initrd
 
 
 def _modules(parts: Parts) -> list[tuple[str, bytes]]:
     return network_modules(modules_deb(parts), cache_root() / f"modules-{parts.kernel_package}")
+
+
+def _swap(parts: Parts) -> list[tuple[str, bytes]]:
+    cache = cache_root() / f"modules-{parts.kernel_package}" / "swap"
+    return swap_modules(modules_deb(parts), cache)
 
 
 def qemu_command(

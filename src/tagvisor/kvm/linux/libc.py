@@ -28,6 +28,9 @@ MAP_NORESERVE: Final = 0x4000
 MAP_HUGETLB: Final = 0x40000
 
 MADV_DONTNEED: Final = 4
+MADV_MERGEABLE: Final = 12  # KSM may merge the range's pages (Linux 2.6.32+)
+MADV_PAGEOUT: Final = 21  # reclaim the range now: anonymous pages go to swap (5.4+)
+MADV_SOFT_OFFLINE: Final = 101  # migrate the page off its frame (CAP_SYS_ADMIN)
 
 MFD_CLOEXEC: Final = 0x0001
 MFD_HUGETLB: Final = 0x0004

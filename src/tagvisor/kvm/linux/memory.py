@@ -12,13 +12,14 @@ import ctypes
 import errno
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from tagvisor.errors import TagvisorError
 from tagvisor.kvm.api import FaultHandler, UserMemory, page_runs
-from tagvisor.kvm.linux import libc
+from tagvisor.kvm.linux import host_mm, libc
 from tagvisor.kvm.linux.libc import (
     MADV_DONTNEED,
     MAP_ANONYMOUS,
@@ -326,6 +327,23 @@ class LinuxUserMemory(UserMemory):
             return LinuxUserFaultRange(start, length, handler)
         except OSError as exc:
             raise UserMemoryError(exc.errno or errno.EIO, "userfaultfd", str(exc)) from None
+
+    def page_out(self, address: int, length: int) -> int | None:
+        """MADV_PAGEOUT of part of a mapping made here; its pages in swap afterwards
+        (tagvisor.kvm.linux.host_mm)."""
+        self._find(address, length, "madvise")
+        return host_mm.page_out(address, length)
+
+    def soft_offline(self, address: int, length: int) -> int:
+        """MADV_SOFT_OFFLINE of each page (root only): its raw outcome."""
+        self._find(address, length, "madvise")
+        return host_mm.soft_offline(address, length)
+
+    def ksm_merge(self, ranges: Sequence[tuple[int, int]]) -> int | None:
+        """MADV_MERGEABLE of each range, then ksmd's passes (root: the sysfs knobs)."""
+        for address, length in ranges:
+            self._find(address, length, "madvise")
+        return host_mm.ksm_merge(ranges)
 
     def mappings_at(self, address: int) -> Mapping | None:
         """The mapping made here that holds ``address``, if any."""

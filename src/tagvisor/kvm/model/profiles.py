@@ -41,6 +41,19 @@ class KernelProfile:
     #: page had its own and the pool kept it: a reused huge page's old tags stay valid,
     #: measured on 6.1 (docs/conformance.md "Memory").
     hugetlb_pool_clears_mte_flags: ClassVar[bool] = False
+    #: KVM's change_pte notifier (kvm_set_spte_gfn) sanitises the tags of the page it is
+    #: told of, in an MTE VM: clears them and sets PG_mte_tagged, even for a page the
+    #: guest never touched. KSM's write_protect_page sends it, so KSM tags every page of
+    #: an MTE VM's memslot it tries to merge and then refuses it (memcmp_pages): measured
+    #: on 6.1, no merge in such a slot even before any KVM_RUN. 2dbf12ae132c ("KVM:
+    #: arm64: Simplify the sanitise_mte_tags() logic", 6.2) leaves untagged pages alone.
+    change_pte_sanitises_tags: ClassVar[bool] = True
+    #: MADV_PAGEOUT's reclaim checks references (reclaim_pages -> shrink_folio_list
+    #: without ignore_references), and KVM's MMU notifier answers them from stage 2: a
+    #: page a live VM maps stays resident. 2864f3d0f583 ("mm: madvise: pageout: ignore
+    #: references rather than clearing young", 6.10) stopped that; measured on 6.1
+    #: (2 of 6 pages out, 6 once the VM is gone) and 6.12 (6 of 6).
+    pageout_checks_references: ClassVar[bool] = True
     #: Tag initialisation also runs on stage-2 permission faults (seed v2 only).
     sanitise_on_permission_fault: ClassVar[bool] = False
     #: KVM promotes (initialises and keeps tags of) only memory the VMM mapped
@@ -117,6 +130,10 @@ class Linux62(Linux61):
     version = (6, 2)
     description = "VM_MTE_ALLOWED memslots, MAP_SHARED allowed, PG_mte_lock"
     partial_to_guest_clears_page = True
+    #: The same series' 2dbf12ae132c: kvm_set_spte_gfn leaves untagged pages unmapped
+    #: for user_mem_abort instead of sanitising them (measured: KSM merges the untagged
+    #: pages of an MTE VM's memslot on 6.12 and 7.3, none on 6.1).
+    change_pte_sanitises_tags = False
 
     def _mte_allowed(self, vma: Vma) -> bool:
         if vma.backing.kind is BackingKind.HUGETLB:
@@ -161,6 +178,8 @@ class Linux612(Linux64):
     #: "KVM: arm64: Enable writable sanitised ID registers" series), PTIMER and more.
     regfile = "linux-6.12"
     clears_gic_id_fields_at_run = True
+    #: 2864f3d0f583 (6.10; no 6.10 profile: 6.12 is the first measured after it).
+    pageout_checks_references = False
 
 
 class Linux613(Linux612):

@@ -78,7 +78,7 @@ class Stage2Mmu:
         #: Counts of faults taken, for tests and the lab.
         self.translation_faults = 0
         self.permission_faults = 0
-        process.register_notifier(self.invalidate_hva)
+        process.register_notifier(self.invalidate_hva, self.maps_hva, self.change_pte)
 
     # -- MMU notifier ----------------------------------------------------------------
 
@@ -93,6 +93,41 @@ class Stage2Mmu:
                 last = -(-(hi - memslot.userspace_addr) // PAGE_SIZE)
                 memslot.unmap(slice(first, last))
                 self.memslots.changed()
+
+    def maps_hva(self, address: int) -> bool:
+        """Whether stage 2 maps the page at host address ``address`` (its access flag:
+        KVM sets it on every mapping it makes)."""
+        for memslot in self.memslots.slots.values():
+            if memslot.userspace_addr <= address < memslot.userspace_addr + memslot.memory_size:
+                page = (address - memslot.userspace_addr) // PAGE_SIZE
+                if memslot.s2_pfn[page] != NOT_MAPPED:
+                    return True
+        return False
+
+    @_locked
+    def change_pte(self, address: int) -> None:
+        """kvm_set_spte_gfn for a page of a memslot: before 6.2 it sanitised the page's
+        tags in an MTE VM (clearing them and setting PG_mte_tagged) whether or not the
+        guest ever touched it; from 2dbf12ae132c ("KVM: arm64: Simplify the
+        sanitise_mte_tags() logic") an untagged page is left for user_mem_abort."""
+        if not (self.profile.change_pte_sanitises_tags and self.mte_enabled()):
+            return
+        for memslot in self.memslots.slots.values():
+            if memslot.userspace_addr <= address < memslot.userspace_addr + memslot.memory_size:
+                vma = self.process.find_vma(address)
+                if vma is not None:
+                    pfn = vma.backing.pfns[vma.page_index(address)]
+                    if pfn:
+                        self.frames.sanitise(np.array([pfn], dtype=np.int64))
+                return
+
+    @_locked
+    def detach(self) -> None:
+        """kvm_destroy_vm: stage 2 goes and the MMU notifier is unregistered."""
+        for memslot in self.memslots.slots.values():
+            memslot.unmap(slice(None))
+        self.memslots.changed()
+        self.process.unregister_notifier(self.invalidate_hva)
 
     # -- faults ----------------------------------------------------------------------
 

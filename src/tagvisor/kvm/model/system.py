@@ -64,6 +64,7 @@ class ModelKvm(Kvm):
         self.process = HostProcess(
             self.frames, swap, hugetlb_mte=self.profile.hugetlb_mte_allowed, proposals=proposals
         )
+        self.process.pageout_keeps_secondary_mapped = self.profile.pageout_checks_references
         self._user_memory = ModelUserMemory(self.process)
         self._executor = executor or a64_core
 
@@ -125,6 +126,7 @@ class ModelKvm(Kvm):
             hugetlb_mte=self.profile.hugetlb_mte_allowed,
             proposals=self.process.proposals,
         )
+        child.process.pageout_keeps_secondary_mapped = self.profile.pageout_checks_references
         child._user_memory = ModelUserMemory(child.process)
         try:
             return run(child)

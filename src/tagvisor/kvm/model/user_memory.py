@@ -4,22 +4,27 @@ vectorised page copies, the VMM's own tag instructions, userfaultfd and pre-faul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.arch.tagformat import U8
+from tagvisor.host.ksm import ksm_scan
 from tagvisor.host.mapping import (
     MAP_ANONYMOUS,
     MAP_HUGETLB,
     MAP_PRIVATE,
     MAP_SHARED,
+    NO_SLOT,
     PROT_MTE,
     PROT_READ,
     PROT_WRITE,
     Backing,
     BackingKind,
 )
+from tagvisor.host.migrate import migrate_pages
 from tagvisor.host.prefault import Prefaulter
 from tagvisor.host.process import HostProcess
 from tagvisor.host.userfault import Userfaultfd
@@ -139,6 +144,39 @@ class ModelUserMemory(UserMemory):
     def discard(self, address: int, pages: NDArray[np.intp]) -> None:
         """MADV_DONTNEED: the pages' frames go back to the host."""
         self.process.discard(address, pages)
+
+    def page_out(self, address: int, length: int) -> int:
+        """MADV_PAGEOUT: the range's unshared anonymous pages to the host's swap device
+        (none without one); how many of its pages are in swap afterwards."""
+        swap = self.process.swap
+        if swap is not None and not self.process.pageout_keeps_secondary_mapped:
+            swap.swap_out(self.process, address, length)
+        elif swap is not None:  # page by page, leaving those a live VM maps
+            for page in range(address, address + length, PAGE_SIZE):
+                if not self.process.secondary_mapped(page):
+                    swap.swap_out(self.process, page, PAGE_SIZE)
+        return self._swapped(address, -(-length // PAGE_SIZE))
+
+    def _swapped(self, address: int, npages: int) -> int:
+        count = 0
+        for page in range(address, address + npages * PAGE_SIZE, PAGE_SIZE):
+            vma = self.process.find_vma(page)
+            count += int(
+                vma is not None and vma.backing.swap_slots[vma.page_index(page)] != NO_SLOT
+            )
+        return count
+
+    def soft_offline(self, address: int, length: int) -> int:
+        """MADV_SOFT_OFFLINE: each present page migrates to a new frame, tags and all
+        (tagvisor.host.migrate)."""
+        migrate_pages(self.process, address, length)
+        return 0
+
+    def ksm_merge(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """MADV_MERGEABLE and ksmd's passes: equal untagged pages merge
+        (tagvisor.host.ksm)."""
+        ksm_scan(self.process, ranges)
+        return 0
 
     def tagged_mapping(self) -> TaggedMapping:
         """The process's own LDG/STG on its PROT_MTE mappings."""

@@ -55,6 +55,7 @@ class ModelVm:
         self.manual_dirty_protect = 0
         self.id_regs: dict[int, int] = {}  # ID registers the VMM changed (per VM in Linux)
         self.has_run = False  # kvm_vm_has_ran_once(): a VCPU has entered KVM_RUN
+        self._closed = False
         self.stage2 = Stage2Mmu(self.memslots, self.process, self.profile, lambda: self.has_mte)
 
     @property
@@ -63,6 +64,13 @@ class ModelVm:
         return self.kvm.host_mte and (self.mte_cap_enabled or self.seed_v2_mte)
 
     # -- capabilities ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """The VM's last file descriptor closed: KVM destroys it, unmapping stage 2 and
+        unregistering its MMU notifier (kvm_destroy_vm)."""
+        if not self._closed:
+            self._closed = True
+            self.stage2.detach()
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd; unknown capabilities give 0."""
