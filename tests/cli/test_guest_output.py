@@ -109,3 +109,24 @@ def test_a_panic_line_is_put_in_words() -> None:
         "FAR 0x07000000406a6000, ELR 0x40082c08"
     )
     assert decoder.line("panic esr=zz") is None
+
+
+def test_a_restored_console_gives_back_the_line_the_guest_was_half_way_through() -> None:
+    """Scenario: a guest saved after printing "done\\nrou" (half of its next line): the
+    restore's console sink is first given "rou", so the line comes out whole when the
+    guest finishes it; a console that ended with a newline gives nothing."""
+    from tagvisor.cli.snapshot import unfinished_line
+    from tagvisor.kvm.model import ModelKvm
+    from tagvisor.kvm.model.guest import GuestProgram
+    from tagvisor.vmm import MachineBuilder
+    from tagvisor.vmm.builder import UART_BASE
+    from tests.snapshot.resumable import resumable
+
+    program: GuestProgram = resumable(2)  # type: ignore[assignment]
+    machine = MachineBuilder(ModelKvm(96 << 20)).memory(16 << 20).python_guest(program).build()
+    for byte in b"done\n":
+        machine.bus.write(UART_BASE, bytes([byte, 0, 0, 0]))
+    assert unfinished_line(machine) == b""
+    for byte in b"rou":
+        machine.bus.write(UART_BASE, bytes([byte, 0, 0, 0]))
+    assert unfinished_line(machine) == b"rou"
