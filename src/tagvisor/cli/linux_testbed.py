@@ -59,6 +59,13 @@ def _step(name: str, figures: dict[str, Any], timing: str) -> str:
     )
 
 
+def _moved(figures: dict[str, Any], more: str) -> str:
+    """A migration's time and downtime, then ``more``; or that it did not run."""
+    if figures.get("total_seconds") is None:
+        return "not run"
+    return f"{figures['total_seconds']} s, downtime {figures['downtime_ms']:.0f} ms, {more}"
+
+
 def _print_session(kernel: str, figures: dict[str, Any], passed: bool) -> None:
     snap, mig, post = figures["snapshot"], figures["migration"], figures["postcopy"]
     granules = figures["granules"] or 0
@@ -69,20 +76,9 @@ def _print_session(kernel: str, figures: dict[str, Any], passed: bool) -> None:
     timing = f"save {snap['save_seconds']} s, restore {snap['restore_seconds']} s, {size:.1f} MB"
     print(_step("snapshot", snap, timing))
     share = 100 * (mig.get("tag_share") or 0)
-    timing = (
-        f"{mig['total_seconds']} s, downtime {mig['downtime_ms']:.0f} ms, "
-        f"tags {share:.2f} % of the bytes sent"
-        if mig.get("total_seconds") is not None
-        else "not run"
-    )
-    print(_step("pre-copy migration", mig, timing))
-    timing = (
-        f"{post['total_seconds']} s, downtime {post['downtime_ms']:.0f} ms, "
-        f"{post['postcopy_pages']:,} pages after the switch"
-        if post.get("total_seconds") is not None
-        else "not run"
-    )
-    print(_step("post-copy migration", post, timing))
+    print(_step("pre-copy migration", mig, _moved(mig, f"tags {share:.2f} % of the bytes sent")))
+    after = f"{post.get('postcopy_pages') or 0:,} pages after the switch"
+    print(_step("post-copy migration", post, _moved(post, after)))
     qemu, plain = figures.get("qemu"), figures.get("qemu_nomte_migration")
     if isinstance(qemu, dict):
         answer = json.dumps(qemu.get("migrate"))
