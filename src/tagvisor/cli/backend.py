@@ -40,7 +40,7 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--profile",
-        choices=sorted(PROFILES),
+        choices=list(PROFILES),  # oldest kernel first, as the generations go
         default=DEFAULT_PROFILE,
         help=f"kernel ABI the model follows (default {DEFAULT_PROFILE})",
     )

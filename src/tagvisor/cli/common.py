@@ -162,8 +162,10 @@ def resolve_guest(name: str) -> Path:
 
 def add_command(commands: Any, name: str, summary: str, doc: str | None) -> argparse.ArgumentParser:
     """A subcommand whose --help shows its module's docstring as written."""
+    # The docstrings are reStructuredText for pdoc; a terminal shows ``x`` as `x`.
+    text = None if doc is None else doc.replace("``", "`")
     parser: argparse.ArgumentParser = commands.add_parser(
-        name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        name, help=summary, description=text, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     return parser
 

@@ -60,7 +60,10 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Raise the usage error instead of printing it and exiting."""
-        raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
+        raise UsageError(
+            f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)",
+            self.format_usage(),
+        )
 
 
 def report(error: CliError, *, as_json: bool) -> int:
@@ -69,9 +72,7 @@ def report(error: CliError, *, as_json: bool) -> int:
         value = {"kind": error.kind, "message": error.message, "exit_status": int(error.status)}
         print(json.dumps({"error": value}, indent=2, sort_keys=True))
     else:
-        if isinstance(error, UsageError) and error.usage:
-            sys.stderr.write(error.usage)
-        message = error.message
+        message = error.message  # one line: the usage block is what --help is for
         if not message.startswith("tagvisor"):
             message = f"tagvisor: error: {message}"
         print(message, file=sys.stderr)

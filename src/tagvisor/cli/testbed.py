@@ -109,7 +109,7 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "testbed",
         help="run a suite against a real arm64 KVM with MTE, under QEMU",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -145,7 +145,13 @@ def register(commands: Any) -> None:
         action="store_true",
         help="with --linux-guest: skip the side-by-side run of QEMU 10 + KVM",
     )
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds the testbed may take (default {DEFAULT_TIMEOUT:g}; --linux-guest "
+        "allows at least 900, --boot-only 300)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--console", action="store_true", help="print the serial console")
     parser.set_defaults(run=_run)

@@ -224,7 +224,7 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "tour",
         help="tag a heap and watch MTE catch an overflow and a use-after-free",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
