@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tagvisor.vmm.linux.gic_state import save_gic
-from tagvisor.vmm.linux.guest import kvm_mpidr
-from tagvisor.vmm.linux.platform import gic_layout
+from tagvisor.snapshot.linux_state import machine_gic
 from tagvisor.vmm.machine import Machine
 
 
@@ -35,9 +33,7 @@ def capture_baseline(machine: Machine) -> Baseline:
     for index, vcpu in enumerate(machine.vcpus):
         ids = vcpu.get_reg_list()
         baseline.registers[index] = dict(zip(ids, vcpu.get_registers(ids), strict=True))
-    if machine.irqchip is not None:
-        vcpus = machine.config.vcpus
-        mpidrs = tuple(kvm_mpidr(index) for index in range(vcpus))
-        state = save_gic(machine.irqchip, mpidrs, gic_layout(vcpus).nr_irqs)
+    state = machine_gic(machine)
+    if state is not None:
         baseline.gic = {(r.group, r.attr): value for r, value in state.values}
     return baseline

@@ -22,8 +22,8 @@ from typing import Any, Final
 from tagvisor import wire
 from tagvisor.kvm.uapi import MpState
 from tagvisor.snapshot.container import FormatError, Payload
-from tagvisor.vmm.linux.gic_state import GicState, gic_registers, icc_ctlr
-from tagvisor.vmm.linux.guest import kvm_mpidr
+from tagvisor.vmm.linux.gic_state import GicState, gic_registers, icc_ctlr, save_gic
+from tagvisor.vmm.linux.guest import kvm_mpidrs
 from tagvisor.vmm.linux.platform import gic_layout
 from tagvisor.vmm.machine import Machine, MachineConfig
 
@@ -74,7 +74,7 @@ class SavedGic:
         """The GicState to restore into a machine shaped ``config``: the registers must be
         exactly those of its GIC, in order, and each value must fit its register."""
         values = {(group, attr): value for group, attr, value in self.registers}
-        mpidrs = tuple(kvm_mpidr(index) for index in range(config.vcpus))
+        mpidrs = kvm_mpidrs(config.vcpus)
 
         def ctlr(mpidr: int) -> int:
             register = icc_ctlr(mpidr)
@@ -124,6 +124,15 @@ class MpStates:
             raise FormatError(
                 f"power states for {len(self.states)} VCPUs, for a machine of {config.vcpus}"
             )
+
+
+def machine_gic(machine: Machine) -> GicState | None:
+    """Every register of the machine's in-kernel GIC (its VCPUs stopped), or None for a
+    machine without one."""
+    if machine.irqchip is None:
+        return None
+    vcpus = machine.config.vcpus
+    return save_gic(machine.irqchip, kvm_mpidrs(vcpus), gic_layout(vcpus).nr_irqs)
 
 
 def capture_mp_states(machine: Machine) -> MpStates:

@@ -32,7 +32,13 @@ from tagvisor import wire
 from tagvisor.snapshot import pages
 from tagvisor.snapshot.baseline import Baseline
 from tagvisor.snapshot.container import END_TAG, FormatError, Payload, Section, Version
-from tagvisor.snapshot.linux_state import MpStates, SavedGic, apply_mp_states, capture_mp_states
+from tagvisor.snapshot.linux_state import (
+    MpStates,
+    SavedGic,
+    apply_mp_states,
+    capture_mp_states,
+    machine_gic,
+)
 from tagvisor.snapshot.state import (
     MachineState,
     VcpuState,
@@ -46,9 +52,7 @@ from tagvisor.vmm.devices.dma import DmaState
 from tagvisor.vmm.devices.persist import DEVICE_KINDS, DeviceKind
 from tagvisor.vmm.devices.pl011 import ConsoleState
 from tagvisor.vmm.devices.ucall import UcallLog
-from tagvisor.vmm.linux.gic_state import restore_gic, save_gic
-from tagvisor.vmm.linux.guest import kvm_mpidr
-from tagvisor.vmm.linux.platform import gic_layout
+from tagvisor.vmm.linux.gic_state import restore_gic
 from tagvisor.vmm.machine import Machine, MachineConfig
 
 #: The major version of both formats; minors count from 0 within it.
@@ -194,12 +198,8 @@ class GicRegisters(StateKind):
 
     def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
         """The GIC3 section, or none for a machine without an in-kernel GIC."""
-        if machine.irqchip is None:
-            return []
-        vcpus = machine.config.vcpus
-        mpidrs = tuple(kvm_mpidr(index) for index in range(vcpus))
-        state = save_gic(machine.irqchip, mpidrs, gic_layout(vcpus).nr_irqs)
-        return [(self.tag, SavedGic.of(state).encode())]
+        state = machine_gic(machine)
+        return [] if state is None else [(self.tag, SavedGic.of(state).encode())]
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
         """Decode the registers into ``loaded.gic``; a second GIC3 is refused."""

@@ -68,11 +68,11 @@ def gic_round_trip(kvm: Any, machine: Any, vcpus: int) -> dict[str, Any]:
     from tagvisor.kvm.uapi import VcpuFeature
     from tagvisor.vmm.linux.gic import create_gicv3
     from tagvisor.vmm.linux.gic_state import restore_gic, save_gic
-    from tagvisor.vmm.linux.guest import kvm_mpidr
+    from tagvisor.vmm.linux.guest import kvm_mpidrs
     from tagvisor.vmm.linux.platform import gic_layout
 
     layout = gic_layout(vcpus)
-    mpidrs = tuple(kvm_mpidr(index) for index in range(vcpus))
+    mpidrs = kvm_mpidrs(vcpus)
     saved = save_gic(machine.irqchip, mpidrs, layout.nr_irqs)
     vm = kvm.create_vm()
     fresh = []

@@ -31,6 +31,11 @@ def kvm_mpidr(vcpu_id: int) -> int:
     return (vcpu_id & 0xF) | ((vcpu_id >> 4) & 0xFF) << 8 | ((vcpu_id >> 12) & 0xFF) << 16
 
 
+def kvm_mpidrs(vcpus: int) -> tuple[int, ...]:
+    """The affinity of each of ``vcpus`` VCPUs, in VCPU order (:func:`kvm_mpidr`)."""
+    return tuple(kvm_mpidr(index) for index in range(vcpus))
+
+
 class LinuxUnsupported(MachineError):
     """This KVM cannot run a Linux guest at all (no in-kernel irqchip)."""
 
@@ -70,7 +75,7 @@ def load_linux(
     shape = MachineShape(
         ram_base=base,
         ram_size=size,
-        mpidrs=tuple(kvm_mpidr(index) for index in range(len(vcpus))),
+        mpidrs=kvm_mpidrs(len(vcpus)),
         gic=gic,
         uart_base=UART_BASE,
         bootargs=guest.bootargs,
