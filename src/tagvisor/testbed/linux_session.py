@@ -89,8 +89,9 @@ def check_guest(console: WorkloadConsole, *, tick: bool) -> dict[str, Any]:
         "mismatches": verified.number("mismatches"),
         "guest_digest": verified.fields.get("digest", ""),
     }
+    before = len(console.log)  # a TICK may come between the BUG lines
     _, bugs = console.command("bugs", "BUGS", COMMAND_SECONDS)
-    out["bugs"] = [event.fields for _, event in console.log[-3:] if event.kind == "BUG"]
+    out["bugs"] = [event.fields for _, event in console.log[before:] if event.kind == "BUG"]
     out["bugs_caught"] = bugs.fields.get("caught", "")
     if tick:
         at, event = console.wait("TICK", TICK_SECONDS)
