@@ -27,6 +27,11 @@ MISTAKES = [
     (["run", "heap", "--arg", "-1"], Exit.USAGE, "2**64"),
     (["migrate", "heap", "--to", "tcp:1.2.3"], Exit.USAGE, "tcp:HOST:PORT"),
     (["migrate", "heap", "--to", "tcp:127.0.0.1:99999"], Exit.USAGE, "0 to 65535"),
+    (
+        ["migrate", "heap", "--to", "tcp:127.0.0.1:1", "--postcopy-bandwidth", "0"],
+        Exit.USAGE,
+        "positive size",
+    ),
     (["incoming", "--listen", "127.0.0.1:4444"], Exit.USAGE, "tcp:127.0.0.1:4444"),
     (["snapshot", "heap", "-o", "x.snap", "--exits", "0"], Exit.USAGE, "at least 1"),
     (["run", "no-such-guest"], Exit.NO_INPUT, "shipped guest"),

@@ -11,7 +11,8 @@ from tagvisor.host.errors import SyscallError
 from tagvisor.host.userfault import PROPOSAL_UFFDIO_COPY_MTE, Userfaultfd
 from tagvisor.kvm.model import ModelKvm, ModelVm
 from tagvisor.kvm.uapi import Cap, kvm_userspace_memory_region
-from tagvisor.migration import MigrationReport, migrate
+from tagvisor.migration import MigrationError, MigrationReport, migrate
+from tagvisor.migration.postcopy import PushPacer
 from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.vmm import Machine
 from tagvisor.vmm.memory import GuestMemory
@@ -85,7 +86,7 @@ def test_the_proposal_is_off_unless_the_host_enables_it() -> None:
 
 
 def postcopy_in_background(
-    source: Machine, destination: Destination
+    source: Machine, destination: Destination, bandwidth: int | None = None
 ) -> tuple[threading.Thread, list[object]]:
     """Start a post-copy migration on a thread; return once the destination may run."""
     result: list[object] = []
@@ -96,6 +97,7 @@ def postcopy_in_background(
                 destination.address,
                 max_iterations=1,
                 postcopy=True,
+                postcopy_bandwidth=bandwidth,
                 # The pass is quick: let the guest churn a while meanwhile, so that
                 # many pages are still missing when it resumes at the destination.
                 progress=lambda *_: time.sleep(0.05),
@@ -122,7 +124,9 @@ def test_postcopy_guest_runs_at_the_destination_before_its_pages_arrive(
         destination.kvm = ModelKvm(160 << 20, proposals=frozenset({PROPOSAL_UFFDIO_COPY_MTE}))
     source = source_machine()
     reached = source.vcpus[0].regs.core[19]  # type: ignore[attr-defined]
-    thread, result = postcopy_in_background(source, destination)
+    # ~1,000 pages are left after the pass; pushed at 2 MiB/s they take about two seconds,
+    # so the guest faults on some however late this thread gets the CPU back.
+    thread, result = postcopy_in_background(source, destination, bandwidth=2 << 20)
     dest = destination.resume_guest()
     assert destination.report is not None
     receiver = destination.report.postcopy
@@ -152,3 +156,23 @@ def test_postcopy_delivers_every_page_and_tag(destination: Destination) -> None:
     thread.join(30)
     assert destination.machine is not None
     assert memory_digest(destination.machine) == memory_digest(source)
+
+
+def test_the_push_waits_once_it_is_ahead_of_the_bandwidth_cap() -> None:
+    """Scenario: a cap of 1 MiB/s; right after 1 MiB has been pushed the next push waits
+    most of a second, while without a cap it never waits."""
+    capped, free = PushPacer(1 << 20), PushPacer(None)
+    assert capped.wait() == 0.0
+    capped.pushed = free.pushed = 1 << 20
+    assert 0.5 < capped.wait() <= 1.0
+    assert free.wait() == 0.0
+
+
+def test_a_bandwidth_that_is_not_positive_is_refused_before_anything_is_sent(
+    destination: Destination,
+) -> None:
+    """Scenario: migrate(postcopy_bandwidth=0): refused with the reason; the guest runs on."""
+    source = source_machine()
+    with pytest.raises(MigrationError, match=r"positive.*nothing was sent"):
+        migrate(source, destination.address, postcopy=True, postcopy_bandwidth=0)
+    source.run(max_exits=2)

@@ -59,6 +59,14 @@ def guest_ram(text: str) -> int:
     return size
 
 
+def bandwidth(text: str) -> int:
+    """A bytes-per-second value: a positive size, '/s' allowed (e.g. 64M, 64MiB/s)."""
+    size = parse_size(text.strip().removesuffix("/s").removesuffix("/S"))
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a bandwidth is a positive size (e.g. 64M)")
+    return size
+
+
 def _whole(text: str, *, base: int, not_a_number: str, low: int, high: int, out: str) -> int:
     """``text`` as an integer in [low, high]; else the usage error the messages say."""
     try:

@@ -76,6 +76,7 @@ def _migrate(args: argparse.Namespace) -> int:
                 max_iterations=args.iterations,
                 compress=args.compress,
                 postcopy=args.postcopy,
+                postcopy_bandwidth=args.postcopy_bandwidth,
                 progress=progress,
             )
     except (MigrationError, KeyboardInterrupt) as error:
@@ -256,6 +257,13 @@ def register(commands: Any) -> None:
         "--postcopy",
         action="store_true",
         help="move the guest after one pass and fetch the rest on demand",
+    )
+    send.add_argument(
+        "--postcopy-bandwidth",
+        type=common.bandwidth,
+        metavar="BYTES/s",
+        help="with --postcopy: push the remaining pages at most this fast (e.g. 64M); "
+        "pages the guest asks for are sent at once (default: as fast as the link goes)",
     )
     send.add_argument("--compress", action="store_true", help="zlib-compress page data")
     send.add_argument(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import select
 import struct
 import threading
+import time
 from typing import Final
 
 import numpy as np
@@ -79,12 +80,36 @@ def decode_pending(payload: Payload, machine: Machine) -> list[NDArray[np.bool_]
 # -- the source ---------------------------------------------------------------------------
 
 
+class PushPacer:
+    """Keeps the background push under ``bandwidth`` bytes per second (None: as fast as the
+    link goes), like QEMU's max-postcopy-bandwidth; answers to requests are never held."""
+
+    def __init__(self, bandwidth: int | None) -> None:
+        self.bandwidth = bandwidth
+        self.started = time.monotonic()
+        self.pushed = 0
+
+    def wait(self) -> float:
+        """Seconds until the next push may go (0 when it may go now)."""
+        if self.bandwidth is None:
+            return 0.0
+        due = self.started + self.pushed / self.bandwidth
+        return max(0.0, due - time.monotonic())
+
+
 def serve(
-    conn: Connection, machine: Machine, pending: list[NDArray[np.bool_]], *, compress: bool
+    conn: Connection,
+    machine: Machine,
+    pending: list[NDArray[np.bool_]],
+    *,
+    compress: bool,
+    bandwidth: int | None = None,
 ) -> EncodeStats:
-    """Answer REQs first, push the rest, then END!; returns what was sent."""
+    """Answer REQs first, push the rest (at most ``bandwidth`` bytes per second of guest
+    pages), then END!; returns what was sent."""
     stats = EncodeStats()
     regions = machine.memory.regions
+    pacer = PushPacer(bandwidth)
 
     def send(region_index: int, first: int, count: int) -> None:
         region = regions[region_index]
@@ -95,7 +120,8 @@ def serve(
         pending[region_index][first : first + count] = False
 
     while any(mask.any() for mask in pending):
-        readable, _, _ = select.select([conn.sock], [], [], 0)
+        # Wait for a request while the pacer holds the push back.
+        readable, _, _ = select.select([conn.sock], [], [], pacer.wait())
         if readable:
             request = read_section(conn, lambda tag: REQ.size)
             if request.tag != b"REQ ":
@@ -111,6 +137,7 @@ def serve(
             if mask.any():
                 first, count = next(runs_of(mask, PUSH_PAGES))
                 send(index, first, count)
+                pacer.pushed += count * PAGE_SIZE
                 break
     write_section(conn, END_TAG, b"{}")
     return stats

@@ -219,6 +219,7 @@ class Options:
     postcopy: bool = False
     auto_converge: bool = True
     progress: Progress | None = None
+    postcopy_bandwidth: int | None = None
 
 
 def migrate(
@@ -232,6 +233,7 @@ def migrate(
     postcopy: bool = False,
     auto_converge: bool = True,
     progress: Progress | None = None,
+    postcopy_bandwidth: int | None = None,
 ) -> MigrationReport:
     """Live-migrate ``machine`` to an ``incoming`` destination at ``address``.
 
@@ -240,11 +242,25 @@ def migrate(
     postcopy); downtime is then the pause until the destination can resume. With
     ``auto_converge`` a running guest that dirties pages faster than pre-copy sends
     them is throttled (``report.guest_share`` is the share of time it kept).
+    ``postcopy_bandwidth`` caps the background push of post-copy in bytes per second
+    (QEMU's max-postcopy-bandwidth); pages the destination asks for go at once.
     """
+    if postcopy_bandwidth is not None and postcopy_bandwidth <= 0:
+        raise MigrationError(
+            f"the post-copy bandwidth must be a positive number of bytes per second, "
+            f"not {postcopy_bandwidth}: nothing was sent"
+        )
     if machine.state is RunState.STOPPED:
         raise MigrationError("the guest has stopped; there is nothing to migrate")
     options = Options(
-        run_guest, max_iterations, stop_pages, compress, postcopy, auto_converge, progress
+        run_guest,
+        max_iterations,
+        stop_pages,
+        compress,
+        postcopy,
+        auto_converge,
+        progress,
+        postcopy_bandwidth,
     )
     try:
         conn = connect(address)
@@ -394,7 +410,15 @@ class _Outgoing:
             report.postcopy = True
             report.postcopy_pages = _count(self.pending)
             self.conn.set_deadline(None)
-            report.add(serve(self.conn, self.machine, self.pending, compress=report.compressed))
+            report.add(
+                serve(
+                    self.conn,
+                    self.machine,
+                    self.pending,
+                    compress=report.compressed,
+                    bandwidth=self.options.postcopy_bandwidth,
+                )
+            )
             tag, payload = final_reply(self.conn)
             if tag == b"FAIL":
                 raise MigrationError(f"the destination failed: {bytes(payload)[:1000]!r}")
