@@ -53,6 +53,22 @@ def test_migration_moves_every_page_and_tag_while_the_guest_churns(
     assert set(checks) == {(CHECK, 1)}
 
 
+def test_the_downtime_is_accounted_phase_by_phase(destination: Destination) -> None:
+    """Scenario: a pre-copy migration of a churning guest; the report splits its downtime
+    into stop, state, pages, send, destination and commit, in that order, which add up
+    to no more than the downtime, and the destination says how long its apply took."""
+    source = source_machine()
+    destination.start()
+    report = migrate(source, destination.address, max_iterations=3)
+    destination.join()
+    phases = report.downtime_phases
+    assert list(phases) == ["stop", "state", "pages", "send", "destination", "commit"]
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= report.downtime_seconds
+    assert destination.report is not None
+    assert 0 < destination.report.apply_seconds < report.downtime_seconds
+
+
 def test_zero_pages_with_tags_travel_and_true_zero_pages_do_not(destination: Destination) -> None:
     """Scenario: a page of zeros tagged 0x9 by the guest, and untouched RAM.
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -75,6 +76,8 @@ class IncomingReport:
     iterations: int = 0
     bytes_received: int = 0
     vcpus: int = 0
+    #: Seconds spent checking and applying the registers and devices after the pause.
+    apply_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     #: Set for a post-copy migration: join() it to wait for the last pages.
     postcopy: PostcopyReceiver | None = None
@@ -243,8 +246,10 @@ class _Incoming:
         machine, report = self.machine, self.report
         if last.tag == END_TAG:
             self._check_end(last.payload)
+        started = time.perf_counter()
         REGISTRY.check(self.loaded, self.config)
         REGISTRY.apply(self.loaded, machine)
+        report.apply_seconds = time.perf_counter() - started
         report.vcpus = len(self.loaded.vcpus)
         self.conn.set_deadline(protocol.SWITCHOVER_SECONDS, "the switchover")
         if last.tag == b"POST":

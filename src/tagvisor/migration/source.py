@@ -86,6 +86,12 @@ class MigrationReport:
     #: From the pause until the last byte was handed to the socket: downtime as QEMU
     #: reports it (its source does not wait for the destination), for comparisons.
     send_downtime_seconds: float = 0.0
+    #: Where the downtime went, in order, seconds each: ``stop`` (the guest's thread
+    #: out of KVM_RUN), ``state`` (registers and devices read), ``pages`` (the last
+    #: dirty pages sent), ``send`` (the final sections handed to the socket),
+    #: ``destination`` (until its REDY: it has applied everything), ``commit`` (CMIT
+    #: until DONE). Post-copy has no ``pages`` and ends at REDY.
+    downtime_phases: dict[str, float] = field(default_factory=dict)
     guest_exits_during: int = 0
     #: The share of time the guest ran at the end of pre-copy (below 1: throttled).
     guest_share: float = 1.0
@@ -299,6 +305,8 @@ class _Outgoing:
         self.runner: _GuestRunner | None = None
         self.sender: SectionSender | None = None
         self.paused = 0.0
+        #: When the last downtime phase ended (``_phase``).
+        self._mark = 0.0
         self.pending: list[NDArray[np.bool_]] = []
         #: Whether the destination speaks the switchover handshake (1.2 and later).
         self.commits = False
@@ -374,9 +382,10 @@ class _Outgoing:
             if runner is not None and runner.share < 1.0:
                 runner.throttle(MIN_SHARE)  # what it dirties meanwhile is paid in the pause
             _await_echo(self.conn, report.iterations - 1)
-        self.paused = time.perf_counter()
+        self.paused = self._mark = time.perf_counter()
         if runner is not None:
             runner.stop()
+        self._phase("stop")
         report.guest_exits_during = self.machine.exits - self.exits_before
         if _stopped(self.machine):
             raise MigrationError("the guest stopped during migration; nothing to move")
@@ -384,6 +393,7 @@ class _Outgoing:
         # while the sender thread is idle, not while it sends the last pass (a real
         # VCPU has some 260 registers, and two threads trading the GIL slow both).
         self.final = REGISTRY.save(self.machine, Phase.COMPLETE)
+        self._phase("state")
         memory = self.machine.memory
         if self.options.postcopy:
             self.pending = [memory.take_dirty(region) for region in memory.regions]
@@ -392,6 +402,13 @@ class _Outgoing:
             report.dirty_per_iteration.append(
                 self.pass_.send(dirty, report.iterations, first=False, live=False)
             )
+            self._phase("pages")
+
+    def _phase(self, name: str) -> None:
+        """Note the seconds since the last mark as downtime phase ``name``."""
+        now = time.perf_counter()
+        self.report.downtime_phases[name] = now - self._mark
+        self._mark = now
 
     def complete(self) -> MigrationReport:
         """The guest's registers and devices (the registry's COMPLETE phase, read at the
@@ -403,6 +420,7 @@ class _Outgoing:
         self.conn.set_deadline(protocol.SWITCHOVER_SECONDS, "the switchover")
         if self.options.postcopy:
             self.sender.send_now([*final, (b"POST", encode_pending(self.pending))])
+            self._phase("send")
             self._commit(b"REDY")
             self._collections_on()
             report.downtime_seconds = time.perf_counter() - self.paused
@@ -425,6 +443,7 @@ class _Outgoing:
         else:
             end = _json({"pages_sent": report.pages_sent})
             self.sender.send_now([*final, (END_TAG, end)])
+            self._phase("send")
             report.send_downtime_seconds = time.perf_counter() - self.paused
             self._commit(b"DONE")
             report.downtime_seconds = time.perf_counter() - self.paused
@@ -440,6 +459,7 @@ class _Outgoing:
         tag, reply = protocol.read_reply(self.conn, expected)
         if tag == b"FAIL":
             raise MigrationError(f"the destination failed: {protocol.reason(reply)}")
+        self._phase("destination")
         if not self.commits:
             self.committed = True
             return
@@ -448,6 +468,7 @@ class _Outgoing:
         if done == b"DONE":
             try:
                 protocol.read_reply(self.conn, (b"DONE",))
+                self._phase("commit")
             except TagvisorError as error:
                 self.report.confirmed = False
                 self.report.notes.append(

@@ -196,6 +196,10 @@ def migration_step(
         "total_seconds": _round(report.total_seconds),
         "downtime_ms": _round(report.downtime_seconds * 1000),
         "send_downtime_ms": _round(report.send_downtime_seconds * 1000),
+        "downtime_phases_ms": {
+            name: _round(seconds * 1000) for name, seconds in report.downtime_phases.items()
+        },
+        "destination_apply_ms": _round(arrived["report"].apply_seconds * 1000),
         "tag_share": round(report.tag_share, 5),
         "iterations": report.iterations,
         "pages_sent": report.pages_sent,
