@@ -16,10 +16,10 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
-from tests.support.guests import DEFAULT_RAM_SIZE, REPO, BootConfig
+from tagvisor.testbed.parts import fetched_qemu
+from tests.support.guests import DEFAULT_RAM_SIZE, BootConfig
 from tests.support.transcript import Transcript, parse_transcript
 
-QEMU_SYSTEM: Final = REPO / ".cache" / "qemu" / "bin" / "qemu-system-aarch64"
 MIN_VERSION: Final = (8, 0)
 SETUP_HINT: Final = (
     "run scripts/setup as root: it installs qemu-system-aarch64 >= 8 from "
@@ -38,7 +38,7 @@ class GuestRunError(RuntimeError):
 
 def qemu_system_binary() -> Path:
     override = os.environ.get("TAGVISOR_QEMU_SYSTEM")
-    return Path(override) if override else QEMU_SYSTEM
+    return Path(override) if override else fetched_qemu()
 
 
 @cache

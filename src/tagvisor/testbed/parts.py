@@ -302,12 +302,20 @@ class Parts:
     modules_package: str = ""
 
 
+def fetched_qemu() -> Path:
+    """Where scripts/fetch-qemu puts its qemu-system-aarch64: under TAGVISOR_QEMU_CACHE
+    (shared between checkouts) if set, else under the checkout's .cache/qemu, as the
+    script decides."""
+    root = os.environ.get("TAGVISOR_QEMU_CACHE") or REPO / ".cache" / "qemu"
+    return Path(root) / "bin" / "qemu-system-aarch64"
+
+
 def qemu_binary() -> Path:
     """qemu-system-aarch64 >= 8: TAGVISOR_QEMU_SYSTEM, or scripts/fetch-qemu's."""
     override = os.environ.get("TAGVISOR_QEMU_SYSTEM")
     if override:
         return Path(override)
-    cached = REPO / ".cache" / "qemu" / "bin" / "qemu-system-aarch64"
+    cached = fetched_qemu()
     if cached.is_file():
         return cached
     script = REPO / "scripts" / "fetch-qemu"
