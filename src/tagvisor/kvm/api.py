@@ -363,6 +363,13 @@ class Device(Protocol):
         """KVM_GET_DEVICE_ATTR into a buffer of ``size`` bytes."""
         ...
 
+    # -- capabilities --------------------------------------------------------------------
+
+    def get_device_attrs(self, attrs: Sequence[tuple[int, int, int]]) -> list[bytes]:
+        """KVM_GET_DEVICE_ATTR of each (group, attr, size), in order (the default makes
+        those calls; a backend may reuse one argument for all of them)."""
+        return [self.get_device_attr(group, attr, size) for group, attr, size in attrs]
+
 
 class Vm(Protocol):
     """A VM file descriptor's ioctls."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tagvisor.kvm.api import Device
 from tagvisor.kvm.uapi import (
     KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS,
     KVM_DEV_ARM_VGIC_GRP_DIST_REGS,
@@ -26,7 +27,7 @@ from tagvisor.vmm.linux.gic_state import (
 NR_IRQS = 128
 
 
-class FakeGic:
+class FakeGic(Device):
     """Attributes as a dict (zero unless set); every write is logged."""
 
     def __init__(self, pribits: int = 5) -> None:

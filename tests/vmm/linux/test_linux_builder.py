@@ -15,6 +15,7 @@ from typing import Any
 import fdt
 import pytest
 
+from tagvisor.kvm.api import Device
 from tagvisor.kvm.model import ModelKvm
 from tagvisor.kvm.model.vm import ModelVm
 from tagvisor.kvm.uapi import (
@@ -50,7 +51,7 @@ from tests.vmm.linux.images import cpio_initrd, image
 RAM = 0x4000_0000
 
 
-class RecordingGic:
+class RecordingGic(Device):
     """Records every attribute written, and reads back the last value written."""
 
     def __init__(self, log: list[tuple[Any, ...]]) -> None:

@@ -74,6 +74,10 @@ from tagvisor.kvm.uapi import (
 
 DEFAULT_DEVICE = "/dev/kvm"
 
+#: The widest register a ONE_REG id names: an SVE Z register, 2048 bits
+#: (Documentation/virt/kvm/api.rst, "KVM_REG_SIZE_U2048").
+MAX_REG_SIZE: Final = 256
+
 #: The signal that knocks a thread out of KVM_RUN (QEMU's SIG_IPI is SIGUSR1 too).
 KICK_SIGNAL: Final = signal.SIGUSR1
 
@@ -157,6 +161,26 @@ class LinuxVcpu(_Fd, Vcpu):
         reg = kvm_one_reg(id=reg_id, addr=ctypes.addressof(value))
         ioctl(self.fd, KVM_GET_ONE_REG, reg)
         return int.from_bytes(value.raw, "little")
+
+    def get_registers(self, reg_ids: Sequence[int]) -> list[int]:
+        """KVM_GET_ONE_REG of each id, through one argument and one buffer reused.
+
+        A paused guest's some 250 registers are read in a migration's downtime; making
+        the two ctypes objects once instead of per register is most of that cost.
+        """
+        buffer = ctypes.create_string_buffer(MAX_REG_SIZE)
+        view = memoryview(buffer).cast("B")
+        reg = kvm_one_reg(id=0, addr=ctypes.addressof(buffer))
+        values = []
+        for reg_id in reg_ids:
+            size = reg_size(reg_id)
+            if size > MAX_REG_SIZE:  # no register is, but the buffer must never be short
+                values.append(self.get_one_reg(reg_id))
+                continue
+            reg.id = reg_id
+            ioctl(self.fd, KVM_GET_ONE_REG, reg)
+            values.append(int.from_bytes(view[:size], "little"))
+        return values
 
     def set_one_reg(self, reg_id: int, value: int) -> None:
         """KVM_SET_ONE_REG: write ``value`` in the size the id encodes."""
@@ -244,6 +268,19 @@ class LinuxDevice(_Fd, Device):
         request = kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(buffer))
         ioctl(self.fd, KVM_GET_DEVICE_ATTR, request)
         return buffer.raw
+
+    def get_device_attrs(self, attrs: Sequence[tuple[int, int, int]]) -> list[bytes]:
+        """KVM_GET_DEVICE_ATTR of each (group, attr, size) through one argument and one
+        buffer (a GIC's some 300 registers are read in a migration's downtime)."""
+        width = max((size for _, _, size in attrs), default=1)
+        buffer = ctypes.create_string_buffer(width)
+        request = kvm_device_attr(addr=ctypes.addressof(buffer))
+        values = []
+        for group, attr, size in attrs:
+            request.group, request.attr = group, attr
+            ioctl(self.fd, KVM_GET_DEVICE_ATTR, request)
+            values.append(buffer.raw[:size])
+        return values
 
 
 class LinuxVm(_Fd):
