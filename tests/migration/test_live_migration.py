@@ -222,8 +222,8 @@ def test_registers_wider_than_64_bits_travel_in_a_vreg_section(
     wide = (1 << 127) | 0xBEEF
     applied: list[VcpuState] = []
 
-    def capture_with_v0(index: int, vcpu: object) -> VcpuState:
-        state = capture_vcpu(index, vcpu)  # type: ignore[arg-type]
+    def capture_with_v0(index: int, vcpu: object, preread: object = None) -> VcpuState:
+        state = capture_vcpu(index, vcpu, preread)  # type: ignore[arg-type]
         return VcpuState(state.vcpu_id, tuple(sorted({**dict(state.registers), v0: wide}.items())))
 
     def record(state: VcpuState, vcpu: object, holds: dict[int, int] | None = None) -> list[int]:

@@ -4,7 +4,7 @@ travelling in snapshots and migrations, and old formats stay readable."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -166,3 +166,63 @@ def test_device_state_is_checked_field_by_field() -> None:
         ConsoleState.decode(b'{"text": "\\ud800"}')
     with pytest.raises(FormatError, match="digits"):
         DmaState.decode(b'{"registers": [' + b"9" * 5000 + b', 0, 0], "status": 0}')
+
+
+def test_only_the_id_space_and_the_host_groups_count_as_constant() -> None:
+    """Scenario: registers a guest can and cannot write.
+
+    MIDR, ID_AA64PFR1, CLIDR, CTR_EL0 and the firmware pseudo-registers are read ahead
+    of a pause; CSSELR (the one writable register in the ID space), SCTLR and the
+    core registers are not.
+    """
+    from tagvisor.kvm.uapi import arm64_core_reg, arm64_sys_reg
+    from tagvisor.snapshot.state import constant_register
+
+    fw_psci_version = 0x6030_0000_0014_0000
+    for reg in (
+        arm64_sys_reg(3, 0, 0, 0, 0),  # MIDR_EL1
+        arm64_sys_reg(3, 0, 0, 4, 1),  # ID_AA64PFR1_EL1
+        arm64_sys_reg(3, 1, 0, 0, 1),  # CLIDR_EL1
+        arm64_sys_reg(3, 3, 0, 0, 1),  # CTR_EL0
+        fw_psci_version,
+    ):
+        assert constant_register(reg), hex(reg)
+    for reg in (
+        arm64_sys_reg(3, 2, 0, 0, 0),  # CSSELR_EL1
+        arm64_sys_reg(3, 0, 1, 0, 0),  # SCTLR_EL1
+        arm64_sys_reg(3, 0, 2, 0, 2),  # TCR_EL1
+        arm64_core_reg(0),  # X0
+    ):
+        assert not constant_register(reg), hex(reg)
+
+
+def test_a_save_after_prepare_reads_only_what_can_change_and_writes_the_same_bytes(
+    scratch_kind: DeviceKind[ScratchState],
+) -> None:
+    """Scenario: a migration's source prepares a machine before its pause, the guest
+    runs on, then the machine is saved.
+
+    The save reads no register the preread holds (no ID register, no reg list), and
+    its sections are byte for byte those of a save that read everything.
+    """
+    from tagvisor.snapshot.state import constant_register
+
+    machine = with_scratch(5)
+    preread = REGISTRY.prepare(machine)
+    assert preread.vcpus is not None
+    assert preread.vcpus[0].constants
+    machine.run(max_exits=1)
+    vcpu = machine.vcpus[0]
+    read: list[int] = []
+    plain_get = vcpu.get_registers
+
+    def counting(reg_ids: Sequence[int]) -> list[int]:
+        read.extend(reg_ids)
+        return plain_get(reg_ids)
+
+    vcpu.get_registers = counting  # type: ignore[method-assign]
+    prepared = REGISTRY.save(machine, Phase.COMPLETE, preread)
+    assert read
+    assert not any(constant_register(reg) for reg in read)
+    assert len(read) + len(preread.vcpus[0].constants) == len(preread.vcpus[0].ids)
+    assert prepared == REGISTRY.save(machine, Phase.COMPLETE)

@@ -44,7 +44,7 @@ from tagvisor.migration.transport import Connection, TcpAddress, connect
 from tagvisor.snapshot.container import END_TAG, write_header, write_section
 from tagvisor.snapshot.guestpages import PageBuffers, read_window, windows_of
 from tagvisor.snapshot.pages import MAX_PAGES, EncodeStats, encode_parts
-from tagvisor.snapshot.registry import REGISTRY, Phase
+from tagvisor.snapshot.registry import REGISTRY, Phase, Preread
 from tagvisor.snapshot.state import capture_machine
 from tagvisor.vmm.machine import Machine, RunResult, RunState
 
@@ -316,6 +316,8 @@ class _Outgoing:
         self._collecting = False
         #: The registry's COMPLETE sections, read once the guest is paused.
         self.final: list[tuple[bytes, bytes]] = []
+        #: What of those was read before the pause (``precopy``).
+        self.preread = Preread()
         self.exits_before = machine.exits
 
     def handshake(self) -> None:
@@ -343,6 +345,9 @@ class _Outgoing:
         """Dirty logging on, the guest running: pass after pass until few pages are
         left or the passes run out, throttling a guest that outruns them."""
         assert self.sender is not None
+        # Read now, while no thread is in KVM_RUN (a VCPU's ioctls wait for its run to
+        # end): the register lists and constant registers the pause need not read.
+        self.preread = REGISTRY.prepare(self.machine)
         self.machine.memory.start_dirty_log()
         if self.options.run_guest:
             self.runner = _GuestRunner(self.machine)
@@ -392,7 +397,7 @@ class _Outgoing:
         # The paused machine's registers and devices no longer change: read them now,
         # while the sender thread is idle, not while it sends the last pass (a real
         # VCPU has some 260 registers, and two threads trading the GIL slow both).
-        self.final = REGISTRY.save(self.machine, Phase.COMPLETE)
+        self.final = REGISTRY.save(self.machine, Phase.COMPLETE, self.preread)
         self._phase("state")
         memory = self.machine.memory
         if self.options.postcopy:

@@ -54,16 +54,17 @@ class SavedGic:
         entries = wire.field(raw, "registers", list)
         if len(entries) > MAX_GIC_REGISTERS:
             raise FormatError(f"the GIC's state claims {len(entries)} registers")
-        triples = []
-        for entry in entries:
-            if not (
-                isinstance(entry, list)
-                and len(entry) == 3
-                and all(type(n) is int and 0 <= n < 1 << 64 for n in entry)
-            ):
-                raise FormatError("a GIC register is not [group, attr, value]")
-            triples.append((entry[0], entry[1], entry[2]))
-        return cls(tuple(triples))
+        # Checked with builtins over the whole list, not entry by entry in Python: the
+        # destination decodes this in a migration's downtime.
+        triples = tuple(
+            tuple(entry) for entry in entries if type(entry) is list and len(entry) == 3
+        )
+        numbers = [n for triple in triples for n in triple]
+        if len(triples) != len(entries) or (
+            numbers and (set(map(type, numbers)) != {int} or min(numbers) < 0 or max(numbers) >> 64)
+        ):
+            raise FormatError("a GIC register is not [group, attr, value]")
+        return cls(triples)
 
     @classmethod
     def of(cls, state: GicState) -> SavedGic:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,10 +40,12 @@ from tagvisor.snapshot.linux_state import (
 )
 from tagvisor.snapshot.state import (
     MachineState,
+    VcpuPreread,
     VcpuState,
     apply_vcpu,
     capture_machine,
     capture_vcpu,
+    preread_vcpu,
     vcpu_sections,
 )
 from tagvisor.vmm.devices import kinds
@@ -82,6 +83,15 @@ class Loaded:
     baseline: Baseline | None = None
 
 
+@dataclass
+class Preread:
+    """What was read from a running machine ahead of its pause (:meth:`Registry.prepare`),
+    so that the pause reads only what can still change. Empty: everything is read then."""
+
+    #: Per VCPU, in VCPU order: its register list and its constant registers' values.
+    vcpus: list[VcpuPreread] | None = None
+
+
 class StateKind(ABC):
     """One kind of state and its section."""
 
@@ -93,8 +103,13 @@ class StateKind(ABC):
     #: The last minor version that writes it (None: still written).
     until: int | None = None
 
+    def prepare(self, machine: Machine, preread: Preread) -> None:
+        """Read into ``preread`` what this kind's :meth:`save` will not have to read
+        again once ``machine`` is paused (by default nothing)."""
+        return
+
     @abstractmethod
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """(tag, payload) of its sections for ``machine``: none, one, one per VCPU."""
 
     @abstractmethod
@@ -116,7 +131,7 @@ class MachineShape(StateKind):
 
     tag, phase, limit = b"CONF", Phase.SETUP, 64 << 10
 
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """The CONF section: the machine's config, kernel profile and MTE level."""
         return [(self.tag, capture_machine(machine).encode())]
 
@@ -132,19 +147,26 @@ class VcpuRegisters(StateKind):
 
     tag, phase, limit = b"VCPU", Phase.COMPLETE, 128 << 10
 
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """Each VCPU's VCPU section, then its VREG section if it has wide registers:
-        the registers are read once (a real VCPU has some 250) for both."""
-        vcpus = list(enumerate(machine.vcpus))
-        if len(vcpus) == 1:
-            states = [capture_vcpu(0, machine.vcpus[0])]
-        else:
-            # One thread per VCPU: each read is an ioctl on its own VCPU's fd, which
-            # drops the GIL, so a paused guest's some 250 registers per VCPU are read
-            # side by side (this is downtime in a migration).
-            with ThreadPoolExecutor(len(vcpus)) as pool:
-                states = list(pool.map(lambda pair: capture_vcpu(*pair), vcpus))
+        the registers are read once (a real VCPU has some 250) for both, but for those
+        ``preread`` holds."""
+        early: list[VcpuPreread | None] = [None] * len(machine.vcpus)
+        if preread.vcpus is not None:
+            early = [*preread.vcpus]
+        # One VCPU after the other: a thread per VCPU trades the GIL at every ioctl,
+        # and under nested TCG that made two VCPUs' reads 3.5 times slower (64 ms
+        # against 18 ms on the testbed's 6.1, docs/linux-guests.md "Downtime").
+        states = [
+            capture_vcpu(index, vcpu, preread_)
+            for index, (vcpu, preread_) in enumerate(zip(machine.vcpus, early, strict=True))
+        ]
         return [section for state in states for section in vcpu_sections(state)]
+
+    def prepare(self, machine: Machine, preread: Preread) -> None:
+        """Each VCPU's register list and constant registers (``preread_vcpu``): a
+        third of a real VCPU's registers, no longer read in the pause."""
+        preread.vcpus = [preread_vcpu(vcpu) for vcpu in machine.vcpus]
 
     def load(self, payload: Payload, loaded: Loaded) -> None:
         """Decode one VCPU section into ``loaded.vcpus``; a VCPU given twice is refused."""
@@ -173,7 +195,7 @@ class WideRegisters(StateKind):
 
     tag, phase, limit, since = b"VREG", Phase.COMPLETE, 128 << 10, 1
 
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """None: ``VcpuRegisters.save`` writes each VREG section beside its VCPU section, from the
         same reading."""
         return []  # written by VcpuRegisters.save beside each VCPU, from one reading
@@ -196,7 +218,7 @@ class GicRegisters(StateKind):
 
     tag, phase, limit, since = b"GIC3", Phase.COMPLETE, 256 << 10, 3
 
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """The GIC3 section, or none for a machine without an in-kernel GIC."""
         state = machine_gic(machine)
         return [] if state is None else [(self.tag, SavedGic.of(state).encode())]
@@ -226,7 +248,7 @@ class PowerStates(StateKind):
 
     tag, phase, limit, since = b"MPST", Phase.COMPLETE, 4 << 10, 3
 
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """The MPST section, or none for a machine without an in-kernel GIC."""
         if machine.irqchip is None:
             return []
@@ -267,7 +289,7 @@ class DeviceSection(StateKind):
         self.kind = kind
         self.tag, self.limit, self.since = kind.tag, kind.limit, kind.since
 
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """The device's section, or none when ``machine`` has no device of this kind."""
         device = machine.devices.get(self.kind.name)
         return [] if device is None else [(self.tag, device.save().encode())]
@@ -301,7 +323,7 @@ class LegacyDevices(StateKind):
 
     tag, phase, limit, until = b"DEVS", Phase.COMPLETE, 16 << 20, 1
 
-    def save(self, machine: Machine) -> list[tuple[bytes, bytes]]:
+    def save(self, machine: Machine, preread: Preread) -> list[tuple[bytes, bytes]]:
         """None: DEVS is only read now; each device writes its own section."""
         return []
 
@@ -360,13 +382,26 @@ class Registry:
             limits[MEMORY.tag] = MEMORY.limit
         return limits
 
-    def save(self, machine: Machine, phase: Phase) -> list[tuple[bytes, bytes]]:
-        """(tag, payload) of every section of ``phase`` for ``machine``."""
+    def prepare(self, machine: Machine) -> Preread:
+        """What can be read of ``machine`` while it still runs, for :meth:`save` to
+        take once it is paused (a migration's source calls it before the pause)."""
+        preread = Preread()
+        for kind in self.kinds():
+            kind.prepare(machine, preread)
+        return preread
+
+    def save(
+        self, machine: Machine, phase: Phase, preread: Preread | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """(tag, payload) of every section of ``phase`` for ``machine`` (with
+        ``preread``, from :meth:`prepare` on this machine, what it holds is not read
+        again)."""
+        early = Preread() if preread is None else preread
         return [
             section
             for kind in self.kinds()
             if kind.phase is phase and kind.until is None
-            for section in kind.save(machine)
+            for section in kind.save(machine, early)
         ]
 
     def load(self, section: Section, loaded: Loaded) -> None:
@@ -402,4 +437,14 @@ REGISTRY: Final = Registry(
     ]
 )
 
-__all__ = ["END_TAG", "MAJOR", "MEMORY", "REGISTRY", "Loaded", "Phase", "Registry", "StateKind"]
+__all__ = [
+    "END_TAG",
+    "MAJOR",
+    "MEMORY",
+    "REGISTRY",
+    "Loaded",
+    "Phase",
+    "Preread",
+    "Registry",
+    "StateKind",
+]

@@ -12,6 +12,8 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final
 
+import numpy as np
+
 from tagvisor import wire
 from tagvisor.kvm.api import Vcpu
 from tagvisor.kvm.uapi import (
@@ -24,6 +26,8 @@ from tagvisor.kvm.uapi import (
     KVM_REG_ARM64_SYSREG,
     KVM_REG_ARM_COPROC_MASK,
     KVM_REG_ARM_TIMER_CNT,
+    KVM_REG_SIZE_MASK,
+    KVM_REG_SIZE_U64,
     OSLSR_EL1,
     SP_EL0,
     SPSR_EL1,
@@ -239,7 +243,8 @@ class VcpuState:
         if count > MAX_REGS or len(payload) != VCPU_HEAD.size + count * REG.size:
             raise FormatError(f"a VCPU section claims {count} registers in {len(payload)} bytes")
         registers = tuple(REG.iter_unpack(payload[VCPU_HEAD.size :]))
-        if any(reg_size(reg) != 8 for reg, _ in registers):
+        ids = np.frombuffer(payload, "<u8", 2 * count, VCPU_HEAD.size)[::2]
+        if np.any(ids & KVM_REG_SIZE_MASK != KVM_REG_SIZE_U64):
             raise FormatError("a VCPU section holds a register that is not 64 bits wide")
         return cls(vcpu_id, registers)
 
@@ -264,12 +269,51 @@ def vcpu_sections(state: VcpuState) -> list[tuple[bytes, bytes]]:
     return sections
 
 
-def capture_vcpu(vcpu_id: int, vcpu: Vcpu) -> VcpuState:
+def constant_register(reg_id: int) -> bool:
+    """Whether a register keeps its value while the guest runs, so that it can be read
+    before a migration's pause (:func:`preread_vcpu`).
+
+    Yes for the ID space (op0 3, CRn 0, op1 0, 1 or 3: MIDR to the ID_AA64 registers,
+    CLIDR, AIDR, CTR_EL0), which the guest can only read (an MSR to it is UNDEFINED,
+    Arm ARM D19.2; CSSELR, op1 2, is the one writable register there), and for the
+    groups that describe the host (:data:`HOST_GROUPS`), which only the VMM writes.
+    """
+    if reg_id & KVM_REG_ARM_COPROC_MASK in HOST_GROUPS:
+        return True
+    if reg_id & KVM_REG_ARM_COPROC_MASK != KVM_REG_ARM64_SYSREG:
+        return False
+    op0, op1, crn = reg_id >> 14 & 3, reg_id >> 11 & 7, reg_id >> 7 & 0xF
+    return op0 == 3 and crn == 0 and op1 in (0, 1, 3)
+
+
+@dataclass(frozen=True)
+class VcpuPreread:
+    """A running VCPU's register list and the values of its constant registers."""
+
+    ids: tuple[int, ...]
+    constants: dict[int, int]
+
+
+def preread_vcpu(vcpu: Vcpu) -> VcpuPreread:
+    """What :func:`capture_vcpu` need not read again after a pause: KVM_GET_REG_LIST
+    (fixed once the VCPU is initialised) and each :func:`constant_register`'s value."""
+    ids = tuple(vcpu.get_reg_list())
+    constant = [reg for reg in ids if constant_register(reg)]
+    return VcpuPreread(ids, dict(zip(constant, vcpu.get_registers(constant), strict=True)))
+
+
+def capture_vcpu(vcpu_id: int, vcpu: Vcpu, preread: VcpuPreread | None = None) -> VcpuState:
     """Every register KVM_GET_REG_LIST names for ``vcpu``, with its value, sorted by id
-    (read in one call where the backend can: ``Vcpu.get_registers``)."""
-    ids = vcpu.get_reg_list()
-    registers = tuple(sorted(zip(ids, vcpu.get_registers(ids), strict=True)))
-    return VcpuState(vcpu_id, registers)
+    (read in one call where the backend can: ``Vcpu.get_registers``). With ``preread``
+    (taken from this VCPU while it ran) only the registers that can change are read."""
+    if preread is None:
+        ids = vcpu.get_reg_list()
+        registers = tuple(sorted(zip(ids, vcpu.get_registers(ids), strict=True)))
+        return VcpuState(vcpu_id, registers)
+    changing = [reg for reg in preread.ids if reg not in preread.constants]
+    values = dict(zip(changing, vcpu.get_registers(changing), strict=True))
+    values.update(preread.constants)
+    return VcpuState(vcpu_id, tuple(sorted(values.items())))
 
 
 def apply_vcpu(state: VcpuState, vcpu: Vcpu, holds: dict[int, int] | None = None) -> list[int]:
