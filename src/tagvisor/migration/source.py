@@ -405,7 +405,7 @@ class _Outgoing:
         else:
             dirty = self.pass_.collect(first=False)
             report.dirty_per_iteration.append(
-                self.pass_.send(dirty, report.iterations, first=False, live=False)
+                self.pass_.send(dirty, report.iterations, first=False, live=False, inline=True)
             )
             self._phase("pages")
 
@@ -567,10 +567,18 @@ class _Pass:
         return masks
 
     def send(
-        self, dirty: list[NDArray[np.bool_]], iteration: int, *, first: bool, live: bool
+        self,
+        dirty: list[NDArray[np.bool_]],
+        iteration: int,
+        *,
+        first: bool,
+        live: bool,
+        inline: bool = False,
     ) -> int:
         """Send the pages set in ``dirty`` (per region), a section per window of them;
-        on the ``first`` pass zero pages are left out. Returns how many were set."""
+        on the ``first`` pass zero pages are left out. Returns how many were set.
+        ``inline`` (the pause's last pass): written from this thread, not handed to the
+        sending thread, which only pays while there is reading to overlap."""
         total = 0
         for region, mask in zip(self.machine.memory.regions, dirty, strict=True):
             # (The shared clean mask is known empty: not counting it saves a read of
@@ -584,11 +592,11 @@ class _Pass:
                 gpa = region.gpa + start * PAGE_SIZE
                 if not window.all():
                     pages = np.flatnonzero(window)
-                    self._send(gpa, count, pages, first, live)
+                    self._send(gpa, count, pages, first, live, inline)
                     remaining -= int(pages.size)
                 else:
                     for span, length in self._spans(gpa, count, live):
-                        self._send(gpa + span * PAGE_SIZE, length, None, first, live)
+                        self._send(gpa + span * PAGE_SIZE, length, None, first, live, inline)
                     remaining -= count
                 if self.progress is not None:
                     self.progress(iteration, self.report.pages_sent, remaining)
@@ -603,7 +611,13 @@ class _Pass:
         return spans if len(spans) * MIN_SPAN <= count else [(0, count)]
 
     def _send(
-        self, gpa: int, count: int, pages: NDArray[np.intp] | None, first: bool, live: bool
+        self,
+        gpa: int,
+        count: int,
+        pages: NDArray[np.intp] | None,
+        first: bool,
+        live: bool,
+        inline: bool = False,
     ) -> None:
         buffers = self.staging.take()
         try:
@@ -615,6 +629,12 @@ class _Pass:
         self.report.add(stats)
         if not parts:
             self.staging.give(buffers)
+            return
+        if inline:
+            try:
+                self.sender.send_now([(b"PAGE", parts)])
+            finally:
+                self.staging.give(buffers)
             return
         self.sender.send(b"PAGE", parts, on_sent=lambda: self.staging.give(buffers))
 
