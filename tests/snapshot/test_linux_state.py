@@ -108,8 +108,10 @@ def test_hostile_gic_and_power_state_sections_are_refused(
     """Scenario: the Linux snapshot edited by hand, one fault each: a GIC register
     that is not a triple, one too wide for its 32 bits, one missing, one extra, the
     state version 2, GIC3 twice, GIC3 or MPST missing, a power state KVM does not
-    have, power states for 3 VCPUs of 2. Each fails as a FormatError that names it,
-    before anything is built."""
+    have, power states for 3 VCPUs of 2; and a GIC register value that is a bool, a
+    float, negative, past 64 bits, a string, a list, NaN, 5000 digits, or a section
+    nested 100,000 deep (the GIC's decoder checks those itself, with builtins). Each
+    fails as a FormatError that names it, before anything is built."""
     _, sections = sections_of(_edited(tmp_path, "copy", {}))
     gic = json.loads(dict(sections)[b"GIC3"])
     mpst = dict(sections)[b"MPST"]
@@ -130,6 +132,19 @@ def test_hostile_gic_and_power_state_sections_are_refused(
         ({b"MPST": []}, "MPST\\) is missing"),
         ({b"MPST": [(b"MPST", b'{"version": 1, "states": [0, 7]}')]}, "power state is not"),
         ({b"MPST": [(b"MPST", b'{"version": 1, "states": [0, 0, 0]}')]}, "for 3 VCPUs"),
+        # What wire.loads would refuse in Python, which the GIC's decoder checks itself.
+        ({b"GIC3": [(b"GIC3", gic_with(registers=[[1, 2, True], *regs[1:]]))]}, "not \\[group"),
+        ({b"GIC3": [(b"GIC3", gic_with(registers=[[1, 2, 1.5], *regs[1:]]))]}, "not \\[group"),
+        ({b"GIC3": [(b"GIC3", gic_with(registers=[[1, 2, -1], *regs[1:]]))]}, "not \\[group"),
+        ({b"GIC3": [(b"GIC3", gic_with(registers=[[1, 2, 10**30], *regs[1:]]))]}, "not \\[group"),
+        ({b"GIC3": [(b"GIC3", gic_with(registers=[[1, 2, "7"], *regs[1:]]))]}, "not \\[group"),
+        ({b"GIC3": [(b"GIC3", gic_with(registers=[[1, 2, [3]], *regs[1:]]))]}, "not \\[group"),
+        ({b"GIC3": [(b"GIC3", b'{"version": 1, "registers": [[1, 2, NaN]]}')]}, "NaN"),
+        ({b"GIC3": [(b"GIC3", b'{"registers": ' + b"[" * 100000 + b"]" * 100000 + b"}")]}, "JSON"),
+        (
+            {b"GIC3": [(b"GIC3", b'{"version": 1, "registers": [[1, 2, ' + b"9" * 5000 + b"]]}")]},
+            "JSON",
+        ),
     ]
     assert mpst
     for number, (edit, message) in enumerate(cases):

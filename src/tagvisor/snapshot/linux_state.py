@@ -49,7 +49,8 @@ class SavedGic:
     @classmethod
     def decode(cls, payload: Payload) -> SavedGic:
         """The registers of a GIC3 payload, each a triple of unsigned integers."""
-        raw = wire.loads(payload, "the GIC's state")
+        # Every value is checked below, with builtins (see wire.loads_numbers).
+        raw = wire.loads_numbers(payload, "the GIC's state")
         _version(raw, "GIC3")
         entries = wire.field(raw, "registers", list)
         if len(entries) > MAX_GIC_REGISTERS:

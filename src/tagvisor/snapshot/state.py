@@ -321,10 +321,11 @@ def apply_vcpu(state: VcpuState, vcpu: Vcpu, holds: dict[int, int] | None = None
 
     A state from the other kind of backend (the model's VCPU into a real one, or the
     reverse) names registers this VCPU lacks; nothing is written unless every one of
-    them may be dropped. ``holds``: what the VCPU is known to hold now (a
-    tagvisor.snapshot.baseline), whose equal values are not written again.
+    them may be dropped. ``holds``: every register of the VCPU's KVM_GET_REG_LIST with
+    the value it holds now (a tagvisor.snapshot.baseline), whose equal values are not
+    written again, and which stands for the list.
     """
-    listed = set(vcpu.get_reg_list())
+    listed = set(holds) if holds else set(vcpu.get_reg_list())
     values = dict(state.registers)
     left = [reg for reg, _ in state.registers if reg not in listed and reg not in READ_ONLY]
     kept = [reg for reg in left if not droppable(reg, values[reg], values, listed)]
