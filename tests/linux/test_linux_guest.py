@@ -19,7 +19,14 @@ import pytest
 from tagvisor.kvm.uapi import MpState
 from tagvisor.testbed.boot import SuiteRun
 from tagvisor.testbed.errors import TestbedError
-from tagvisor.testbed.linux_guest import PROGRAM_EXIT, boot_linux_guest, guest_init, guest_initrd
+from tagvisor.testbed.linux_guest import (
+    EXIT_INIT,
+    PROGRAM_EXIT,
+    GuestShape,
+    boot_linux_guest,
+    guest_init,
+    guest_initrd,
+)
 from tagvisor.testbed.linux_suite import ECHO, MARKER, ConsoleWatch
 from tagvisor.testbed.parts import Parts
 from tests.linux.test_testbed_image import parse_newc
@@ -48,6 +55,16 @@ def test_the_guest_initrd_holds_busybox_init_programs_and_a_console(tmp_path: Pa
     assert entries["bin/busybox"][1] == b"\x7fELF busybox"
     assert entries["bin/probe"][1] == b"\x7fELF probe"
     assert entries["dev/console"][2] == (5, 1)
+
+
+def test_a_panicking_init_exits_where_the_usual_one_powers_off() -> None:
+    """Scenario: /init for a panic run ends by exiting (the kernel then panics), not
+    with poweroff, after the same marker and programs."""
+    usual, panicking = guest_init(["probe"]), guest_init(["probe"], EXIT_INIT)
+    assert usual.rstrip().endswith("poweroff -f")
+    assert panicking.rstrip().endswith("exit 3")
+    assert "poweroff" not in panicking
+    assert usual.rsplit("\n", 2)[0] == panicking.rsplit("\n", 2)[0]
 
 
 def test_a_program_name_that_is_no_file_name_is_refused() -> None:
@@ -137,3 +154,32 @@ def test_a_process_in_the_linux_guest_takes_a_sync_tag_check_fault(booted: Suite
     console = booted.result["console"]
     assert "MTE-CHECK fault signal 11 si_code 9 at the faulting address" in console, console
     assert f"{PROGRAM_EXIT} mte-check 0" in console
+
+
+@pytest.fixture(scope="module")
+def panicked() -> SuiteRun:
+    """One testbed boot of 6.1 whose guest's /init exits (about 22 s)."""
+    try:
+        return boot_linux_guest("6.1", GuestShape(panic=True, deadline=120.0), say=print)
+    except TestbedError as exc:
+        problem = str(exc)
+    pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
+
+
+@pytest.mark.oracle
+def test_a_real_kernel_panic_ends_the_run_with_the_panic_line_and_the_console(
+    panicked: SuiteRun,
+) -> None:
+    """Scenario: in the testbed, tagvisor boots Debian's 6.1 on /dev/kvm with an /init
+    that prints the marker and exits. Linux panics ("Attempted to kill init!"),
+    panic=-1 makes it reset at once (PSCI SYSTEM_RESET), and tagvisor's run ends with
+    LinuxPanicError naming the panic and the reset, with the console's last lines:
+    no hang until the deadline, no traceback."""
+    assert panicked.status == 0, panicked.error
+    result = panicked.result
+    assert result["error_class"] == "LinuxPanicError", result
+    message = result["message"]
+    assert "Kernel panic - not syncing: Attempted to kill init!" in message
+    assert "KVM_SYSTEM_EVENT_RESET" in message
+    assert "and then hung" not in message
+    assert MARKER in result["console"]

@@ -30,8 +30,13 @@ GUEST_INIT: Final = f"""#!/bin/busybox sh
 /bin/busybox echo "{MARKER} uptime $(/bin/busybox cut -d' ' -f1 /proc/uptime)"
 /bin/busybox grep -m1 Features /proc/cpuinfo
 /bin/busybox echo "CPUs online: $(/bin/busybox grep -c ^processor /proc/cpuinfo)"
-{{programs}}/bin/busybox poweroff -f
+{{programs}}{{ending}}
 """
+#: How /init ends: it powers the guest off (PSCI SYSTEM_OFF) ...
+POWER_OFF: Final = "/bin/busybox poweroff -f"
+#: ... or, for a real panic, it exits: the kernel panics with "Attempted to kill init!"
+#: (kernel/exit.c, do_exit of the init task), and panic=-1 resets at once.
+EXIT_INIT: Final = "exit 3"
 #: The line /init prints after each program: ``<PROGRAM_EXIT> <name> <status>``.
 PROGRAM_EXIT: Final = "=== TAGVISOR-LINUX-GUEST-PROGRAM"
 PROGRAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -54,24 +59,30 @@ class GuestShape:
     session: bool = False
     #: In a session, also run QEMU 10 + KVM on the same kernel (qemu_suite).
     qemu: bool = False
+    #: /init exits instead of powering off, so that the kernel panics; the suite
+    #: reports the error tagvisor's run gave (tagvisor.vmm.linux.run).
+    panic: bool = False
 
 
-def guest_init(programs: list[str]) -> str:
-    """/init: the marker, the CPU features, each program in /bin and its status."""
+def guest_init(programs: list[str], ending: str = POWER_OFF) -> str:
+    """/init: the marker, the CPU features, each program in /bin and its status, then
+    ``ending`` (:data:`POWER_OFF` or :data:`EXIT_INIT`)."""
     for name in programs:
         if not PROGRAM_NAME.fullmatch(name):
             raise TestbedError(f"guest program name {name!r} is not a plain file name")
     runs = "".join(
         f'/bin/{name}; /bin/busybox echo "{PROGRAM_EXIT} {name} $?"\n' for name in programs
     )
-    return GUEST_INIT.format(programs=runs)
+    return GUEST_INIT.format(programs=runs, ending=ending)
 
 
-def guest_initrd(parts: Parts, programs: dict[str, bytes] | None = None) -> bytes:
+def guest_initrd(
+    parts: Parts, programs: dict[str, bytes] | None = None, ending: str = POWER_OFF
+) -> bytes:
     """busybox, /init and ``programs`` (static arm64 binaries, run in order by /init)
-    as a gzip'd cpio archive (about 1 MB)."""
+    as a gzip'd cpio archive (about 1 MB); /init ends with ``ending``."""
     programs = programs or {}
-    init = guest_init(list(programs))
+    init = guest_init(list(programs), ending)
     return busybox_initrd(parts.userland / "bin" / "busybox", init, programs)
 
 
@@ -90,7 +101,7 @@ def boot_linux_guest(
     parts = fetch(kernel_suite, say=say)
     files = {
         "Image": parts.kernel.read_bytes(),
-        "guest-initrd.gz": guest_initrd(parts, programs),
+        "guest-initrd.gz": guest_initrd(parts, programs, EXIT_INIT if shape.panic else POWER_OFF),
         "linux_guest.json": json.dumps(shape.__dict__).encode(),
     }
     memory = DEFAULT_MEMORY_MIB

@@ -96,6 +96,22 @@ def gic_round_trip(kvm: Any, machine: Any, vcpus: int) -> dict[str, Any]:
     return {"registers": len(saved.values), "changed_by_linux": changed, "lost": lost[:20]}
 
 
+def panic_run(machine: Any, deadline: float, started: float) -> dict[str, Any]:
+    """Run a guest whose /init exits: what tagvisor's run said (the error's class and
+    message, or how the run ended if it raised none) and the console."""
+    from tagvisor.vmm.linux.run import LinuxBootError, console_text, run_linux
+
+    out: dict[str, Any] = {"error_class": None, "message": None, "system_event": None}
+    try:
+        result = run_linux(machine, deadline)
+        out["system_event"] = result.system_event
+    except LinuxBootError as error:
+        out["error_class"], out["message"] = type(error).__name__, str(error)
+    out["seconds_total"] = round(time.monotonic() - started, 2)
+    out["console"] = console_text(machine)
+    return out
+
+
 def run() -> dict[str, Any]:
     """Inside the testbed: boot the guest kernel with tagvisor on this /dev/kvm, wait
     for its /init marker, and report the console, the times and the GIC's state."""
@@ -111,6 +127,8 @@ def run() -> dict[str, Any]:
     machine = guest_machine(kvm, shape, watch)
     built = time.monotonic() - started
     mp_before = [vcpu.get_mp_state() for vcpu in machine.vcpus]
+    if shape.get("panic"):
+        return panic_run(machine, float(shape["deadline"]), started)
     result = run_linux(machine, float(shape["deadline"]))
     seconds = time.monotonic() - started
     return {
