@@ -4,8 +4,9 @@ The oracle test boots the testbed once (Debian's 6.1 under QEMU's TCG) and, insi
 the same kernel as tagvisor's guest on the real /dev/kvm with its MTE workload
 (guests/linux/mte-workload.c, 64 MiB, 4,194,304 granules each with its own IRG tag).
 The session (tagvisor.testbed.linux_session) saves the running guest to a file and
-restores it into a new VM, then migrates that one over TCP into a third while the
-workload keeps rewriting data and tags. About 3.5 minutes on this machine
+restores it into a new VM, then migrates that one over TCP into a third, in a process
+of its own, while the workload keeps rewriting data and tags, and post-copies it back
+into a fourth in the first process. About 3.5 minutes on this machine
 (docs/linux-guests.md has the figures). The other tests check the report's logic.
 """
 
@@ -103,10 +104,12 @@ def test_a_running_linux_guest_keeps_every_tag_through_a_snapshot_and_a_migratio
 ) -> None:
     """Scenario: in the testbed, tagvisor boots Debian's 6.1 with MTE and the workload
     (64 MiB, every granule tagged), snapshots it while the workload rewrites memory and
-    restores it into a new VM, then live-migrates it into a third with pre-copy. After
-    each move the digests of memory and tags equal the source's at the switch, the
-    guest verifies all 4,194,304 granules with no mismatch, catches the use-after-free
-    and the overflow with SEGV_MTESERR, and at the end exits and powers off."""
+    restores it into a new VM, then live-migrates it into a third, in another process,
+    with pre-copy, and from there into a fourth with post-copy. After the snapshot and
+    the pre-copy the digests of memory and tags equal the source's at the switch; after
+    each move the guest verifies all 4,194,304 granules with no mismatch, catches the
+    use-after-free and the overflow with SEGV_MTESERR, and at the end exits and powers
+    off."""
     assert session.status == 0, session.error
     result = session.result
     assert isinstance(result, dict)

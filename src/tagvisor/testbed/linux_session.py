@@ -8,17 +8,20 @@ One session, on this /dev/kvm (docs/linux-guests.md, "Snapshot and migration"):
 2. pause it with the workload still rewriting, save a snapshot, and restore that into a
    new VM: the digests of memory and tags must be equal; the restored guest verifies
    every granule, catches both bugs and keeps ticking;
-3. live-migrate that guest over TCP on the loopback into a third VM (pre-copy on the
-   dirty log, the workload rewriting all the while); the digests at the switch must be
-   equal; the arrived guest verifies again, catches both bugs, and exits.
+3. live-migrate that guest over TCP on the loopback into a third VM, in a process of
+   its own (tagvisor.testbed.vm_process), pre-copy on the dirty log with the workload
+   rewriting all the while; the digests at the switch must be equal; the arrived
+   guest verifies again and catches both bugs;
+4. post-copy it back into a fourth VM in this process, which runs the guest while its
+   missing pages come; it verifies every granule again, catches both bugs, and exits.
 
-Standard library plus tagvisor (image side). The machines stay in this process: the
-testbed has one host; what crosses is a file and a socket, as between two hosts.
+Standard library plus tagvisor (image side). What crosses between VMs is a file and a
+socket, as between two hosts; the migrations' two sides are two processes, as two
+VMMs on two hosts (and QEMU's pair) are.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -29,50 +32,13 @@ from tagvisor.migration.source import migrate
 from tagvisor.migration.transport import Listener, TcpAddress
 from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.snapshot.snapshot import restore_snapshot, save_snapshot
-from tagvisor.testbed.workload import WorkloadConsole, WorkloadError
-from tagvisor.vmm.linux.run import console_tail, run_linux
-from tagvisor.vmm.machine import Machine, RunResult
+from tagvisor.testbed.guest_thread import COMMAND_SECONDS, GuestThread
+from tagvisor.testbed.session_report import migration_figures
+from tagvisor.testbed.vm_process import START_SECONDS, VmProcess
+from tagvisor.testbed.workload import WorkloadConsole
 
-#: How long one command may take in the nested guest (TCG runs the testbed's KVM).
-COMMAND_SECONDS: Final = 120.0
 #: The workload prints TICK every 5 s: waiting this long must see one.
 TICK_SECONDS: Final = 12.0
-
-
-class GuestThread:
-    """A machine running on a thread of its own, so that this one can talk to it."""
-
-    def __init__(self, machine: Machine, deadline: float) -> None:
-        self.machine = machine
-        self.result: RunResult | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(deadline,), daemon=True)
-        self.thread.start()
-
-    def _run(self, deadline: float) -> None:
-        try:
-            self.result = run_linux(self.machine, deadline)
-        except BaseException as error:  # reported by pause() / join() on the caller's thread
-            self.error = error
-
-    def pause(self) -> RunResult:
-        """Pause the guest and wait until its VCPUs are out of KVM_RUN."""
-        while self.thread.is_alive():
-            self.machine.pause()
-            self.thread.join(0.05)
-        return self.join(0)
-
-    def join(self, timeout: float) -> RunResult:
-        """Wait for the run to end by itself (power-off); its result, or its error."""
-        self.thread.join(timeout)
-        if self.error is not None:
-            raise self.error
-        if self.result is None:
-            raise WorkloadError(
-                f"the guest is still running after {timeout:g} s; its console's last lines:\n"
-                f"{console_tail(self.machine)}"
-            )
-        return self.result
 
 
 def _round(value: float) -> float:
@@ -150,71 +116,44 @@ def snapshot_step(
     return follower, out
 
 
-def migration_step(
-    kvm: Kvm,
-    guest: GuestThread,
-    console: WorkloadConsole,
-    sink: Any,
-    deadline: float,
-    *,
-    postcopy: bool = False,
-) -> tuple[GuestThread, dict[str, Any]]:
-    """Live-migrate the running guest into a new VM over the loopback, then check it.
-    With ``postcopy`` the guest moves after one pre-copy pass and the new VM runs
-    while its missing pages come (userfaultfd); the digests are compared once the
-    last page is in."""
-    listener = Listener(TcpAddress("127.0.0.1", 0))
-    arrived: dict[str, Any] = {}
-
-    def receive() -> None:
-        try:
-            arrived["machine"], arrived["report"] = incoming(
-                kvm, listener, console=sink, timeout=COMMAND_SECONDS
-            )
-        except BaseException as error:
-            arrived["error"] = error
-
-    receiver = threading.Thread(target=receive, daemon=True)
-    receiver.start()
+def precopy_step(guest: GuestThread, console: WorkloadConsole, vm: VmProcess) -> dict[str, Any]:
+    """Live-migrate the running guest (pre-copy) into the VM of ``vm``'s process over
+    the loopback, compare the digests at the switch, then check the guest there."""
+    port = vm.wait("listening", START_SECONDS)
     guest.pause()  # migrate() runs the guest itself while pre-copy goes on
-    passes = 1 if postcopy else 8  # post-copy: switch after the first pass
-    report = migrate(guest.machine, listener.address, postcopy=postcopy, max_iterations=passes)
+    report = migrate(guest.machine, TcpAddress("127.0.0.1", port), max_iterations=8)
     source_digest = memory_digest(guest.machine)
-    receiver.join(COMMAND_SECONDS)
-    if "error" in arrived:
-        raise arrived["error"]
-    machine: Machine = arrived["machine"]
-    follower = None
-    if postcopy:  # the guest runs here before its last pages are in
-        follower = GuestThread(machine, deadline)
-        arrived["report"].postcopy.join(COMMAND_SECONDS)
-    out: dict[str, Any] = {
-        # After post-copy the guest has run on while pages came: only its own
-        # verify can tell whether every tag arrived.
-        "digests_equal": None if postcopy else memory_digest(machine) == source_digest,
-        "digest": source_digest,
-        "total_seconds": _round(report.total_seconds),
-        "downtime_ms": _round(report.downtime_seconds * 1000),
-        "send_downtime_ms": _round(report.send_downtime_seconds * 1000),
-        "downtime_phases_ms": {
-            name: _round(seconds * 1000) for name, seconds in report.downtime_phases.items()
-        },
-        "destination_apply_ms": _round(arrived["report"].apply_seconds * 1000),
-        "tag_share": round(report.tag_share, 5),
-        "iterations": report.iterations,
-        "pages_sent": report.pages_sent,
-        "uniform_tag_pages": report.uniform_tag_pages,
-        "data_bytes": report.data_bytes,
-        "tag_bytes": report.tag_bytes,
-        "wire_bytes": report.wire_bytes,
-        "dirty_per_iteration": report.dirty_per_iteration,
-        "guest_share": round(report.guest_share, 3),
-    }
-    if postcopy:
-        out["postcopy_pages"] = report.postcopy_pages
-        out["postcopy_requests"] = arrived["report"].postcopy.requests
+    arrived = vm.wait("arrived", COMMAND_SECONDS)
+    out = migration_figures(report)
+    out["digests_equal"] = arrived["digest"] == source_digest
+    out["digest"] = source_digest
+    out["destination_apply_ms"] = _round(arrived["apply_seconds"] * 1000)
+    console.send = vm.console_input
+    out.update(check_guest(console, tick=False))
+    out["guest_verified_granules"] = out.pop("verified_granules")
+    return out
+
+
+def postcopy_step(
+    kvm: Kvm, vm: VmProcess, console: WorkloadConsole, sink: Any, deadline: float
+) -> tuple[GuestThread, dict[str, Any]]:
+    """Move the guest from ``vm``'s process back into a new VM here, post-copy after
+    one pre-copy pass: the guest runs here while its missing pages come
+    (userfaultfd); once the last is in, it verifies every granule."""
+    listener = Listener(TcpAddress("127.0.0.1", 0))
+    vm.migrate_to(listener.address.port, postcopy=True, passes=1)
+    machine, report = incoming(kvm, listener, console=sink, timeout=COMMAND_SECONDS)
+    follower = GuestThread(machine, deadline)  # before its last pages are here
+    assert report.postcopy is not None
+    report.postcopy.join(COMMAND_SECONDS)
+    out = vm.wait("migrated", COMMAND_SECONDS)
+    vm.close()
+    # The guest has run on while its pages came: only its own verify can tell whether
+    # every tag arrived.
+    out["digests_equal"] = None
+    out["destination_apply_ms"] = _round(report.apply_seconds * 1000)
+    out["postcopy_requests"] = report.postcopy.requests
     console.send = machine.console_input
-    follower = follower or GuestThread(machine, deadline)
     out.update(check_guest(console, tick=False))
     out["guest_verified_granules"] = out.pop("verified_granules")
     return follower, out

@@ -155,7 +155,9 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
     restore it, then live-migrate it (tagvisor.testbed.linux_session), and report
     every figure; an error ends the session with what was measured so far."""
     from tagvisor.kvm.linux import LinuxKvm
-    from tagvisor.testbed.linux_session import GuestThread, migration_step, snapshot_step
+    from tagvisor.testbed.guest_thread import GuestThread
+    from tagvisor.testbed.linux_session import postcopy_step, precopy_step, snapshot_step
+    from tagvisor.testbed.vm_process import VmProcess
     from tagvisor.testbed.workload import GLIBC_PREFIX, WorkloadConsole
 
     out: dict[str, Any] = {}
@@ -172,6 +174,7 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
     watch.listeners.append(console.feed)
     out["glibc_mtag"] = glibc
     guest = GuestThread(machine, deadline)
+    vm: VmProcess | None = None
     try:
         at, ready = console.wait("READY", deadline)
         out["boot_seconds"] = None if watch.marker_at is None else round(watch.marker_at, 2)
@@ -181,15 +184,21 @@ def session(shape: dict[str, Any]) -> dict[str, Any]:
         out["verified"] = verified.fields
         # A TICK just before the pause, to compare the guest's clock across the restore.
         console.wait("TICK", 12)
+        # The pre-copy migration's destination, started now (after the timed boot):
+        # its interpreter starts while the snapshot is saved and restored.
+        vm = VmProcess(watch, deadline)
         guest, out["snapshot"] = snapshot_step(kvm, guest, console, watch, Path("/tmp"), deadline)
-        guest, out["migration"] = migration_step(kvm, guest, console, watch, deadline)
-        guest, out["postcopy"] = migration_step(kvm, guest, console, watch, deadline, postcopy=True)
+        out["migration"] = precopy_step(guest, console, vm)
+        guest, out["postcopy"] = postcopy_step(kvm, vm, console, watch, deadline)
         console.command("exit", "EXIT", 120)
         result = guest.join(120)
         out["exit"] = {"system_event": result.system_event, "exit_status": result.exit_status}
     except Exception as error:  # the figures so far still come back
         out["error"] = f"{type(error).__name__}: {error}"
         guest.pause()
+    finally:
+        if vm is not None:
+            vm.close()
     out["ticks"] = sum(event.kind == "TICK" for _, event in console.log)
     out["seconds_total"] = round(time.monotonic() - started, 2)
     return out

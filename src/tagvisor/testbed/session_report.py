@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from tagvisor.migration.source import MigrationReport
+
 #: The keys of the snapshot and migration steps that --json keeps.
 STEP_KEYS: Final = (
     "digests_equal",
@@ -59,6 +61,35 @@ POSTCOPY_KEYS: Final = (
     "postcopy_requests",
     "tag_share",
 )
+
+
+def migration_figures(report: MigrationReport) -> dict[str, Any]:
+    """The source's side of a migration step as the session reports it (plain JSON:
+    it crosses from a VM's process, tagvisor.testbed.vm_process)."""
+    out: dict[str, Any] = {
+        "total_seconds": _round(report.total_seconds),
+        "downtime_ms": _round(report.downtime_seconds * 1000),
+        "send_downtime_ms": _round(report.send_downtime_seconds * 1000),
+        "downtime_phases_ms": {
+            name: _round(seconds * 1000) for name, seconds in report.downtime_phases.items()
+        },
+        "tag_share": round(report.tag_share, 5),
+        "iterations": report.iterations,
+        "pages_sent": report.pages_sent,
+        "uniform_tag_pages": report.uniform_tag_pages,
+        "data_bytes": report.data_bytes,
+        "tag_bytes": report.tag_bytes,
+        "wire_bytes": report.wire_bytes,
+        "dirty_per_iteration": report.dirty_per_iteration,
+        "guest_share": round(report.guest_share, 3),
+    }
+    if report.postcopy:
+        out["postcopy_pages"] = report.postcopy_pages
+    return out
+
+
+def _round(value: float) -> float:
+    return round(value, 3)
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
