@@ -129,34 +129,26 @@ class MigrationReport:
 class _GuestRunner:
     """Runs the guest on a background thread while pre-copy goes on.
 
-    Throttled (``share`` below 1), it runs the guest in short bursts of exits and
-    keeps it paused in between, so that it runs ``share`` of the time, as QEMU's
-    auto-converge throttles VCPUs: the guest slows down, nothing else about it changes.
+    Throttled (``share`` below 1), the machine runs its VCPUs ``share`` of the time in
+    10 ms slices (Machine.throttle, as QEMU's auto-converge throttles VCPUs): the
+    guest slows down, nothing else about it changes. Stopping the runner ends the
+    throttle: a guest that stays here after a failed migration runs at full speed.
     """
-
-    #: About how long a burst plus its pause lasts (seconds).
-    THROTTLE_PERIOD = 0.005
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.result: RunResult | None = None
-        self.share = 1.0
         self._stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="guest", daemon=True)
 
+    @property
+    def share(self) -> float:
+        """The share of the time the guest runs (1 unless throttled)."""
+        return self.machine.run_share
+
     def _run(self) -> None:
-        burst = 1  # exits per burst, adapted to the burst's share of the period
         while not self._stopping.is_set():
-            share = self.share
-            if share >= 1.0:
-                self.result = self.machine.run()
-            else:
-                started = time.perf_counter()
-                self.result = self.machine.run(max_exits=burst)
-                ran = max(time.perf_counter() - started, 1e-6)
-                target = self.THROTTLE_PERIOD * share
-                burst = max(1, min(2 * burst, round(burst * target / ran)))
-                self._stopping.wait(ran * (1.0 - share) / share)
+            self.result = self.machine.run()
             if self.result.state is RunState.STOPPED:
                 return
 
@@ -165,14 +157,14 @@ class _GuestRunner:
 
     def throttle(self, share: float) -> None:
         """Let the guest run only ``share`` (0 to 1) of the time from now on."""
-        self.share = share
-        self.machine.pause()  # leave the current run; the next one is paced
+        self.machine.throttle(share)
 
     def stop(self) -> None:
         self._stopping.set()
         while self.thread.is_alive():  # a pause can race with a run() starting
             self.machine.pause()
             self.thread.join(0.05)
+        self.machine.throttle(1.0)
 
 
 #: Pages per PAGE section at most: few enough that reading, sending, receiving and

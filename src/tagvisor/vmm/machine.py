@@ -25,6 +25,7 @@ from tagvisor.vmm.devices.pl011 import Pl011
 from tagvisor.vmm.devices.ucall import Ucall, UcallCmd, UcallDevice, UcallError
 from tagvisor.vmm.memory import GuestMemory
 from tagvisor.vmm.tag_access import TagAccess
+from tagvisor.vmm.throttle import Throttle
 
 #: Exits a pausing VCPU may still need before its pending access is finished.
 SETTLE_LIMIT: Final = 4
@@ -112,14 +113,28 @@ class Machine:
         self._errors: list[str] = []
         self.exits = 0
         self.by_reason: dict[str, int] = {}
+        self._throttle = Throttle(len(vcpus), self._kick_all)
 
     # -- control ---------------------------------------------------------------------
 
     def pause(self) -> None:
         """Ask every VCPU to stop at its next exit; run() then returns PAUSED."""
         self._pause.set()
+        self._kick_all()
+
+    def _kick_all(self) -> None:
         for vcpu in self.vcpus:
             vcpu.kick()
+
+    def throttle(self, share: float) -> None:
+        """Let the VCPUs run only ``share`` (0 < share <= 1) of the time, in 10 ms
+        slices (tagvisor.vmm.throttle); 1 runs them at full speed again."""
+        self._throttle.set(share)
+
+    @property
+    def run_share(self) -> float:
+        """The share of the time the VCPUs may run (:meth:`throttle`)."""
+        return self._throttle.share
 
     def set_console_sink(self, sink: Callable[[bytes], None] | None) -> None:
         """Where the guest's console bytes go from now on: the polled console's and,
@@ -201,11 +216,13 @@ class Machine:
 
     def _loop(self, vcpu: Vcpu, max_exits: int | None) -> None:
         count = 0
+        index = self.vcpus.index(vcpu)
         while self.state is RunState.RUNNING and not self._pause.is_set():
             self._step(vcpu, vcpu.run())
             count += 1
             if max_exits is not None and count >= max_exits:
                 break
+            self._throttle.rest(index, self._pause)
         self._settle(vcpu)
 
     def _step(self, vcpu: Vcpu, exit_: VcpuExit) -> None:
