@@ -349,8 +349,6 @@ class _Outgoing:
             sent = self._iterate(iteration)
             if iteration and sent <= self.options.stop_pages:
                 break
-        if self.runner is not None:
-            self.report.guest_share = self.runner.share
 
     def _iterate(self, iteration: int) -> int:
         """One pass: what the log says changed, then ITER; returns the pages sent."""
@@ -362,6 +360,13 @@ class _Outgoing:
             ratio = sent / max(1, report.dirty_per_iteration[-1])
             if sent > options.stop_pages and ratio > CONVERGE_RATIO:
                 runner.throttle(max(MIN_SHARE, runner.share * CONVERGE_RATIO / ratio))
+        if runner is not None:
+            report.guest_share = runner.share
+            if iteration and sent <= options.stop_pages and runner.share < 1.0:
+                # The last pass before the pause: what the guest dirties while it is
+                # sent and applied is paid in the pause, page by page (some 1.5 ms
+                # each under nested TCG), so it runs at the least share from here.
+                runner.throttle(MIN_SHARE)
         self.pass_.send(dirty, iteration, first=iteration == 0, live=runner is not None)
         report.dirty_per_iteration.append(sent)
         report.iterations += 1
