@@ -87,8 +87,8 @@ class MigrationReport:
     #: reports it (its source does not wait for the destination), for comparisons.
     send_downtime_seconds: float = 0.0
     #: Where the downtime went, in order, seconds each: ``stop`` (the guest's thread
-    #: out of KVM_RUN), ``state`` (registers and devices read), ``pages`` (the last
-    #: dirty pages sent), ``send`` (the final sections handed to the socket),
+    #: out of KVM_RUN), ``state`` (registers and devices read and sent, kind by kind),
+    #: ``pages`` (the last dirty pages sent), ``send`` (END! or POST handed to the socket),
     #: ``destination`` (until its REDY: it has applied everything), ``commit`` (CMIT
     #: until DONE). Post-copy has no ``pages`` and ends at REDY.
     downtime_phases: dict[str, float] = field(default_factory=dict)
@@ -306,8 +306,6 @@ class _Outgoing:
         self.committed = False
         #: Whether collection was on before the pause turned it off (to turn it back).
         self._collecting = False
-        #: The registry's COMPLETE sections, read once the guest is paused.
-        self.final: list[tuple[bytes, bytes]] = []
         #: What of those was read before the pause (``precopy``).
         self.preread = Preread()
         self.exits_before = machine.exits
@@ -392,9 +390,13 @@ class _Outgoing:
         if _stopped(self.machine):
             raise MigrationError("the guest stopped during migration; nothing to move")
         # The paused machine's registers and devices no longer change: read them now,
-        # while the sender thread is idle, not while it sends the last pass (a real
-        # VCPU has some 260 registers, and two threads trading the GIL slow both).
-        self.final = REGISTRY.save(self.machine, Phase.COMPLETE, self.preread)
+        # while the sender thread is idle (a real VCPU has some 250 registers, and two
+        # threads trading the GIL slow both), and send each kind's sections as soon as
+        # they are read, from this thread: the destination decodes them meanwhile.
+        assert self.sender is not None
+        for sections in REGISTRY.save_each(self.machine, Phase.COMPLETE, self.preread):
+            if sections:
+                self.sender.send_now(sections)
         self._phase("state")
         memory = self.machine.memory
         if self.options.postcopy:
@@ -413,15 +415,13 @@ class _Outgoing:
         self._mark = now
 
     def complete(self) -> MigrationReport:
-        """The guest's registers and devices (the registry's COMPLETE phase, read at the
-        pause) and the stream's end, sent from here in one system call; then the
-        switchover."""
+        """The stream's end (END!, or POST with the pages still missing), after the
+        registers and devices ``switchover`` sent; then the commit."""
         assert self.sender is not None
         report = self.report
-        final: list[tuple[bytes, bytes | list[bytes | memoryview]]] = [*self.final]
         self.conn.set_deadline(protocol.SWITCHOVER_SECONDS, "the switchover")
         if self.options.postcopy:
-            self.sender.send_now([*final, (b"POST", encode_pending(self.pending))])
+            self.sender.send_now([(b"POST", encode_pending(self.pending))])
             self._phase("send")
             self._commit(b"REDY")
             self._collections_on()
@@ -444,7 +444,7 @@ class _Outgoing:
                 raise MigrationError(f"the destination failed: {bytes(payload)[:1000]!r}")
         else:
             end = _json({"pages_sent": report.pages_sent})
-            self.sender.send_now([*final, (END_TAG, end)])
+            self.sender.send_now([(END_TAG, end)])
             self._phase("send")
             report.send_downtime_seconds = time.perf_counter() - self.paused
             self._commit(b"DONE")

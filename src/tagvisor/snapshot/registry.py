@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -396,13 +397,19 @@ class Registry:
         """(tag, payload) of every section of ``phase`` for ``machine`` (with
         ``preread``, from :meth:`prepare` on this machine, what it holds is not read
         again)."""
-        early = Preread() if preread is None else preread
         return [
-            section
-            for kind in self.kinds()
-            if kind.phase is phase and kind.until is None
-            for section in kind.save(machine, early)
+            section for sections in self.save_each(machine, phase, preread) for section in sections
         ]
+
+    def save_each(
+        self, machine: Machine, phase: Phase, preread: Preread | None = None
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """:meth:`save`, one kind at a time, each kind's sections as soon as they are
+        read (a migration's source sends each while it reads the next)."""
+        early = Preread() if preread is None else preread
+        for kind in self.kinds():
+            if kind.phase is phase and kind.until is None:
+                yield kind.save(machine, early)
 
     def load(self, section: Section, loaded: Loaded) -> None:
         """Check ``section`` into ``loaded``: its kind must exist in that version."""
