@@ -75,17 +75,7 @@ def _depth(value: object, level: int = 0) -> None:
 def loads(payload: Payload, what: str) -> dict[str, Any]:
     """The JSON object in ``payload``, checked as the module says; FormatError naming
     ``what`` for anything else."""
-    try:
-        text = bytes(payload).decode("utf-8")
-        value = json.loads(text, parse_int=_integer, parse_constant=_constant)
-        _depth(value)
-    except FormatError as error:
-        raise FormatError(f"{what} is malformed: {error}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise FormatError(f"{what} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise FormatError(f"{what} is not a JSON object")
-    return value
+    return _object(payload, what, checked=True)
 
 
 def loads_numbers(payload: Payload, what: str) -> dict[str, Any]:
@@ -99,8 +89,18 @@ def loads_numbers(payload: Payload, what: str) -> dict[str, Any]:
     digits a ValueError, both caught here; NaN and Infinity are still refused; long
     integers and strings reach the caller, which must refuse anything not a number.
     """
+    return _object(payload, what, checked=False)
+
+
+def _object(payload: Payload, what: str, *, checked: bool) -> dict[str, Any]:
+    """The JSON object in ``payload``; ``checked``: with :func:`loads`'s checks in Python."""
     try:
-        value = json.loads(bytes(payload).decode("utf-8"), parse_constant=_constant)
+        text = bytes(payload).decode("utf-8")
+        if checked:
+            value = json.loads(text, parse_int=_integer, parse_constant=_constant)
+            _depth(value)
+        else:
+            value = json.loads(text, parse_constant=_constant)
     except FormatError as error:
         raise FormatError(f"{what} is malformed: {error}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as error:

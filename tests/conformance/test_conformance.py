@@ -17,7 +17,7 @@ import pytest
 from tagvisor.conformance.compare import compare, model_results
 from tagvisor.conformance.scenarios import SCENARIOS
 from tagvisor.testbed.boot import SuiteRun, run_suite
-from tagvisor.testbed.errors import TestbedError
+from tests.support.testbed import run_or_fail
 
 
 def test_the_model_runs_every_scenario_it_can() -> None:
@@ -36,11 +36,9 @@ def test_compare_lists_differing_fields_and_ignores_host_facts() -> None:
 
 
 def _suite_on(kernel_suite: str) -> SuiteRun:
-    try:
-        return run_suite("tagvisor.conformance.suite", kernel_suite=kernel_suite, say=print)
-    except TestbedError as exc:
-        problem = str(exc)
-    pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
+    return run_or_fail(
+        lambda: run_suite("tagvisor.conformance.suite", kernel_suite=kernel_suite, say=print)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,14 @@ from typing import Any
 import pytest
 
 from tagvisor.conformance.crossing import cross_backend_migration
-from tagvisor.testbed.errors import TestbedError
+from tests.support.testbed import run_or_fail
 
 OVERFLOW = "ucall 1 211 "
 
 
 @pytest.fixture(scope="module", params=["6.1", "6.12", "7.3"])
 def crossing(request: pytest.FixtureRequest) -> dict[str, Any]:
-    try:
-        return cross_backend_migration(request.param)
-    except TestbedError as exc:
-        problem = str(exc)
-    pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
+    return run_or_fail(lambda: cross_backend_migration(request.param))
 
 
 @pytest.mark.oracle

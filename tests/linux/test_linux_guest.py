@@ -31,6 +31,7 @@ from tagvisor.testbed.linux_suite import ECHO, MARKER, ConsoleWatch
 from tagvisor.testbed.parts import Parts
 from tests.linux.test_testbed_image import parse_newc
 from tests.support import cross
+from tests.support.testbed import run_or_fail
 
 MTE_CHECK = Path(__file__).with_name("mte_check.c")
 
@@ -98,11 +99,7 @@ def booted(request: pytest.FixtureRequest) -> SuiteRun:
     guest's kernel."""
     flags = ("-O1", "-static", "-march=armv8.5-a+memtag", "-Wall", "-Werror")
     programs = {"mte-check": cross.build(MTE_CHECK, flags).read_bytes()}
-    try:
-        return boot_linux_guest(request.param, programs=programs, say=print)
-    except TestbedError as exc:
-        problem = str(exc)
-    pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
+    return run_or_fail(lambda: boot_linux_guest(request.param, programs=programs, say=print))
 
 
 @pytest.mark.oracle
@@ -159,11 +156,8 @@ def test_a_process_in_the_linux_guest_takes_a_sync_tag_check_fault(booted: Suite
 @pytest.fixture(scope="module")
 def panicked() -> SuiteRun:
     """One testbed boot of 6.1 whose guest's /init exits (about 22 s)."""
-    try:
-        return boot_linux_guest("6.1", GuestShape(panic=True, deadline=120.0), say=print)
-    except TestbedError as exc:
-        problem = str(exc)
-    pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
+    shape = GuestShape(panic=True, deadline=120.0)
+    return run_or_fail(lambda: boot_linux_guest("6.1", shape, say=print))
 
 
 @pytest.mark.oracle

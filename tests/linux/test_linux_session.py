@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tagvisor.testbed.boot import SuiteRun
-from tagvisor.testbed.errors import TestbedError
 from tagvisor.testbed.linux_guest import linux_session
 from tagvisor.testbed.session_report import failures, summary
+from tests.support.testbed import run_or_fail
 
 GRANULES = 64 << 16  # 64 MiB of 16-byte granules
 
@@ -92,11 +92,7 @@ def test_a_session_that_stopped_says_why() -> None:
 @pytest.fixture(scope="module")
 def session() -> SuiteRun:
     """One testbed boot on 6.1 running the whole session."""
-    try:
-        return linux_session("6.1", say=print)
-    except TestbedError as exc:
-        problem = str(exc)
-    pytest.fail(f"the testbed could not run: {problem}", pytrace=False)
+    return run_or_fail(lambda: linux_session("6.1", say=print))
 
 
 @pytest.mark.oracle
