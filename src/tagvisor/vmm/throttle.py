@@ -31,6 +31,9 @@ class Throttle:
         self.share = 1.0
         self._changed = threading.Condition()
         self._pacer: threading.Thread | None = None
+        #: Whether a pacer is pacing: cleared under the lock as it decides to end, so
+        #: that a throttle set meanwhile starts another (is_alive() would still say so).
+        self._pacing = False
         #: Set by the pacer each slice, cleared by each VCPU as it starts its rest.
         self._owed: set[int] = set()
 
@@ -41,7 +44,8 @@ class Throttle:
         with self._changed:
             self.share = share
             self._changed.notify_all()
-            if share < 1.0 and (self._pacer is None or not self._pacer.is_alive()):
+            if share < 1.0 and not self._pacing:
+                self._pacing = True
                 self._pacer = threading.Thread(target=self._pace, name="throttle", daemon=True)
                 self._pacer.start()
 
@@ -57,10 +61,12 @@ class Throttle:
             woken.wait(SLICE_SECONDS * (1.0 - share) / share)
 
     def _pace(self) -> None:
+        """Each slice, mark every VCPU as owing a rest and kick them all; end at 1."""
         while True:
             with self._changed:
                 if self.share >= 1.0:
                     self._owed.clear()
+                    self._pacing = False
                     return
                 self._changed.wait(SLICE_SECONDS)
                 if self.share >= 1.0:
