@@ -306,7 +306,7 @@ class _Outgoing:
         self.committed = False
         #: Whether collection was on before the pause turned it off (to turn it back).
         self._collecting = False
-        #: What of those was read before the pause (``precopy``).
+        #: What REGISTRY.prepare read of the machine before the pause (``precopy``).
         self.preread = Preread()
         self.exits_before = machine.exits
 
