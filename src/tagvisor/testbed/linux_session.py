@@ -23,6 +23,7 @@ VMMs on two hosts (and QEMU's pair) are.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,7 +34,7 @@ from tagvisor.migration.transport import Listener, TcpAddress
 from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.snapshot.snapshot import restore_snapshot, save_snapshot
 from tagvisor.testbed.guest_thread import COMMAND_SECONDS, GuestThread
-from tagvisor.testbed.session_report import migration_figures
+from tagvisor.testbed.session_report import migration_figures, rounded
 from tagvisor.testbed.vm_process import START_SECONDS, VmProcess
 from tagvisor.testbed.workload import WorkloadConsole
 
@@ -41,16 +42,12 @@ from tagvisor.testbed.workload import WorkloadConsole
 TICK_SECONDS: Final = 12.0
 
 
-def _round(value: float) -> float:
-    return round(value, 3)
-
-
 def check_guest(console: WorkloadConsole, *, tick: bool) -> dict[str, Any]:
     """``verify`` and ``bugs`` on the running guest, and with ``tick`` a TICK too:
     the granules it checked, its mismatches and digest, the bugs it caught."""
     seconds, verified = console.command("verify", "VERIFIED", COMMAND_SECONDS)
     out: dict[str, Any] = {
-        "verify_seconds": _round(seconds),
+        "verify_seconds": rounded(seconds),
         "verified_granules": verified.number("granules"),
         "mismatches": verified.number("mismatches"),
         "guest_digest": verified.fields.get("digest", ""),
@@ -92,9 +89,9 @@ def snapshot_step(
     loaded = time.monotonic()
     after = memory_digest(restored)
     out: dict[str, Any] = {
-        "pause_seconds": _round(paused - started),
-        "save_seconds": _round(saved - paused),
-        "restore_seconds": _round(loaded - saved),
+        "pause_seconds": rounded(paused - started),
+        "save_seconds": rounded(saved - paused),
+        "restore_seconds": rounded(loaded - saved),
         "file_bytes": report.file_bytes,
         "pages_total": report.pages_total,
         "tag_bytes": report.stats.tag_bytes,
@@ -110,7 +107,7 @@ def snapshot_step(
         # The guest's clock stood still while it was saved and restored: its uptime
         # moved less than the wall clock between the two TICKs (TIMER_CNT restored).
         out["tick_before"] = before[1]
-        out["tick_wall_seconds"] = _round(out["tick_at"] - before[0])
+        out["tick_wall_seconds"] = rounded(out["tick_at"] - before[0])
     out.pop("tick_at")
     path.unlink()
     return follower, out
@@ -127,11 +124,8 @@ def precopy_step(guest: GuestThread, console: WorkloadConsole, vm: VmProcess) ->
     out = migration_figures(report)
     out["digests_equal"] = arrived["digest"] == source_digest
     out["digest"] = source_digest
-    out["destination_apply_ms"] = _round(arrived["apply_seconds"] * 1000)
-    console.send = vm.console_input
-    out.update(check_guest(console, tick=False))
-    out["guest_verified_granules"] = out.pop("verified_granules")
-    return out
+    out["destination_apply_ms"] = rounded(arrived["apply_seconds"] * 1000)
+    return _checked_after_move(out, console, vm.console_input)
 
 
 def postcopy_step(
@@ -151,9 +145,17 @@ def postcopy_step(
     # The guest has run on while its pages came: only its own verify can tell whether
     # every tag arrived.
     out["digests_equal"] = None
-    out["destination_apply_ms"] = _round(report.apply_seconds * 1000)
+    out["destination_apply_ms"] = rounded(report.apply_seconds * 1000)
     out["postcopy_requests"] = report.postcopy.requests
-    console.send = machine.console_input
+    return follower, _checked_after_move(out, console, machine.console_input)
+
+
+def _checked_after_move(
+    out: dict[str, Any], console: WorkloadConsole, send: Callable[[bytes], None]
+) -> dict[str, Any]:
+    """``out`` with the moved guest's own check (verify, bugs): ``send`` reaches its
+    console now."""
+    console.send = send
     out.update(check_guest(console, tick=False))
     out["guest_verified_granules"] = out.pop("verified_granules")
-    return follower, out
+    return out

@@ -67,11 +67,11 @@ def migration_figures(report: MigrationReport) -> dict[str, Any]:
     """The source's side of a migration step as the session reports it (plain JSON:
     it crosses from a VM's process, tagvisor.testbed.vm_process)."""
     out: dict[str, Any] = {
-        "total_seconds": _round(report.total_seconds),
-        "downtime_ms": _round(report.downtime_seconds * 1000),
-        "send_downtime_ms": _round(report.send_downtime_seconds * 1000),
+        "total_seconds": rounded(report.total_seconds),
+        "downtime_ms": rounded(report.downtime_seconds * 1000),
+        "send_downtime_ms": rounded(report.send_downtime_seconds * 1000),
         "downtime_phases_ms": {
-            name: _round(seconds * 1000) for name, seconds in report.downtime_phases.items()
+            name: rounded(seconds * 1000) for name, seconds in report.downtime_phases.items()
         },
         "tag_share": round(report.tag_share, 5),
         "iterations": report.iterations,
@@ -88,7 +88,8 @@ def migration_figures(report: MigrationReport) -> dict[str, Any]:
     return out
 
 
-def _round(value: float) -> float:
+def rounded(value: float) -> float:
+    """Seconds or milliseconds as the session reports them: to a thousandth."""
     return round(value, 3)
 
 
