@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from tagvisor.kvm.api import page_runs
 from tagvisor.migration.pipeline import SEND_CHUNK, SectionReader, SectionSender
 from tagvisor.migration.transport import (
     Connection,
@@ -19,7 +20,7 @@ from tagvisor.migration.transport import (
     connect,
 )
 from tagvisor.snapshot.container import END_TAG, FormatError, write_section
-from tagvisor.snapshot.pages import PageRun, encode_parts
+from tagvisor.snapshot.pages import PageRun, encode_parts, has_data
 
 LIMITS = {b"PAGE": 1 << 24, b"NOTE": 1 << 10, b"POST": 1 << 10, END_TAG: 1 << 10}
 GPA = 0x4000_0000
@@ -139,19 +140,25 @@ def test_a_damaged_section_is_never_handed_on(pair: tuple[Connection, Connection
 
 
 class Placer:
-    """Hands out a block of memory for any section whose pages all carry data."""
+    """Hands out a block of memory as the destination's placer does: the rows of the
+    section's pages with data, run by run; a section of more than ``max_runs`` runs is
+    left to a buffer."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_runs: int = 64) -> None:
         self.memory = np.zeros(64 * 4096, np.uint8)
+        self.max_runs = max_runs
         self.calls = 0
 
-    def __call__(self, gpa: int, kinds: np.ndarray) -> np.ndarray | None:
+    def __call__(self, gpa: int, kinds: np.ndarray) -> list[np.ndarray] | None:
         self.calls += 1
-        if gpa != GPA:
+        first = (gpa - GPA) // 4096
+        if gpa < GPA or first + kinds.size > 64:
             raise FormatError("outside RAM")
-        if (kinds == 5).any():
+        runs = page_runs(np.flatnonzero(has_data(kinds)))
+        if len(runs) > self.max_runs:
             return None
-        return self.memory[: kinds.size * 4096]
+        rows = self.memory.reshape(-1, 4096)
+        return [rows[first + start : first + start + count].reshape(-1) for _, start, count in runs]
 
 
 def test_dense_pages_are_received_in_place_and_checked(
@@ -165,8 +172,28 @@ def test_dense_pages_are_received_in_place_and_checked(
     sections = iter(SectionReader(server, LIMITS, placer=placer))
     section = next(sections)
     assert section.placed is not None
-    assert bytes(section.placed) == bytes(parts[-1])
+    assert bytes(section.placed[0]) == bytes(parts[-1])
     assert bytes(placer.memory[: 8 * 4096]) == bytes(parts[-1])
+
+
+def test_scattered_pages_are_received_in_place_run_by_run(
+    pair: tuple[Connection, Connection],
+) -> None:
+    """Scenario: a section carries every other page of a window (the rest SKIP); its
+    data rows land in those pages of guest memory, one receive per run, and the pages
+    between stay as they were."""
+    client, server = pair
+    placer = Placer()
+    parts = page_parts(4, 6, sparse=True)
+    write_section(client, b"PAGE", parts)
+    write_section(client, END_TAG, b"{}")
+    section = next(iter(SectionReader(server, LIMITS, placer=placer)))
+    assert section.placed is not None
+    assert len(section.placed) == 4
+    rows = placer.memory.reshape(-1, 4096)
+    data = np.frombuffer(bytes(parts[-1]), np.uint8).reshape(4, 4096)
+    assert np.array_equal(rows[0:8:2], data)
+    assert not rows[1:8:2].any()
 
 
 def test_a_page_section_after_one_not_yet_applied_is_not_placed(
@@ -177,7 +204,7 @@ def test_a_page_section_after_one_not_yet_applied_is_not_placed(
     place the second before the consumer applied the first, or the older pages would
     overwrite the newer."""
     client, server = pair
-    placer = Placer()
+    placer = Placer(max_runs=1)
     write_section(client, b"PAGE", page_parts(8, 1, sparse=True))
     write_section(client, b"PAGE", page_parts(8, 2))
     write_section(client, END_TAG, b"{}")
@@ -191,6 +218,25 @@ def test_a_page_section_after_one_not_yet_applied_is_not_placed(
     second = next(sections)
     assert second.placed is None
     assert not placer.memory.any()
+
+
+def test_a_page_section_elsewhere_is_placed_while_one_waits_for_the_consumer(
+    pair: tuple[Connection, Connection],
+) -> None:
+    """Scenario: a scattered section waits in a buffer for the consumer; the next
+    section is for other pages (as in a first pass, whose sections never overlap), so
+    the reader places it at once rather than waiting."""
+    client, server = pair
+    placer = Placer(max_runs=1)
+    write_section(client, b"PAGE", page_parts(8, 1, sparse=True))
+    later = page_parts(8, 2)
+    later[0] = (GPA + 16 * 4096).to_bytes(8, "little") + bytes(later[0])[8:]
+    write_section(client, b"PAGE", later)
+    write_section(client, END_TAG, b"{}")
+    sections = iter(SectionReader(server, LIMITS, placer=placer))
+    assert next(sections).placed is None
+    assert next(sections).placed is not None
+    assert bytes(placer.memory[16 * 4096 : 24 * 4096]) == bytes(later[-1])
 
 
 def test_pages_after_post_are_not_placed(pair: tuple[Connection, Connection]) -> None:
@@ -210,7 +256,7 @@ def test_pages_after_post_are_not_placed(pair: tuple[Connection, Connection]) ->
 def test_the_placer_refuses_pages_outside_guest_ram(pair: tuple[Connection, Connection]) -> None:
     client, server = pair
     parts = page_parts(2, 4)
-    parts[0] = (GPA + 4096).to_bytes(8, "little") + bytes(parts[0])[8:]
+    parts[0] = (GPA + 63 * 4096).to_bytes(8, "little") + bytes(parts[0])[8:]
     write_section(client, b"PAGE", parts)
     with pytest.raises(FormatError, match="outside RAM"):
         list(SectionReader(server, LIMITS, placer=Placer()))

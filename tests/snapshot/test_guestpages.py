@@ -176,6 +176,47 @@ def test_zero_pages_are_not_written_where_memory_was_never_touched(
     assert not page.any()
 
 
+@pytest.mark.parametrize("per_page_calls", [1, PAGES], ids=["run-tags", "window-tags"])
+def test_a_fresh_destination_writes_no_zero_tags_unless_it_gave_the_page_others(
+    per_page_calls: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: pre-copy passes reach a destination that has not run (FreshTags).
+    Pages whose tags are all 0 get no tag write (they read as 0 already); pages with
+    tags get them; a page retagged to 0 in a later pass gets its zeros. After every
+    pass the destination's tags are the source's."""
+    monkeypatch.setattr(guestpages, "PAGES_PER_TAG_CALL", per_page_calls)
+    destination = empty_machine()
+    fresh = guestpages.FreshTags(destination)
+    written: list[int] = []
+    write_tags = destination.tags.write_tags
+
+    def counted(gpa: int, tags: np.ndarray) -> None:
+        written.append(tags.size // 256)
+        write_tags(gpa, tags)
+
+    monkeypatch.setattr(destination.tags, "write_tags", counted)
+    rng = np.random.default_rng(7)
+    data = rng.integers(1, 256, (64, 4096), dtype=np.uint8)
+    tags = np.zeros((64, 256), np.uint8)
+    tags[8:16] = rng.integers(1, 16, (8, 256))
+    tags[30] = 9
+    # Pages 8 to 15 and 30 need tags, then page 10 its zeros; then page 30 its zeros,
+    # but page 10 nothing. A call over the whole span covers pages 8 to 30.
+    expected = [23, 23, 23] if per_page_calls == PAGES else [9, 9, 8]
+    for retag, pages_written in zip((None, 10, 30), expected, strict=True):
+        if retag is not None:
+            tags[retag] = 0
+        written.clear()
+        parts, _ = encode_parts(PageRun(BASE, data, tags))
+        section = decode_section(b"".join(bytes(p) for p in parts))
+        apply_section(destination, section, fresh=fresh)
+        assert np.array_equal(read_run(destination, BASE, 64).tags, tags)
+        assert sum(written) == pages_written
+    assert np.flatnonzero(fresh.nonzero).tolist() == [
+        (BASE - RAM_BASE) // 4096 + page for page in (8, 9, 11, 12, 13, 14, 15)
+    ]
+
+
 def test_only_touched_pages_count_as_populated() -> None:
     """Scenario: a guest's RAM of which a few pages were written: populated() says so,
     and reading scattered pages faults in only those pages."""

@@ -3,6 +3,7 @@
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tagvisor.kvm.model import ModelKvm
@@ -13,6 +14,7 @@ from tagvisor.vmm import Machine, MachineBuilder
 from tests.snapshot.resumable import FAULTED, resumable
 
 RAM = 16 << 20
+PAGE_SIZE = 4096
 
 
 def booted(steps: int = 4, *, mte: bool = True, run_exits: int = 2) -> Machine:
@@ -46,6 +48,26 @@ def test_restore_gives_identical_memory_and_tags_and_the_guest_carries_on(tmp_pa
     assert memory_digest(restored) == before
     reports = resume(restored)
     assert reports == [(1, 1), (2, 1), (3, 1), (4, 1)]
+
+
+def test_restore_gives_memory_only_to_the_pages_that_hold_something(tmp_path: Path) -> None:
+    """Scenario: a guest whose RAM is mostly zero, with a few pages zeroed after they
+    had data (populated, zero) and one zero page with tags. After the restore the
+    zero pages have no memory behind them, no zero tag was written, and the digest of
+    memory and tags is the original's."""
+    machine = booted()
+    base = machine.config.ram_base + (8 << 20)
+    machine.memory.write(base, b"\0" * 4 * PAGE_SIZE)  # populated, zero
+    machine.tags.write_tags(base + 5 * PAGE_SIZE, np.full(256, 7, np.uint8))  # zero data, tags
+    populated = int(machine.memory.populated(machine.config.ram_base, RAM // PAGE_SIZE).sum())
+    before = memory_digest(machine)
+    save_snapshot(machine, tmp_path / "vm.snap")
+    restored = restore_snapshot(tmp_path / "vm.snap", ModelKvm(96 << 20))
+    after = restored.memory.populated(restored.config.ram_base, RAM // PAGE_SIZE)
+    assert memory_digest(restored) == before
+    assert int(after.sum()) <= populated - 4
+    window = after[(8 << 20) // PAGE_SIZE : (8 << 20) // PAGE_SIZE + 6]
+    assert window.tolist() == [False] * 5 + [True]
 
 
 def test_restore_without_writing_tags_makes_the_guest_fault_on_its_own_pointers(

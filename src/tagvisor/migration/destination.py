@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from tagvisor import wire
 from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.errors import TagvisorError
-from tagvisor.kvm.api import Background, Kvm
+from tagvisor.kvm.api import Background, Kvm, page_runs
 from tagvisor.kvm.uapi import Cap
 from tagvisor.migration import protocol
 from tagvisor.migration.pipeline import Placer, ReadSection, SectionReader
@@ -54,7 +54,7 @@ from tagvisor.snapshot.container import (
     read_header,
     read_section,
 )
-from tagvisor.snapshot.guestpages import PageBuffers, apply_section
+from tagvisor.snapshot.guestpages import FreshTags, PageBuffers, apply_section
 from tagvisor.snapshot.registry import MEMORY, REGISTRY, Loaded
 from tagvisor.snapshot.state import MachineState
 from tagvisor.vmm.builder import MachineBuilder
@@ -194,6 +194,8 @@ class _Incoming:
         self.reader = SectionReader(self.conn, protocol.limits(), placer=_placer(self.machine))
         self.sections = iter(self.reader)
         self.buffers = PageBuffers(pages.MAX_PAGES, data=False)
+        # Pre-copy pages land in a guest that has not run: zero tags cost nothing.
+        self.fresh = FreshTags(self.machine)
         self.prefaulter = _prefault(self.machine, hello.pages)
         # Read now, so that the apply after the source's pause writes only what differs.
         self.loaded.baseline = capture_baseline(self.machine)
@@ -228,7 +230,9 @@ class _Incoming:
         run = pages.decode_section(section.payload, section.placed)
         if not config.mte and not run.tags_are_zero():
             raise FormatError("the source sent tags for a guest without MTE")
-        self.report.pages_received += apply_section(self.machine, run, buffers=self.buffers)
+        self.report.pages_received += apply_section(
+            self.machine, run, buffers=self.buffers, fresh=self.fresh
+        )
 
     def complete(self, last: Section) -> tuple[Machine, IncomingReport]:
         """Registers and devices into the machine once all of them are there, then the
@@ -316,21 +320,33 @@ def _check_range(gpa: int, npages: int, config: MachineConfig) -> None:
         raise FormatError(f"the source sent pages at {gpa:#x}, outside guest RAM")
 
 
+#: A section whose pages with data come in more runs than this is received into a
+#: buffer and scattered: a receive per run would cost more than the copy it saves.
+MAX_PLACED_RUNS = 64
+
+
 def _placer(machine: Machine) -> Placer:
     """Where pre-copy page data may be received straight into: the guest's own memory,
-    for a section whose pages all have data and are one run inside guest RAM (so no
-    other page data of it is left for apply_section to write).
+    run by run of the section's pages with data (its other pages are zero or left
+    out, and apply_section writes nothing of their data).
 
     The guest is paused and is resumed only after END! and every check, so a section
     that then fails its checksum fails the migration and the guest is discarded; after
     POST (the guest runs) pages are verified before they are placed.
     """
 
-    def place(gpa: int, kinds: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
+    def place(gpa: int, kinds: NDArray[np.uint8]) -> list[NDArray[np.uint8]] | None:
         _check_range(gpa, kinds.size, machine.config)
-        if not pages.has_data(kinds).all():
+        runs = page_runs(np.flatnonzero(pages.has_data(kinds)))
+        if len(runs) > MAX_PLACED_RUNS:
             return None
-        return machine.memory.writable_view(gpa, kinds.size * PAGE_SIZE)
+        targets = []
+        for _, first, count in runs:
+            view = machine.memory.writable_view(gpa + first * PAGE_SIZE, count * PAGE_SIZE)
+            if view is None:
+                return None
+            targets.append(view)
+        return targets
 
     return place
 

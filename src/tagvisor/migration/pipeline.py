@@ -27,6 +27,7 @@ import numpy as np
 from crc32c import crc32c
 from numpy.typing import NDArray
 
+from tagvisor.arch.constants import PAGE_SIZE
 from tagvisor.migration.transport import Connection
 from tagvisor.snapshot import pages
 from tagvisor.snapshot.container import (
@@ -47,19 +48,23 @@ _POLL: Final = 0.25
 SEND_CHUNK: Final = 1 << 20
 
 #: Where a PAGE section's page data may be received straight into: given the section's
-#: gpa and kinds, writable memory for all its data rows in a row (after checking that
-#: the pages are the receiver's to write), or None to receive them into a buffer. Only
-#: a section whose data rows are all the page data its consumer writes may be placed.
-Placer = Callable[[int, NDArray[np.uint8]], NDArray[np.uint8] | None]
+#: gpa and kinds, writable memory for its data rows, one array per run of consecutive
+#: pages with data, in page order (after checking that the pages are the receiver's to
+#: write); or None to receive them into a buffer.
+Placer = Callable[[int, NDArray[np.uint8]], Sequence[NDArray[np.uint8]] | None]
+
+#: The span of guest-physical addresses [start, stop) of a PAGE section read into a
+#: buffer; one whose header cannot be read spans everything.
+_EVERYWHERE: Final = (0, 1 << 64)
 
 
 @dataclass(frozen=True)
 class ReadSection(Section):
     """A section as the reader hands it on; for a PAGE section whose data rows were
-    received straight into place, ``placed`` is that memory and the payload holds the
-    bytes before the data (see tagvisor.snapshot.pages.decode_section)."""
+    received straight into place, ``placed`` is that memory (run by run) and the
+    payload holds the bytes before the data (see tagvisor.snapshot.pages.decode_section)."""
 
-    placed: NDArray[np.uint8] | None = None
+    placed: Sequence[NDArray[np.uint8]] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class _Received:
     actual: int
     crc: int
     buffer: NDArray[np.uint8] | None
+    #: A PAGE section's span, while its pages wait in a buffer for the consumer.
+    unapplied: tuple[int, int] | None = None
 
     def verify(self) -> None:
         if self.actual != self.crc:
@@ -181,6 +188,15 @@ class SectionSender:
         return batch
 
 
+def _span(payload: Payload) -> tuple[int, int]:
+    """The guest-physical span a PAGE payload's header claims (everything if it has
+    none: decode_section refuses it later, in stream order)."""
+    if len(payload) < pages.HEAD.size:
+        return _EVERYWHERE
+    gpa, npages, _ = pages.HEAD.unpack_from(payload)
+    return gpa, gpa + npages * PAGE_SIZE
+
+
 def _prepared(
     sections: Sequence[tuple[bytes, bytes | Sequence[bytes | memoryview]]],
 ) -> list[tuple[bytes, list[memoryview]]]:
@@ -210,8 +226,9 @@ class SectionReader:
     With a ``placer``, PAGE data is received straight into the memory it names, until
     a section in ``place_until`` is read. Pages must land in stream order: while a
     PAGE section read into a buffer waits for the consumer (who writes its pages when
-    it applies it, which is when it asks for the next section), no later section is
-    placed.
+    it applies it, which is when it asks for the next section), no later section over
+    the same addresses is placed (one elsewhere is: a first pass's sections never
+    overlap, so its pages all land in place however far the reader runs ahead).
     """
 
     def __init__(
@@ -229,8 +246,9 @@ class SectionReader:
         self.pooled = pooled
         self._placer = placer
         self._place_until = place_until
-        #: PAGE sections read into a buffer and not applied yet (placement waits).
-        self._unapplied = 0
+        #: The spans of PAGE sections read into a buffer and not applied yet: a later
+        #: section over any of them is not placed.
+        self._unapplied: list[tuple[int, int]] = []
         self._unapplied_lock = threading.Lock()
         self._largest = max(limits.values())
         #: The checksum of the section being read, so far (the reading thread's own).
@@ -266,9 +284,9 @@ class SectionReader:
                     )
                 yield section
             finally:
-                if section.tag == b"PAGE" and section.placed is None:
+                if item.unapplied is not None:
                     with self._unapplied_lock:
-                        self._unapplied -= 1
+                        self._unapplied.remove(item.unapplied)
                 if buffer is not None:
                     self._free.put(buffer)
 
@@ -295,7 +313,7 @@ class SectionReader:
         what = f"section {tag!r}"
         self._actual = crc32c(head)
         buffer: NDArray[np.uint8] | None = None
-        placed: NDArray[np.uint8] | None = None
+        placed: Sequence[NDArray[np.uint8]] | None = None
         payload: Payload
         if tag in self.pooled:
             buffer = self._take(length, limit)
@@ -307,17 +325,20 @@ class SectionReader:
         else:
             payload = read_exactly(self.conn, length, what)
             self._actual = crc32c(payload, self._actual)
+        unapplied = None
         if tag == b"PAGE" and placed is None:
+            unapplied = _span(payload)
             with self._unapplied_lock:
-                self._unapplied += 1
+                self._unapplied.append(unapplied)
         if tag in self._place_until:
             self._placer = None  # from here on pages are verified before they are placed
         (crc,) = CRC.unpack(read_exactly(self.conn, CRC.size, f"the checksum of {tag!r}"))
-        return _Received(ReadSection(tag, flags, payload, placed), self._actual, crc, buffer)
+        section = ReadSection(tag, flags, payload, placed)
+        return _Received(section, self._actual, crc, buffer, unapplied)
 
     def _read_pages(
         self, view: NDArray[np.uint8], what: str
-    ) -> tuple[memoryview, NDArray[np.uint8] | None]:
+    ) -> tuple[memoryview, Sequence[NDArray[np.uint8]] | None]:
         """A PAGE payload into ``view``, or its data rows straight into the memory the
         placer names (checked against the kinds first); the bytes before them still go
         into ``view``."""
@@ -330,17 +351,23 @@ class SectionReader:
             self._fill(view[done:more].data, what)
             done = more
             layout = pages.data_layout(view[:done].data, length)
-            with self._unapplied_lock:
-                in_order = self._unapplied == 0
-            if layout is not None and self._placer is not None and in_order:
+            if layout is not None and self._placer is not None:
                 gpa, kinds, before = layout
-                target = self._placer(gpa, kinds)
-                if target is not None:
+                targets = self._placer(gpa, kinds) if self._in_order(gpa, kinds.size) else None
+                if targets is not None:
                     self._fill(view[done:before].data, what)
-                    self._fill(target.data, what)
-                    return view[:before].data, target
+                    for target in targets:
+                        self._fill(target.data, what)
+                    return view[:before].data, targets
         self._fill(view[done:length].data, what)
         return view.data, None
+
+    def _in_order(self, gpa: int, npages: int) -> bool:
+        """Whether pages placed now at ``gpa`` land after every earlier section's own
+        (no section over them waits in a buffer)."""
+        stop = gpa + npages * PAGE_SIZE
+        with self._unapplied_lock:
+            return all(stop <= first or last <= gpa for first, last in self._unapplied)
 
     def _fill(self, view: memoryview, what: str) -> None:
         """Fill ``view`` from the connection, adding what arrives to the section's

@@ -133,17 +133,56 @@ def write_run(machine: Machine, run: PageRun, *, with_tags: bool = True) -> None
         write_page_tags(machine, run.gpa, run.indices(), run.tags)
 
 
+class FreshTags:
+    """Which pages of a machine that has not run yet may hold non-zero tags: those
+    given some here. The others read as zero, to the guest and to the VMM, without a
+    tag ever written: KVM clears the tags of a page not yet marked tagged when the
+    guest first maps it (arch/arm64/kvm/mmu.c, sanitise_mte_tags), KVM_ARM_MTE_COPY_TAGS
+    reads a page never tagged as zeros (arch/arm64/kvm/guest.c), and the builder
+    cleared every tag of huge-page RAM, whose pages share one tagged flag
+    (vmm.builder.clear_stale_tags). So a page that arrives with all its tags 0 needs no
+    tag write unless it was given others before. Valid only until the guest runs."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.base = machine.config.ram_base
+        self.nonzero = np.zeros(machine.config.ram_size // PAGE_SIZE, bool)
+
+    def select(
+        self, gpa: int, pages: NDArray[np.intp], tagged: NDArray[np.bool_]
+    ) -> NDArray[np.bool_]:
+        """Of the pages at ``pages`` from ``gpa`` about to get their tags (``tagged``:
+        those with a non-zero one), which need a write; from now on exactly the
+        ``tagged`` ones may hold non-zero tags."""
+        rows = (gpa - self.base) // PAGE_SIZE + pages
+        needed: NDArray[np.bool_] = tagged | self.nonzero[rows]
+        self.nonzero[rows] = tagged
+        return needed
+
+    def zero_between(self, gpa: int, first: int, pages: NDArray[np.intp]) -> bool:
+        """Whether every page from ``first`` to the last of ``pages`` (indices from
+        ``gpa``) that is not in ``pages`` has all its tags 0 here."""
+        start = (gpa - self.base) // PAGE_SIZE
+        between = self.nonzero[start + first : start + int(pages[-1]) + 1].copy()
+        between[pages - first] = False
+        return not between.any()
+
+
 def apply_section(
-    machine: Machine, section: PageSection, *, buffers: PageBuffers | None = None
+    machine: Machine,
+    section: PageSection,
+    *,
+    buffers: PageBuffers | None = None,
+    fresh: FreshTags | None = None,
 ) -> int:
     """Place a decoded PAGE section; return how many pages it carried.
 
     Pages with data get it (unless the reader received it in place); carried zero
     pages are zeroed, except ZERO pages that never had memory behind them here (they
     are zero with zero tags already: a destination starts zeroed, so they cost
-    nothing); then the tags of every placed page, as :func:`write_run` does. SKIP
-    pages are left as they are. With ``buffers`` (of MAX_PAGES pages) nothing is
-    allocated per section.
+    nothing); then the tags of every placed page, as :func:`write_run` does, but for
+    a machine that has not run (``fresh``) only of pages whose tags are not all 0
+    or were not before. SKIP pages are left as they are. With ``buffers`` (of
+    MAX_PAGES pages) nothing is allocated per section.
     """
     memory = machine.memory
     gpa, npages = section.gpa, section.npages
@@ -162,13 +201,35 @@ def apply_section(
     elif section.data.size:
         memory.write_pages(gpa, np.flatnonzero(with_data), section.data)
     if machine.config.mte and placed.any():
-        out = buffers.tags[: int(held.sum())] if buffers is not None else None
-        tags = section.tags(out)
-        if placed is not held:
-            tags = tags[placed[held]]
-        window = buffers.window_tags if buffers is not None else None
-        write_page_tags(machine, gpa, np.flatnonzero(placed), tags, window=window)
+        _apply_tags(machine, section, placed, buffers, fresh)
     return int(held.sum())
+
+
+def _apply_tags(
+    machine: Machine,
+    section: PageSection,
+    placed: NDArray[np.bool_],
+    buffers: PageBuffers | None,
+    fresh: FreshTags | None,
+) -> None:
+    """The tags of the section's ``placed`` pages (see :func:`apply_section`)."""
+    gpa, held = section.gpa, section.held()
+    indices = np.flatnonzero(placed)
+    keep = None
+    if fresh is not None:
+        keep = fresh.select(gpa, indices, section.tagged()[indices])
+        indices = indices[keep]
+        if not indices.size:
+            return
+    out = buffers.tags[: int(held.sum())] if buffers is not None else None
+    tags = section.tags(out)
+    if placed is not held:
+        tags = tags[placed[held]]
+    if keep is not None and not keep.all():
+        tags = tags[keep]
+    window = buffers.window_tags if buffers is not None else None
+    zero = fresh is not None and fresh.zero_between(gpa, int(indices[0]), indices)
+    write_page_tags(machine, gpa, indices, tags, window=window, zero_between=zero)
 
 
 def write_page_tags(
@@ -178,11 +239,13 @@ def write_page_tags(
     tags: NDArray[np.uint8],
     *,
     window: NDArray[np.uint8] | None = None,
+    zero_between: bool = False,
 ) -> None:
     """Write rows of 256 tags to the pages at the ascending indices ``pages`` from
     ``gpa``, in bulk (never page by page): run by run when the runs are few, else by
     reading, updating and writing back the tags of the whole span (in ``window``, if
-    given and big enough), see PAGES_PER_TAG_CALL."""
+    given and big enough), see PAGES_PER_TAG_CALL; with ``zero_between`` the span's
+    other pages are known to have all their tags 0, and are not read."""
     if not pages.size:
         return
     first, last = int(pages[0]), int(pages[-1])
@@ -201,7 +264,12 @@ def write_page_tags(
         return
     granules = span * GRANULES_PER_PAGE
     out = window[:granules] if window is not None and window.size >= granules else None
-    current = machine.tags.read_tags(base, granules, out=out)
+    if zero_between:
+        current = np.zeros(granules, np.uint8) if out is None else out
+        if out is not None:
+            current.fill(0)
+    else:
+        current = machine.tags.read_tags(base, granules, out=out)
     current.reshape(span, GRANULES_PER_PAGE)[pages - first] = tags
     machine.tags.write_tags(base, current)
 

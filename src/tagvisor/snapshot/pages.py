@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -222,8 +223,8 @@ def has_data(kinds: NDArray[np.uint8]) -> NDArray[np.bool_]:
 @dataclass
 class PageSection:
     """A decoded PAGE payload: the kinds of the window's pages, and the rows of data
-    of the pages with data (in page order, views of the payload; or, if ``placed``, of
-    the memory the reader received them into directly)."""
+    of the pages with data (in page order, views of the payload; none if ``placed``:
+    the reader received them into guest memory directly)."""
 
     gpa: int
     kinds: NDArray[np.uint8]
@@ -247,6 +248,15 @@ class PageSection:
         with_data: NDArray[np.bool_] = _DATA[self.kinds]
         return with_data
 
+    def tagged(self) -> NDArray[np.bool_]:
+        """Which pages of the window carry a non-zero tag (SKIP and ZERO pages do not;
+        a page whose tags differ has one)."""
+        tagged: NDArray[np.bool_] = _FULL[self.kinds] | (self.kinds == Kind.ZERO_UNIFORM)
+        uniform_data = np.flatnonzero(_UNIFORM[self.kinds])
+        if uniform_data.size:
+            tagged[uniform_data] = self.uniform_tags != 0
+        return tagged
+
     def tags_are_zero(self) -> bool:
         """Whether every carried page's tags are all 0."""
         return not self.packed_tags.size and not self.uniform_tags.any()
@@ -269,7 +279,10 @@ class PageSection:
         return out
 
     def run(self) -> PageRun:
-        """The carried pages as a run (zero pages' rows materialised)."""
+        """The carried pages as a run (zero pages' rows materialised); not for a placed
+        section, whose data is in guest memory already."""
+        if self.placed:
+            raise ValueError("a placed PAGE section's data is not in the section")
         held = self.held()
         with_data = self.with_data()[held]
         if with_data.all():
@@ -286,11 +299,14 @@ def decode(payload: Payload) -> PageRun:
     return decode_section(payload).run()
 
 
-def decode_section(payload: Payload, placed: NDArray[np.uint8] | None = None) -> PageSection:
+def decode_section(
+    payload: Payload, placed: Sequence[NDArray[np.uint8]] | None = None
+) -> PageSection:
     """Parse and check a PAGE payload without copying its page data.
 
-    ``placed``: the reader received the data rows straight into that memory (see
-    :func:`data_layout`), and ``payload`` holds everything before them.
+    ``placed``: the reader received the data rows straight into that memory, run by
+    run (see :func:`data_layout`), and ``payload`` holds everything before them; the
+    section's ``data`` is then empty.
     """
     if len(payload) < HEAD.size:
         raise FormatError("a PAGE section is shorter than its header")
@@ -321,9 +337,11 @@ def decode_section(payload: Payload, placed: NDArray[np.uint8] | None = None) ->
         raise FormatError("a PAGE section carries no page")
     expected = npages + n_uniform + n_full * PACKED_TAGS_PER_PAGE + n_data * PAGE_SIZE
     if placed is not None:
-        if flags & COMPRESSED or placed.size != n_data * PAGE_SIZE:
+        placed_bytes = sum(target.size for target in placed)
+        if flags & COMPRESSED or placed_bytes != n_data * PAGE_SIZE:
             raise FormatError("a PAGE section's placed data does not match its kinds")
-        expected -= placed.size
+        expected -= placed_bytes
+        n_data = 0
     if len(body) != expected:
         raise FormatError(f"a PAGE section holds {len(body)} bytes where its kinds need {expected}")
     offset = npages
@@ -331,7 +349,7 @@ def decode_section(payload: Payload, placed: NDArray[np.uint8] | None = None) ->
     offset += n_uniform
     packed = np.frombuffer(body, np.uint8, n_full * PACKED_TAGS_PER_PAGE, offset)
     offset += packed.size
-    data = np.frombuffer(body, np.uint8, n_data * PAGE_SIZE, offset) if placed is None else placed
+    data = np.frombuffer(body, np.uint8, n_data * PAGE_SIZE, offset)
     if uniform_tags.max(initial=0) > 0xF:
         raise FormatError("a PAGE section has a uniform tag above 15")
     return PageSection(

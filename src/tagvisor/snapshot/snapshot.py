@@ -43,7 +43,14 @@ from tagvisor.snapshot.container import (
     write_header,
     write_section,
 )
-from tagvisor.snapshot.guestpages import DigestReplay, iter_runs, runs_of, write_run
+from tagvisor.snapshot.guestpages import (
+    DigestReplay,
+    FreshTags,
+    apply_section,
+    iter_runs,
+    runs_of,
+    write_run,
+)
 from tagvisor.snapshot.pages import EncodeStats, Kind, PageRun
 from tagvisor.snapshot.registry import MAJOR, MEMORY, REGISTRY, Loaded, Phase
 from tagvisor.snapshot.state import MachineState, VcpuState
@@ -254,14 +261,21 @@ def restore_snapshot(
             "arm64 /dev/kvm"
         )
     machine = MachineBuilder.from_config(kvm, config, console).build()
+    # The new machine has not run: zero pages and zero tags need no writes (FreshTags),
+    # so it gets memory only for the pages that hold something, as the guest had.
+    fresh = FreshTags(machine)
     done = 0
     with path.open("rb") as source:
         read_header(source, MAGIC, VERSION.major)
         for section in iter_sections(source, _limits()):
             if section.tag == MEMORY.tag:
-                run = pages.decode(section.payload)
-                write_run(machine, run, with_tags=with_tags)
-                done += run.count
+                if with_tags:
+                    page_section = pages.decode_section(section.payload)
+                    done += apply_section(machine, page_section, fresh=fresh)
+                else:
+                    run = pages.decode(section.payload)
+                    write_run(machine, run, with_tags=False)
+                    done += run.count
                 if progress is not None:
                     progress(done, snapshot.pages_stored)
     REGISTRY.apply(snapshot.loaded, machine)
