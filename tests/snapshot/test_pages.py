@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagvisor.snapshot.container import FormatError
-from tagvisor.snapshot.pages import Kind, PageRun, classify, decode, encode
+from tagvisor.snapshot.pages import Kind, PageRun, classify, decode, encode, encode_parts
 
 
 def run_of(kinds: list[int], seed: int = 0) -> PageRun:
@@ -82,3 +82,29 @@ def test_compressed_bomb_is_refused() -> None:
     body = zlib.compress(bytes([0]) + bytes(200 << 20), 9)
     with pytest.raises(FormatError, match=r"beyond its limit|holds"):
         decode(struct.pack("<QII", 0x4000_0000, 1, 1) + body)
+
+
+@pytest.mark.parametrize(("zero_every", "parts"), [(8, 32), (2, 1)], ids=["few-runs", "many-runs"])
+def test_page_data_goes_as_views_of_its_runs_unless_they_are_many(
+    zero_every: int, parts: int
+) -> None:
+    """Scenario: a first pass's window where every ``zero_every``-th page is zero (left
+    out, skip_zero). With few runs of data pages the data goes as views of the run's
+    own rows, one per run, never copied; with many (every other page zero: 128 runs) it
+    is gathered into one copy. Either way the payload decodes to the same pages."""
+    rng = np.random.default_rng(11)
+    data = rng.integers(1, 256, (256, 4096), dtype=np.uint8)
+    data[::zero_every] = 0
+    tags = rng.integers(0, 16, (256, 256), dtype=np.uint8)
+    tags[::zero_every] = 0
+    run = PageRun(0x4000_0000, data, tags)
+    body, _ = encode_parts(run, skip_zero=True)
+    data_parts = body[4:]
+    assert len(data_parts) == parts
+    views = [np.shares_memory(np.frombuffer(part, np.uint8), data) for part in data_parts]
+    assert all(views) is (parts > 1)
+    decoded = decode(b"".join(bytes(part) for part in body))
+    assert decoded.pages is not None
+    pages = (decoded.gpa - run.gpa) // 4096 + decoded.pages
+    assert np.array_equal(pages, np.flatnonzero(data.any(axis=1)))
+    assert np.array_equal(decoded.data, data[pages])

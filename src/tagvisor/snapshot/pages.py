@@ -159,7 +159,8 @@ def encode_parts(
     run: PageRun, *, compress: bool = False, skip_zero: bool = False
 ) -> tuple[list[bytes | memoryview], EncodeStats]:
     """The PAGE payload as a list of buffers to send one after another (no join, and
-    the page data is not copied when every page of the run carries data).
+    the page data is not copied: it goes as views of the run's rows, a run of pages
+    with data at a time, unless those runs are many, MAX_DATA_PARTS).
 
     With ``skip_zero`` the run's ZERO pages are left out too (SKIP), for a reader whose
     memory starts zeroed; if nothing is left the payload is empty (no parts).
@@ -189,14 +190,11 @@ def encode_parts(
     packed = np.empty(full_tags.size // 2, np.uint8)
     if full_tags.size:
         pack_tags(full_tags, packed)
-    data = run.data if keep is None else run.data[keep]
-    if not with_data.all():
-        data = data[with_data]
     body: list[bytes | memoryview] = [
         window.tobytes(),
         tags[uniform, 0].tobytes(),
         packed.data,
-        np.ascontiguousarray(data).reshape(-1).data,
+        *_data_parts(run.data, _DATA[kinds]),
     ]
     flags = 0
     if compress:
@@ -212,6 +210,28 @@ def encode_parts(
         wire_bytes=sum(len(part) for part in parts),
     )
     return parts, stats
+
+
+#: Runs of pages with data that a section's data is sent as, at most, each a view of
+#: the run's rows; with more, the rows are gathered into one copy.
+MAX_DATA_PARTS: Final = 64
+
+
+def _data_parts(rows: NDArray[np.uint8], with_data: NDArray[np.bool_]) -> list[memoryview]:
+    """The rows with data, in order, as byte views of ``rows`` run by run (the pages
+    left out, zero, are not copied around), or as one gathered copy if the runs are
+    many."""
+    if with_data.all():
+        return [np.ascontiguousarray(rows).reshape(-1).data]
+    selected = np.flatnonzero(with_data)
+    if not selected.size:
+        return []
+    breaks = np.flatnonzero(np.diff(selected) != 1) + 1
+    if breaks.size >= MAX_DATA_PARTS or not rows.flags.c_contiguous:
+        return [np.ascontiguousarray(rows[selected]).reshape(-1).data]
+    starts = selected[np.concatenate(([0], breaks))].tolist()
+    stops = (selected[np.concatenate((breaks - 1, [selected.size - 1]))] + 1).tolist()
+    return [rows[start:stop].reshape(-1).data for start, stop in zip(starts, stops, strict=True)]
 
 
 def has_data(kinds: NDArray[np.uint8]) -> NDArray[np.bool_]:
