@@ -45,7 +45,8 @@ HUGE_PAGE_SIZE = 2 << 20
 #: /proc/self/pagemap, one u64 per page: bit 63 present in RAM, bit 62 in swap
 #: (Documentation/admin-guide/mm/pagemap.rst).
 PAGEMAP: Final = "/proc/self/pagemap"
-PAGEMAP_PRESENT_OR_SWAPPED: Final = (1 << 63) | (1 << 62)
+PAGEMAP_PRESENT: Final = 1 << 63
+PAGEMAP_PRESENT_OR_SWAPPED: Final = PAGEMAP_PRESENT | (1 << 62)
 #: Bits 54:0 of a present page's pagemap entry: its page frame number (root only).
 PAGEMAP_PFN: Final = (1 << 55) - 1
 #: Where huge pages come from (map_hugetlb's ``source``).
@@ -108,6 +109,8 @@ class LinuxUserMemory(UserMemory):
         self.mappings: dict[int, Mapping] = {}
         self._mte: bool | None = None
         self._tagging: LinuxTagging | None = None
+        #: The pagemap entry of a page mapping the shared zero page (0: unknown here).
+        self._zero_entry: int | None = None
 
     # -- capability ------------------------------------------------------------------
 
@@ -299,7 +302,34 @@ class LinuxUserMemory(UserMemory):
             return np.ones(npages, dtype=bool)
         entries = np.frombuffer(raw, np.uint64)
         present: NDArray[np.bool_] = (entries & PAGEMAP_PRESENT_OR_SWAPPED) != 0
+        zero = self._zero_page_entry()
+        if zero:
+            # A page that was only read maps the kernel's shared zero page: its data
+            # and its tags are zero (arm64 tags the zero page with zeros at boot,
+            # arch/arm64/kernel/cpufeature.c cpu_enable_mte), and no memory is its own.
+            frames = entries & np.uint64(PAGEMAP_PRESENT | PAGEMAP_PFN)
+            present &= frames != np.uint64(zero & (PAGEMAP_PRESENT | PAGEMAP_PFN))
         return present
+
+    def _zero_page_entry(self) -> int:
+        """The pagemap entry of a private anonymous page that was only read (present,
+        the zero page's frame), or 0 where frames read as 0 (without CAP_SYS_ADMIN)
+        and the zero page cannot be told apart."""
+        if self._zero_entry is None:
+            self._zero_entry = 0
+            address = libc.mmap(PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+            try:
+                ctypes.string_at(address, 1)  # a read fault maps the zero page
+                with open(PAGEMAP, "rb") as pagemap:
+                    pagemap.seek(address // PAGE_SIZE * 8)
+                    entry = int.from_bytes(pagemap.read(8), "little")
+                if entry >> 63 and entry & PAGEMAP_PFN:
+                    self._zero_entry = entry
+            except OSError:
+                pass
+            finally:
+                libc.munmap(address, PAGE_SIZE)
+        return self._zero_entry
 
     def discard(self, address: int, pages: NDArray[np.intp]) -> None:
         """madvise(MADV_DONTNEED), a run of pages per call, for private anonymous
