@@ -170,3 +170,7 @@ def test_qemu_refuses_to_migrate_the_mte_guest_and_migrates_it_without_mte(
     assert moved["workload"] is True
     assert moved["total_seconds"] > 0
     assert moved["downtime_ms"] >= 0
+    # What each side's process spent of the two CPUs, as for tagvisor's migration.
+    for figures in (moved, session.result["migration"]):
+        assert figures["cpu_seconds"]["source"] > 0
+        assert figures["cpu_seconds"]["destination"] > 0

@@ -33,6 +33,7 @@ from tagvisor.migration.source import migrate
 from tagvisor.migration.transport import Listener, TcpAddress
 from tagvisor.snapshot.guestpages import memory_digest
 from tagvisor.snapshot.snapshot import restore_snapshot, save_snapshot
+from tagvisor.testbed.cpu_time import cpu_seconds
 from tagvisor.testbed.guest_thread import COMMAND_SECONDS, GuestThread
 from tagvisor.testbed.session_report import migration_figures, rounded
 from tagvisor.testbed.vm_process import START_SECONDS, VmProcess
@@ -118,10 +119,14 @@ def precopy_step(guest: GuestThread, console: WorkloadConsole, vm: VmProcess) ->
     the loopback, compare the digests at the switch, then check the guest there."""
     port = vm.wait("listening", START_SECONDS)
     guest.pause()  # migrate() runs the guest itself while pre-copy goes on
+    cpu_before = cpu_seconds()
     report = migrate(guest.machine, TcpAddress("127.0.0.1", port), max_iterations=8)
+    cpu_spent = cpu_seconds() - cpu_before
     source_digest = memory_digest(guest.machine)
     arrived = vm.wait("arrived", COMMAND_SECONDS)
     out = migration_figures(report)
+    cpu = {"source": cpu_spent, "destination": arrived["cpu_seconds"]}
+    out["cpu_seconds"] = {side: round(seconds, 2) for side, seconds in cpu.items()}
     out["digests_equal"] = arrived["digest"] == source_digest
     out["digest"] = source_digest
     out["destination_apply_ms"] = rounded(arrived["apply_seconds"] * 1000)

@@ -46,6 +46,7 @@ MIGRATION_KEYS: Final = (
     "tag_bytes",
     "dirty_per_iteration",
     "guest_share",
+    "cpu_seconds",
 )
 
 

@@ -32,6 +32,7 @@ from tagvisor.migration.destination import incoming
 from tagvisor.migration.source import migrate
 from tagvisor.migration.transport import Listener, TcpAddress
 from tagvisor.snapshot.guestpages import memory_digest
+from tagvisor.testbed.cpu_time import cpu_seconds
 from tagvisor.testbed.guest_thread import GuestThread
 from tagvisor.testbed.session_report import migration_figures
 from tagvisor.testbed.workload import WorkloadError
@@ -138,8 +139,15 @@ def _serve(pipe: Connection, send: Callable[[tuple[str, Any]], None], deadline: 
     listener = Listener(TcpAddress("127.0.0.1", 0))
     send(("listening", listener.address.port))
     # The guest comes once the session has booted, checked and snapshotted it.
+    cpu_before = cpu_seconds()  # then it waits, idle, until the source connects
     machine, report = incoming(kvm, listener, console=_LineSink(send), timeout=deadline)
-    send(("arrived", {"digest": memory_digest(machine), "apply_seconds": report.apply_seconds}))
+    cpu_spent = cpu_seconds() - cpu_before  # before the digest, which reads all of RAM
+    arrived = {
+        "digest": memory_digest(machine),
+        "apply_seconds": report.apply_seconds,
+        "cpu_seconds": cpu_spent,
+    }
+    send(("arrived", arrived))
     guest = GuestThread(machine, deadline)
     while True:
         kind, value = pipe.recv()
