@@ -18,7 +18,10 @@ mte=off refuses its prctl). Two more figures say where the time goes: the CPU se
 both of tagvisor's processes used against QEMU's two (``migration_cpu``), and the least
 migration time tagvisor's CPU seconds allow on the testbed's two CPUs, against QEMU's
 time (``cpu_floor``: a migration time ratio below it cannot be had without spending less
-CPU). With ``--runs N`` it prints each run and the range.
+CPU); and ``tag_floor``, the same for a VMM that spent QEMU's CPU seconds plus the
+kernel's own KVM_ARM_MTE_COPY_TAGS calls for these pages (timed again after the move,
+``tag_copies``) and nothing more: no VMM that moves tags through KVM goes below it
+here. With ``--runs N`` it prints each run and the range.
 
     python benchmarks/bench_linux_guest.py [--kernel 6.1] [--runs 3] [--json]
     python benchmarks/bench_linux_guest.py --from-json session.json   # a saved run
@@ -68,7 +71,20 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
         "cpu_floor": ratio(
             None if ours is None else ours / TESTBED_CPUS, plain.get("total_seconds")
         ),
+        "tag_floor": ratio(_tag_floor(theirs, migration), plain.get("total_seconds")),
     }
+
+
+def _tag_floor(theirs: float | None, migration: dict[str, Any]) -> float | None:
+    """The least time a migration could take on the testbed's CPUs if it cost QEMU's
+    CPU seconds plus the kernel's tag copies (``tag_copies``) and nothing else."""
+    copies = migration.get("tag_copies")
+    if theirs is None or not isinstance(copies, dict):
+        return None
+    seconds = [copies.get(key) for key in ("from_guest_seconds", "to_guest_seconds")]
+    if not all(isinstance(value, (int, float)) for value in seconds):
+        return None
+    return (theirs + sum(float(value) for value in seconds if value is not None)) / TESTBED_CPUS
 
 
 def _cpu(figures: dict[str, Any]) -> float | None:

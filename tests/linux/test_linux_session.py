@@ -174,3 +174,6 @@ def test_qemu_refuses_to_migrate_the_mte_guest_and_migrates_it_without_mte(
     for figures in (moved, session.result["migration"]):
         assert figures["cpu_seconds"]["source"] > 0
         assert figures["cpu_seconds"]["destination"] > 0
+    # And what the kernel's tag copies alone cost of tagvisor's (timed again after).
+    copies = session.result["migration"]["tag_copies"]
+    assert copies["from_guest_pages"] >= copies["to_guest_pages"] > 0

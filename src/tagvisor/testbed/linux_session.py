@@ -36,6 +36,7 @@ from tagvisor.snapshot.snapshot import restore_snapshot, save_snapshot
 from tagvisor.testbed.cpu_time import cpu_seconds
 from tagvisor.testbed.guest_thread import COMMAND_SECONDS, GuestThread
 from tagvisor.testbed.session_report import migration_figures, rounded
+from tagvisor.testbed.tag_costs import tag_copy_costs
 from tagvisor.testbed.vm_process import START_SECONDS, VmProcess
 from tagvisor.testbed.workload import WorkloadConsole
 
@@ -127,6 +128,7 @@ def precopy_step(guest: GuestThread, console: WorkloadConsole, vm: VmProcess) ->
     out = migration_figures(report)
     cpu = {"source": cpu_spent, "destination": arrived["cpu_seconds"]}
     out["cpu_seconds"] = {side: round(seconds, 2) for side, seconds in cpu.items()}
+    out["tag_copies"] = tag_copy_costs(guest.machine)  # paused here, moved: a rerun
     out["digests_equal"] = arrived["digest"] == source_digest
     out["digest"] = source_digest
     out["destination_apply_ms"] = rounded(arrived["apply_seconds"] * 1000)

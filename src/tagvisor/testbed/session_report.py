@@ -47,6 +47,7 @@ MIGRATION_KEYS: Final = (
     "dirty_per_iteration",
     "guest_share",
     "cpu_seconds",
+    "tag_copies",
 )
 
 
