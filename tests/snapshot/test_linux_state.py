@@ -65,7 +65,8 @@ def test_a_linux_snapshot_restores_its_gic_in_order_and_its_power_states(
     assert snapshot.loaded.gic is not None
     assert snapshot.loaded.mp_states is not None
     saved = snapshot.loaded.gic.registers
-    assert len(saved) == 291  # as real KVM's GIC of 2 VCPUs and 128 INTIDs (docs)
+    assert snapshot.machine.config.gic_irqs == 64
+    assert len(saved) == 133  # as real KVM's GIC of 2 VCPUs and 64 INTIDs (docs)
     gic_log.clear()
     restored = restore_snapshot(path, GicKvm(host_memory=256 << 20))
     written = [(e[1], e[2], int.from_bytes(e[3], "little")) for e in gic_log if e[0] == "attr"]
@@ -169,9 +170,38 @@ def test_a_bare_metal_snapshot_has_no_gic_and_reads_as_before(tmp_path: Path) ->
     assert b"MPST" not in tags
     conf = json.loads(dict(sections)[b"CONF"])
     assert "irqchip" not in conf["config"]
+    assert "gic_irqs" not in conf["config"]
     assert MachineState.decode(dict(sections)[b"CONF"]).config.irqchip == "none"
     bad = tmp_path / "gic.snap"
     gic = b'{"version": 1, "registers": []}'
     rewrite(path, bad, {b"CONF": [(b"CONF", dict(sections)[b"CONF"]), (b"GIC3", gic)]})
     with pytest.raises(FormatError, match="without an in-kernel GIC"):
         read_snapshot(bad)
+
+
+def test_a_gic_of_an_older_snapshot_has_its_128_interrupts(
+    tmp_path: Path, gic_log: list[tuple[Any, ...]]
+) -> None:
+    """Scenario: a Linux machine's CONF from before the GIC's size was part of the
+    shape has irqchip gicv3 and no gic_irqs: it reads as the 128 interrupts machines
+    had then, whose GIC3 section must hold that GIC's 291 registers; sizes KVM does
+    not take, or a size without a GIC, are refused."""
+    path = tmp_path / "linux.snap"
+    save_snapshot(linux_machine(tmp_path), path)
+    _, sections = sections_of(path)
+    conf = json.loads(dict(sections)[b"CONF"])
+    assert conf["config"].pop("gic_irqs") == 64
+    old = MachineState.decode(json.dumps(conf).encode())
+    assert old.config.gic_irqs == 128
+    read_conf = read_snapshot(path).machine.config
+    assert read_conf.gic_irqs == 64
+    for irqs, irqchip in ((100, "gicv3"), (32, "gicv3"), (2048, "gicv3"), (64, "none")):
+        conf["config"].update(gic_irqs=irqs, irqchip=irqchip)
+        with pytest.raises(FormatError, match="interrupts"):
+            MachineState.decode(json.dumps(conf).encode())
+    stale = tmp_path / "stale.snap"
+    conf["config"].pop("gic_irqs")
+    conf["config"]["irqchip"] = "gicv3"
+    rewrite(path, stale, {b"CONF": [(b"CONF", json.dumps(conf).encode())]})
+    with pytest.raises(FormatError, match="not those of a GICv3"):
+        read_snapshot(stale)

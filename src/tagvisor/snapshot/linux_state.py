@@ -24,7 +24,6 @@ from tagvisor.kvm.uapi import MpState
 from tagvisor.snapshot.container import FormatError, Payload
 from tagvisor.vmm.linux.gic_state import GicState, gic_registers, icc_ctlr, save_gic
 from tagvisor.vmm.linux.guest import kvm_mpidrs
-from tagvisor.vmm.linux.platform import gic_layout
 from tagvisor.vmm.machine import Machine, MachineConfig
 
 #: The payloads' own version (inside format 1.3, which introduced both sections).
@@ -85,7 +84,7 @@ class SavedGic:
                 raise FormatError(f"the GIC's state has no ICC_CTLR_EL1 for MPIDR {mpidr:#x}")
             return value
 
-        expected = gic_registers(mpidrs, gic_layout(config.vcpus).nr_irqs, ctlr)
+        expected = gic_registers(mpidrs, config.gic_irqs, ctlr)
         if [(r.group, r.attr) for r in expected] != [(g, a) for g, a, _ in self.registers]:
             raise FormatError(
                 f"the GIC's state has {len(self.registers)} registers that are not those of "
@@ -133,8 +132,8 @@ def machine_gic(machine: Machine) -> GicState | None:
     machine without one."""
     if machine.irqchip is None:
         return None
-    vcpus = machine.config.vcpus
-    return save_gic(machine.irqchip, kvm_mpidrs(vcpus), gic_layout(vcpus).nr_irqs)
+    config = machine.config
+    return save_gic(machine.irqchip, kvm_mpidrs(config.vcpus), config.gic_irqs)
 
 
 def capture_mp_states(machine: Machine) -> MpStates:

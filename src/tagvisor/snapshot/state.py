@@ -36,6 +36,7 @@ from tagvisor.kvm.uapi import (
 )
 from tagvisor.snapshot.container import FormatError, Payload
 from tagvisor.vmm.builder import config_problem
+from tagvisor.vmm.linux.platform import LEGACY_GIC_IRQS
 from tagvisor.vmm.machine import Machine, MachineConfig
 
 VCPU_HEAD: Final = struct.Struct("<II")
@@ -121,6 +122,7 @@ class MachineState:
             del config["devices"]  # a machine without extra devices reads as before 1.2
         if config["irqchip"] == "none":
             del config["irqchip"]  # a machine without a GIC reads as before 1.3
+            del config["gic_irqs"]
         return wire.dumps({"config": config, "profile": self.profile, "mte_level": self.mte_level})
 
     @classmethod
@@ -134,6 +136,8 @@ class MachineState:
         config = dict(wire.field(raw, "config", dict))
         devices = _devices(config.pop("devices", []))
         config.setdefault("irqchip", "none")  # absent before 1.3
+        # Absent before the GIC's size was part of the shape: it then had 128.
+        config.setdefault("gic_irqs", LEGACY_GIC_IRQS if config["irqchip"] == "gicv3" else 0)
         names = {f.name: f.type for f in fields(MachineConfig) if f.name != "devices"}
         if set(config) != set(names):
             raise FormatError(

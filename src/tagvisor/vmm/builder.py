@@ -91,6 +91,10 @@ def config_problem(config: MachineConfig) -> str | None:
         return f"unknown tag access way {config.tag_access!r}"
     if config.irqchip not in IRQCHIPS:
         return f"unknown interrupt controller {config.irqchip!r}; tagvisor has {IRQCHIPS}"
+    if config.irqchip == "none" and config.gic_irqs:
+        return f"{config.gic_irqs} GIC interrupts for a machine without a GIC"
+    if config.irqchip != "none" and config.gic_irqs not in platform.GIC_IRQ_RANGE:
+        return f"a GICv3 of {config.gic_irqs} interrupts (KVM takes multiples of 32, 64 to 1024)"
     for kind, device_base in config.devices:
         if kind not in DEVICE_KINDS or kind in BUILT_IN:
             return f"no extra device kind {kind!r} here"
@@ -160,6 +164,7 @@ class MachineBuilder:
         self._linux: LinuxGuest | None = None
         #: Whether the machine gets the in-kernel GICv3 (Linux guests, and their restores).
         self._irqchip = False
+        self._gic_irqs = platform.GIC_NR_IRQS
 
     @classmethod
     def from_config(
@@ -188,6 +193,7 @@ class MachineBuilder:
         if console is not None:
             builder.console(console)
         builder._irqchip = config.irqchip == "gicv3"
+        builder._gic_irqs = config.gic_irqs or platform.GIC_NR_IRQS
         builder._restoring = True
         return builder
 
@@ -298,7 +304,7 @@ class MachineBuilder:
         vcpus = self._create_vcpus(vm)
         irqchip = None
         if self._irqchip:
-            irqchip = create_gicv3(vm, platform.gic_layout(self._vcpus))
+            irqchip = create_gicv3(vm, platform.gic_layout(self._vcpus, self._gic_irqs))
         tags = make_tag_access(self._tag_access, vm, memory, self._kvm.user_memory)
         if self._mte and self._backing == "hugetlb":
             clear_stale_tags(tags, self._ram_base, self._ram_size)
@@ -412,6 +418,7 @@ class MachineBuilder:
             vmm_prot_mte=self._vmm_prot_mte,
             devices=tuple(self._devices),
             irqchip="gicv3" if self._irqchip else "none",
+            gic_irqs=self._gic_irqs if self._irqchip else 0,
         )
 
     def _load_guest(self, machine: Machine) -> None:
@@ -419,7 +426,7 @@ class MachineBuilder:
         Python guest; a Linux kernel instead gets its initrd and device tree."""
         if self._linux is not None:
             ram = (self._ram_base, self._ram_size)
-            gic = platform.gic_layout(self._vcpus)
+            gic = platform.gic_layout(self._vcpus, self._gic_irqs)
             load_linux(self._linux, machine.memory, machine.vcpus, ram, gic)
             return
         block = boot_config(self._tcf, self._mte, self._ram_size, self._argument, self._irg_seed)

@@ -60,6 +60,8 @@ class MachineConfig:
     #: The in-kernel interrupt controller: "none", or "gicv3" (Linux guests), whose
     #: state then travels too (tagvisor.snapshot.linux_state).
     irqchip: str = "none"
+    #: The in-kernel GIC's interrupts, private ones included (0 without one).
+    gic_irqs: int = 0
 
 
 @dataclass

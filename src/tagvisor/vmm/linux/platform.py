@@ -24,8 +24,14 @@ UART_SIZE: Final = 0x1000
 #: The UART's SPI (INTID 32 + 1).
 UART_SPI: Final = 1
 #: KVM_DEV_ARM_VGIC_GRP_NR_IRQS: every INTID including the 32 private ones; KVM
-#: wants a multiple of 32 of at least 64 (arch/arm64/kvm/vgic/vgic-kvm-device.c).
-GIC_NR_IRQS: Final = 128
+#: wants a multiple of 32 from 64 to 1024 (arch/arm64/kvm/vgic/vgic-kvm-device.c).
+#: The machine raises one SPI (the UART's), so it has the fewest KVM takes: every 32
+#: SPIs more are 79 more registers to read and write in a migration's pause.
+GIC_NR_IRQS: Final = 64
+#: What a machine's GIC had before its number of interrupts was part of its shape
+#: (MachineConfig.gic_irqs): snapshots and migrations without it mean this.
+LEGACY_GIC_IRQS: Final = 128
+GIC_IRQ_RANGE: Final = range(64, 1024 + 1, 32)
 #: The arch timer's PPIs as the DT lists them (secure phys, non-secure phys, virtual,
 #: hypervisor): INTIDs 29, 30, 27, 26, i.e. PPI 13, 14, 11, 10 (hw/arm/virt.c's
 #: ARCH_TIMER_*_IRQ, arch/arm64/kvm/arch_timer.c's defaults).
@@ -45,9 +51,12 @@ class GicLayout:
     nr_irqs: int
 
 
-def gic_layout(vcpus: int) -> GicLayout:
-    """The GICv3 of a machine with ``vcpus`` VCPUs: one redistributor each."""
+def gic_layout(vcpus: int, irqs: int = GIC_NR_IRQS) -> GicLayout:
+    """The GICv3 of a machine with ``vcpus`` VCPUs (one redistributor each) and
+    ``irqs`` interrupts."""
     redist = vcpus * KVM_VGIC_V3_REDIST_SIZE
     if redist > GIC_REDIST_LIMIT:
         raise ValueError(f"{vcpus} VCPUs need more redistributor space than the map has")
-    return GicLayout(GIC_DIST_BASE, KVM_VGIC_V3_DIST_SIZE, GIC_REDIST_BASE, redist, GIC_NR_IRQS)
+    if irqs not in GIC_IRQ_RANGE:
+        raise ValueError(f"a GICv3 of {irqs} interrupts: KVM takes multiples of 32, 64 to 1024")
+    return GicLayout(GIC_DIST_BASE, KVM_VGIC_V3_DIST_SIZE, GIC_REDIST_BASE, redist, irqs)
