@@ -273,3 +273,28 @@ def test_windows_cover_every_set_bit_once_within_their_limits(
     assert covered.tolist() == mask.astype(int).tolist()
     if not max_gap and not held:
         assert windows == list(runs_of(mask, limit))
+
+
+def test_a_first_pass_window_leaves_out_zero_pages_without_copying_them() -> None:
+    """Scenario: a live window of 64 pages, all with memory behind them (as a first
+    pass finds memory the host gave in huge pages): pages 10 to 29 hold data, page 40
+    is zero with tags, the rest are zero. With leave_out_zero the run holds just the 21
+    pages with data or tags, each with its own data and tags."""
+    machine = empty_machine()
+    machine.memory.write(BASE, bytes(64 * 4096))  # memory behind every page, in order
+    rng = np.random.default_rng(9)
+    data = rng.integers(1, 256, (20, 4096), dtype=np.uint8)
+    machine.memory.write(BASE + 10 * 4096, data.tobytes())
+    tags = np.full(256, 3, np.uint8)
+    machine.tags.write_tags(BASE + 40 * 4096, tags)
+    assert machine.memory.mapped_view(BASE, 64 * 4096) is not None
+    run = read_window(machine, BASE, 64, live=True, leave_out_zero=True)
+    assert run.pages is not None
+    assert run.pages.tolist() == [*range(10, 30), 40]
+    assert run.window == 64
+    assert np.array_equal(run.data[:20], data)
+    assert not run.data[20].any()
+    assert np.array_equal(run.tags[20], tags)
+    assert not run.tags[:20].any()
+    # Without it, the same window comes whole.
+    assert read_window(machine, BASE, 64, live=True).count == 64

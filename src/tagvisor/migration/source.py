@@ -618,7 +618,9 @@ class _Pass:
     ) -> None:
         buffers = self.staging.take()
         try:
-            run = read_window(self.machine, gpa, count, pages, live=live, buffers=buffers)
+            run = read_window(
+                self.machine, gpa, count, pages, live=live, buffers=buffers, leave_out_zero=first
+            )
             parts, stats = encode_parts(run, compress=self.compress, skip_zero=first)
         except BaseException:
             self.staging.give(buffers)

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PAGE_SIZE
 from tagvisor.kvm.api import page_runs
 from tagvisor.snapshot.container import FormatError
-from tagvisor.snapshot.pages import MAX_PAGES, Kind, PageRun, PageSection
+from tagvisor.snapshot.pages import MAX_PAGES, Kind, PageRun, PageSection, rows_with_data
 from tagvisor.vmm.machine import Machine
 from tagvisor.vmm.memory import GuestRegion
 
@@ -78,6 +78,7 @@ def read_window(
     *,
     live: bool = False,
     buffers: PageBuffers | None = None,
+    leave_out_zero: bool = False,
 ) -> PageRun:
     """The pages of the window of ``npages`` pages from ``gpa`` (all, or those at the
     ascending indices ``pages``) with their tags, read in bulk: the data in one
@@ -86,18 +87,34 @@ def read_window(
     While the guest runs (``live``) the data is copied, so what is checksummed is what
     is sent; a paused guest's memory is read in place when the window is whole. With
     ``buffers`` (of at least ``npages`` pages) the copies go there and the run is valid
-    until the buffers are used again.
+    until the buffers are used again. With ``leave_out_zero`` a live whole window may
+    leave out pages whose data and tags are all zero (for a reader whose memory starts
+    zeroed), found in place before anything is copied (:func:`_without_zero_pages`).
     """
-    count = npages if pages is None else int(pages.size)
     buffers = buffers if buffers is not None else PageBuffers(npages)
-    view = (
-        None if pages is not None or live else machine.memory.mapped_view(gpa, npages * PAGE_SIZE)
-    )
-    if view is not None:
+    tags = _read_tags(machine, gpa, npages, pages, buffers)
+    # (A view of a window faults its pages in on some backends: only a whole one.)
+    view = None if pages is not None else machine.memory.mapped_view(gpa, npages * PAGE_SIZE)
+    if leave_out_zero and live and view is not None:
+        return _without_zero_pages(machine, gpa, npages, view, tags, buffers)
+    count = npages if pages is None else int(pages.size)
+    if view is not None and not live:
         data = view.reshape(npages, PAGE_SIZE)
     else:
         data = buffers.data[:count]
         machine.memory.read_pages(gpa, np.arange(npages) if pages is None else pages, data)
+    return PageRun(gpa, data, tags, pages, npages if pages is not None else 0)
+
+
+def _read_tags(
+    machine: Machine,
+    gpa: int,
+    npages: int,
+    pages: NDArray[np.intp] | None,
+    buffers: PageBuffers,
+) -> NDArray[np.uint8]:
+    """The tags of the window's pages (all, or those at ``pages``), a row each."""
+    count = npages if pages is None else int(pages.size)
     tags = buffers.tags[:count]
     if not machine.config.mte:
         tags.fill(0)
@@ -116,7 +133,31 @@ def read_window(
                     length * GRANULES_PER_PAGE,
                     out=tags[index : index + length].reshape(-1),
                 )
-    return PageRun(gpa, data, tags, pages, npages if pages is not None else 0)
+    return tags
+
+
+def _without_zero_pages(
+    machine: Machine,
+    gpa: int,
+    npages: int,
+    view: NDArray[np.uint8],
+    tags: NDArray[np.uint8],
+    buffers: PageBuffers,
+) -> PageRun:
+    """The window's pages but those whose data and tags are all zero: the tags are
+    read, the data looked at in place (``view``) and only the other pages' copied. A
+    first pass over memory the host gave in huge pages finds many zero pages, and
+    copying them to find that out cost as much as all the rest. A page that changes
+    meanwhile is dirty in the log, and goes again in the next pass."""
+    indices = np.arange(npages)
+    keep = rows_with_data(view.reshape(npages, PAGE_SIZE), indices)
+    keep |= tags.view(np.uint64).any(axis=1)
+    kept = indices[keep]
+    data = buffers.data[: kept.size]
+    machine.memory.read_pages(gpa, kept, data)
+    kept_tags = buffers.tags[: kept.size]
+    kept_tags[:] = tags[keep]  # (indexing copies first: the rows may overlap)
+    return PageRun(gpa, data, kept_tags, kept, npages)
 
 
 def write_run(machine: Machine, run: PageRun, *, with_tags: bool = True) -> None:
