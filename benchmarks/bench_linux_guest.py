@@ -9,7 +9,11 @@ machine's load falls on both sides alike:
 
 - boot to /init: tagvisor / QEMU (target: at most 1);
 - migration time: tagvisor's MTE migration / QEMU's non-MTE one (target: at most 1.25);
-- downtime: tagvisor / QEMU non-MTE (target: at most 1; and under 100 ms nested);
+- downtime: tagvisor / QEMU non-MTE (target: at most 1; and under 100 ms nested), twice:
+  ``downtime`` takes tagvisor's until the destination has everything and says DONE,
+  ``downtime_as_qemu`` until the source has sent its last byte, as QEMU measures its
+  own (migration/migration.c, migration_calculate_complete: from the stop until the
+  source completes; a pre-copy source does not wait for the destination's load);
 - tag bytes / page bytes sent (target: at most 1/32), and pages whose granules share a
   tag sent with one tag byte.
 
@@ -42,6 +46,7 @@ TARGETS: Final = {
     "boot": 1.0,
     "migration_time": 1.25,
     "downtime": 1.0,
+    "downtime_as_qemu": 1.0,
     "tag_bytes_per_page_byte": 1 / 32,
 }
 DOWNTIME_TARGET_MS: Final = 100.0
@@ -66,6 +71,7 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
         "boot": ratio(result.get("boot_seconds"), qemu.get("boot_seconds")),
         "migration_time": ratio(migration.get("total_seconds"), plain.get("total_seconds")),
         "downtime": ratio(migration.get("downtime_ms"), plain.get("downtime_ms")),
+        "downtime_as_qemu": ratio(migration.get("send_downtime_ms"), plain.get("downtime_ms")),
         "tag_bytes_per_page_byte": ratio(migration.get("tag_bytes"), migration.get("data_bytes")),
         "migration_cpu": ratio(ours, theirs),
         "cpu_floor": ratio(
