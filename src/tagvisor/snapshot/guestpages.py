@@ -305,10 +305,9 @@ def write_page_tags(
         return
     granules = span * GRANULES_PER_PAGE
     out = window[:granules] if window is not None and window.size >= granules else None
-    if zero_between:
-        current = np.zeros(granules, np.uint8) if out is None else out
-        if out is not None:
-            current.fill(0)
+    if zero_between:  # the span's other pages hold zeros: nothing to read back
+        current = out if out is not None else np.empty(granules, np.uint8)
+        current.fill(0)
     else:
         current = machine.tags.read_tags(base, granules, out=out)
     current.reshape(span, GRANULES_PER_PAGE)[pages - first] = tags
