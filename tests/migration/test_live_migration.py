@@ -53,6 +53,21 @@ def test_migration_moves_every_page_and_tag_while_the_guest_churns(
     assert set(checks) == {(CHECK, 1)}
 
 
+def test_the_source_stops_dirty_logging_once_the_guest_has_moved(
+    destination: Destination,
+) -> None:
+    """Scenario: after a migration the paused source's slots no longer log (as after
+    one that failed), so its memory can still be read and written, tags included: with
+    a slot logging, Linux 6.13's COPY_TAGS TO_GUEST fails with EBUSY."""
+    source = source_machine()
+    destination.start()
+    migrate(source, destination.address, max_iterations=2)
+    destination.join()
+    assert [region.logging for region in source.memory.regions] == [False]
+    tags = source.tags.read_tags(RAM_BASE, 256)
+    source.tags.write_tags(RAM_BASE, tags)
+
+
 def test_the_downtime_is_accounted_phase_by_phase(destination: Destination) -> None:
     """Scenario: a pre-copy migration of a churning guest; the report splits its downtime
     into stop, state, pages, send, destination and commit, in that order, which add up
