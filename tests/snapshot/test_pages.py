@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagvisor.snapshot.container import FormatError
-from tagvisor.snapshot.pages import Kind, PageRun, classify, decode, encode, encode_parts
+from tagvisor.snapshot.pages import (
+    Kind,
+    PageRun,
+    classify,
+    decode,
+    encode,
+    encode_parts,
+    nonzero_rows,
+)
 
 
 def run_of(kinds: list[int], seed: int = 0) -> PageRun:
@@ -108,3 +116,17 @@ def test_page_data_goes_as_views_of_its_runs_unless_they_are_many(
     pages = (decoded.gpa - run.gpa) // 4096 + decoded.pages
     assert np.array_equal(pages, np.flatnonzero(data.any(axis=1)))
     assert np.array_equal(decoded.data, data[pages])
+
+
+def test_a_page_with_one_byte_set_anywhere_has_data() -> None:
+    """Scenario: pages that are zero but for one byte, at the first, a middle and the
+    last offset (and in each byte of a 32-bit word), are pages with data, to both
+    ways of looking (nonzero_rows, and classify's first-bytes shortcut); an all-zero
+    page is not."""
+    offsets = [0, 1, 2, 3, 7, 8, 2049, 4095]
+    data = np.zeros((len(offsets) + 1, 4096), np.uint8)
+    for row, offset in enumerate(offsets):
+        data[row, offset] = 0x80
+    assert nonzero_rows(data).tolist() == [True] * len(offsets) + [False]
+    kinds = classify(data, np.zeros((data.shape[0], 256), np.uint8))
+    assert kinds.tolist() == [Kind.DATA_UNIFORM] * len(offsets) + [Kind.ZERO]

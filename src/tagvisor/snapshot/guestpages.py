@@ -19,7 +19,14 @@ from numpy.typing import NDArray
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PAGE_SIZE
 from tagvisor.kvm.api import page_runs
 from tagvisor.snapshot.container import FormatError
-from tagvisor.snapshot.pages import MAX_PAGES, Kind, PageRun, PageSection, rows_with_data
+from tagvisor.snapshot.pages import (
+    MAX_PAGES,
+    Kind,
+    PageRun,
+    PageSection,
+    nonzero_rows,
+    rows_with_data,
+)
 from tagvisor.vmm.machine import Machine
 from tagvisor.vmm.memory import GuestRegion
 
@@ -151,7 +158,7 @@ def _without_zero_pages(
     meanwhile is dirty in the log, and goes again in the next pass."""
     indices = np.arange(npages)
     keep = rows_with_data(view.reshape(npages, PAGE_SIZE), indices)
-    keep |= tags.view(np.uint64).any(axis=1)
+    keep |= nonzero_rows(tags)
     kept = indices[keep]
     data = buffers.data[: kept.size]
     machine.memory.read_pages(gpa, kept, data)

@@ -125,7 +125,7 @@ def classify(data: NDArray[np.uint8], tags: NDArray[np.uint8]) -> NDArray[np.uin
     has_data = lanes[:, 0] != 0
     maybe_zero = np.flatnonzero(~has_data)
     if maybe_zero.size:
-        has_data[maybe_zero] = lanes[maybe_zero].any(axis=1)
+        has_data[maybe_zero] = nonzero_rows(data[maybe_zero])
     tag_lanes = _lanes(tags)
     first = tags[:, 0].astype(np.uint64) * np.uint64(0x0101_0101_0101_0101)
     uniform = (tag_lanes == first[:, None]).all(axis=1)
@@ -150,9 +150,17 @@ def rows_with_data(rows: NDArray[np.uint8], indices: NDArray[np.intp]) -> NDArra
         stops = np.concatenate((breaks, [maybe.size])).tolist()
         for start, stop in zip(starts, stops, strict=True):
             first = int(maybe[start])
-            block = lanes[first : first + stop - start]
-            has_data[positions[start:stop]] = block.any(axis=1)
+            has_data[positions[start:stop]] = nonzero_rows(rows[first : first + stop - start])
     return has_data
+
+
+def nonzero_rows(rows: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Which rows of ``rows`` are not all zero. Each row's largest 32-bit word: Arm's
+    SIMD has a lane-wise maximum for 32-bit lanes and none for 64-bit ones, and under
+    TCG this ran 2.4 times as fast as any() over 64-bit lanes (qemu-user, 16 MiB)."""
+    words = np.ascontiguousarray(rows).view(np.uint32)
+    nonzero: NDArray[np.bool_] = words.max(axis=1, initial=0) != 0
+    return nonzero
 
 
 #: Kind by (has data, uniform tags, first tag non-zero) as bits 2, 1, 0.
