@@ -119,3 +119,29 @@ def test_ctrl_c_on_a_served_vm_ends_it_and_removes_its_socket(
     assert json.loads(out)["error"]["kind"] == "interrupted"
     assert "Traceback" not in err
     assert not socket.exists()
+
+
+def test_ctrl_c_just_as_the_socket_appears_leaves_no_socket_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: Ctrl-C arrives in the instant between the control socket's file
+    appearing and the code that removes it on the way out (the race a user hits by
+    pressing it as the VM starts). The interrupt still ends the command, and the file
+    is gone, so the next run can use the path."""
+    from tagvisor.api import ApiServer, Controller
+    from tagvisor.cli.control import served
+
+    path = tmp_path / "vm.sock"
+    start = ApiServer.start
+
+    def start_as_ctrl_c_comes(server: ApiServer) -> ApiServer:
+        assert path.exists()
+        os.kill(os.getpid(), signal.SIGINT)
+        return start(server)
+
+    monkeypatch.setattr(ApiServer, "start", start_as_ctrl_c_comes)
+    entered = False
+    with pytest.raises(KeyboardInterrupt), served(path, Controller(None, backend="model")):
+        entered = True
+    assert not entered
+    assert not path.exists()

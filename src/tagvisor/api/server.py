@@ -57,9 +57,19 @@ def _bind(path: Path) -> socket.socket:
         raise ApiServerError(f"cannot create the socket {path}: {error.strerror}") from None
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(MAX_CLIENTS)
+    try:
+        os.chmod(path, 0o600)
+        sock.listen(MAX_CLIENTS)
+    except BaseException:  # Ctrl-C as the file appears: leave no socket file behind
+        _discard(sock, path)
+        raise
     return sock
+
+
+def _discard(sock: socket.socket, path: Path) -> None:
+    sock.close()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _peer_allowed(conn: socket.socket) -> bool:
@@ -76,13 +86,22 @@ class ApiServer:
         self.path = path
         self.controller = controller
         self._sock = _bind(path)
-        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="api", daemon=True)
+        try:
+            self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+            self._closed = threading.Event()
+            self._thread = threading.Thread(target=self._accept_loop, name="api", daemon=True)
+        except BaseException:
+            _discard(self._sock, path)
+            raise
 
     def start(self) -> ApiServer:
-        """Start accepting clients; returns self."""
-        self._thread.start()
+        """Start accepting clients; returns self. Interrupted (Ctrl-C as the socket
+        file appears), it closes the server and removes the file first."""
+        try:
+            self._thread.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -90,9 +109,7 @@ class ApiServer:
         self._closed.set()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        _discard(self._sock, self.path)
 
     def __enter__(self) -> ApiServer:
         return self.start()

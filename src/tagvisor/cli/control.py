@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tagvisor.api import ApiServer, ApiServerError, Controller
@@ -32,19 +34,32 @@ def add_api_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_server(path: Path, controller: Controller) -> ApiServer:
-    """The started server, or CliError (exit 69) saying why the socket cannot be served."""
+@contextlib.contextmanager
+def served(path: Path, controller: Controller) -> Iterator[ApiServer]:
+    """The started server for the ``with`` block, closed (its socket file removed) when
+    the block ends however it ends; CliError (exit 69) saying why the socket cannot be
+    served. Ctrl-C is held from before the socket file appears until the closing is
+    sure to run: pressed just as it appeared, it left the file behind, and the next
+    run at that path was refused."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        server = ApiServer(path, controller).start()
-    except ApiServerError as error:
-        raise CliError(str(error), Exit.UNAVAILABLE, "unavailable") from None
-    print(
-        f"tagvisor: control socket {path} (protocol {PROTOCOL}): "
-        f"tagvisor remote --api-socket {path} status|pause|resume|snapshot|migrate|stop",
-        file=sys.stderr,
-        flush=True,
-    )
-    return server
+        try:
+            server = ApiServer(path, controller).start()
+        except ApiServerError as error:
+            raise CliError(str(error), Exit.UNAVAILABLE, "unavailable") from None
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a pending Ctrl-C comes here
+            print(
+                f"tagvisor: control socket {path} (protocol {PROTOCOL}): "
+                f"tagvisor remote --api-socket {path} status|pause|resume|snapshot|migrate|stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            yield server
+        finally:
+            server.close()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def wait_for_end(controller: Controller) -> str:

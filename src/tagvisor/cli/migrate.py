@@ -42,7 +42,7 @@ from tagvisor.cli.common import (
     parse_size,
     print_json,
 )
-from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
+from tagvisor.cli.control import add_api_option, exit_status, served, wait_for_end
 from tagvisor.cli.errors import CliError, Exit
 from tagvisor.errors import TagvisorError
 from tagvisor.kvm.api import Kvm
@@ -202,7 +202,6 @@ def _incoming_served(args: argparse.Namespace, kvm: Kvm, listener: Listener) -> 
     """The destination with a control socket: `status` says "waiting" until the guest
     arrives, then the guest is driven like `run --api-socket`'s."""
     controller = Controller(None, backend=args.backend_name)
-    server = open_server(args.api_socket, controller)
     arrival: dict[str, Any] = {}
 
     def receive() -> None:
@@ -216,11 +215,9 @@ def _incoming_served(args: argparse.Namespace, kvm: Kvm, listener: Listener) -> 
         controller.attach(machine)
         controller.start()
 
-    threading.Thread(target=receive, name="incoming", daemon=True).start()
-    try:
+    with served(args.api_socket, controller):
+        threading.Thread(target=receive, name="incoming", daemon=True).start()
         why = wait_for_end(controller)
-    finally:
-        server.close()
     if "error" in arrival:
         raise arrival["error"]
     machine, report = controller.machine, arrival.get("report")

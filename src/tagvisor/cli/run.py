@@ -22,7 +22,7 @@ from typing import Any
 
 from tagvisor.api import Controller
 from tagvisor.cli.common import add_command, add_machine_options, boot, guest_summary, print_json
-from tagvisor.cli.control import add_api_option, exit_status, open_server, wait_for_end
+from tagvisor.cli.control import add_api_option, exit_status, served, wait_for_end
 from tagvisor.cli.errors import UsageError
 from tagvisor.cli.linux import add_linux_options, build_linux_machine, run_linux_guest
 from tagvisor.guests.catalogue import BY_NAME, help_table
@@ -33,12 +33,9 @@ from tagvisor.vmm.tag_access import WAYS
 
 def _serve(args: argparse.Namespace, machine: Machine) -> int:
     controller = Controller(machine, backend=args.backend_name)
-    server = open_server(args.api_socket, controller)
-    try:
+    with served(args.api_socket, controller):
         controller.start()
         why = wait_for_end(controller)
-    finally:
-        server.close()
     if controller.migrated_to is not None and not args.json:
         print(f"\ntagvisor run: the guest migrated to {controller.migrated_to}", file=sys.stderr)
     if why == "stopped" and not args.json:
