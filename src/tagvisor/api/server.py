@@ -85,14 +85,10 @@ class ApiServer:
     def __init__(self, path: Path, controller: Controller) -> None:
         self.path = path
         self.controller = controller
-        self._sock = _bind(path)
-        try:
-            self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
-            self._closed = threading.Event()
-            self._thread = threading.Thread(target=self._accept_loop, name="api", daemon=True)
-        except BaseException:
-            _discard(self._sock, path)
-            raise
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="api", daemon=True)
+        self._sock = _bind(path)  # last: nothing between the file and the server's close
 
     def start(self) -> ApiServer:
         """Start accepting clients; returns self. Interrupted (Ctrl-C as the socket

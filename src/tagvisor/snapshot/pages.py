@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 
 from tagvisor.arch.constants import GRANULES_PER_PAGE, PACKED_TAGS_PER_PAGE, PAGE_SIZE
 from tagvisor.arch.tagformat import pack_tags, unpack_tags
+from tagvisor.kvm.api import page_runs
 from tagvisor.snapshot.container import FormatError, Payload
 
 HEAD: Final = struct.Struct("<QII")
@@ -144,13 +145,8 @@ def rows_with_data(rows: NDArray[np.uint8], indices: NDArray[np.intp]) -> NDArra
     has_data: NDArray[np.bool_] = lanes[indices, 0] != 0
     positions = np.flatnonzero(~has_data)
     if positions.size:
-        maybe = indices[positions]
-        breaks = np.flatnonzero(np.diff(maybe) != 1) + 1
-        starts = np.concatenate(([0], breaks)).tolist()
-        stops = np.concatenate((breaks, [maybe.size])).tolist()
-        for start, stop in zip(starts, stops, strict=True):
-            first = int(maybe[start])
-            has_data[positions[start:stop]] = nonzero_rows(rows[first : first + stop - start])
+        for index, first, count in page_runs(indices[positions]):
+            has_data[positions[index : index + count]] = nonzero_rows(rows[first : first + count])
     return has_data
 
 
@@ -254,12 +250,10 @@ def _data_parts(rows: NDArray[np.uint8], with_data: NDArray[np.bool_]) -> list[m
     selected = np.flatnonzero(with_data)
     if not selected.size:
         return []
-    breaks = np.flatnonzero(np.diff(selected) != 1) + 1
-    if breaks.size >= MAX_DATA_PARTS or not rows.flags.c_contiguous:
+    runs = page_runs(selected)
+    if len(runs) > MAX_DATA_PARTS or not rows.flags.c_contiguous:
         return [np.ascontiguousarray(rows[selected]).reshape(-1).data]
-    starts = selected[np.concatenate(([0], breaks))].tolist()
-    stops = (selected[np.concatenate((breaks - 1, [selected.size - 1]))] + 1).tolist()
-    return [rows[start:stop].reshape(-1).data for start, stop in zip(starts, stops, strict=True)]
+    return [rows[first : first + count].reshape(-1).data for _, first, count in runs]
 
 
 def has_data(kinds: NDArray[np.uint8]) -> NDArray[np.bool_]:

@@ -323,7 +323,7 @@ class LinuxUserMemory(UserMemory):
                 with open(PAGEMAP, "rb") as pagemap:
                     pagemap.seek(address // PAGE_SIZE * 8)
                     entry = int.from_bytes(pagemap.read(8), "little")
-                if entry >> 63 and entry & PAGEMAP_PFN:
+                if entry & PAGEMAP_PRESENT and entry & PAGEMAP_PFN:
                     self._zero_entry = entry
             except OSError:
                 pass
