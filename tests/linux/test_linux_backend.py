@@ -163,6 +163,25 @@ def test_mappings_read_back_what_was_written(memory: LinuxUserMemory, kind: str)
     assert not memory.mappings
 
 
+def test_views_of_parts_of_a_mapping_are_the_mapping_itself(memory: LinuxUserMemory) -> None:
+    """Scenario: views of parts of two mappings (cut from one array per mapping): each
+    shows its own bytes, sees writes made after it was taken, and a writable view's
+    writes are what the mapping reads; a view past a mapping's end is EFAULT."""
+    first, second = memory.map_anonymous(4 * 4096), memory.map_anonymous(2 * 4096)
+    middle = memory.view(first + 4096, 2 * 4096)
+    tail = memory.view(second + 4096, 4096)
+    memory.write(first + 4096 + 5, b"\x11")
+    memory.write(second + 4096, b"\x22")
+    assert (middle.size, int(middle[5]), int(tail[0])) == (8192, 0x11, 0x22)
+    writable = memory.writable_view(first + 3 * 4096, 4096)
+    assert writable is not None
+    writable[7] = 0x33
+    assert memory.read(first + 3 * 4096 + 7, 1) == b"\x33"
+    with pytest.raises(UserMemoryError) as caught:
+        memory.view(second + 4096, 2 * 4096)
+    assert caught.value.errno == errno.EFAULT
+
+
 def test_accesses_outside_the_mappings_are_efault(memory: LinuxUserMemory) -> None:
     address = memory.map_anonymous(4096)
     with pytest.raises(UserMemoryError) as caught:

@@ -16,6 +16,7 @@ from tagvisor.snapshot.pages import (
     encode,
     encode_parts,
     nonzero_rows,
+    rows_with_data,
 )
 
 
@@ -130,3 +131,24 @@ def test_a_page_with_one_byte_set_anywhere_has_data() -> None:
     assert nonzero_rows(data).tolist() == [True] * len(offsets) + [False]
     kinds = classify(data, np.zeros((data.shape[0], 256), np.uint8))
     assert kinds.tolist() == [Kind.DATA_UNIFORM] * len(offsets) + [Kind.ZERO]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["zero", "first", "late"]), min_size=1, max_size=48), st.data())
+def test_rows_with_data_are_found_among_any_subset_of_rows(
+    shapes: list[str], draw: st.DataObject
+) -> None:
+    """Scenario: a window of pages in place, each zero, with data in its first bytes,
+    or zero but for a byte late in the page, and any ascending subset of them asked
+    about (a first pass's pages with memory behind them): exactly those not all zero
+    have data, however the zero-looking ones lie between the others."""
+    rows = np.zeros((len(shapes), 4096), np.uint8)
+    for row, shape in enumerate(shapes):
+        if shape == "first":
+            rows[row, 3] = 1
+        elif shape == "late":
+            rows[row, 4000 - row] = 9
+    chosen = draw.draw(st.sets(st.integers(0, len(shapes) - 1), min_size=1))
+    indices = np.array(sorted(chosen), np.intp)
+    found = rows_with_data(rows, indices)
+    assert found.tolist() == rows[indices].any(axis=1).tolist()
