@@ -139,18 +139,16 @@ def classify(data: NDArray[np.uint8], tags: NDArray[np.uint8]) -> NDArray[np.uin
 def rows_with_data(rows: NDArray[np.uint8], indices: NDArray[np.intp]) -> NDArray[np.bool_]:
     """Which of the rows at the ascending ``indices`` of ``rows`` (n, PAGE_SIZE, in
     place: guest memory itself) are not all zero: each row's first 8 bytes, then the
-    whole of the rows whose first bytes are zero, in one pass over the rows from the
-    first such row to the last (a view: nothing is copied). Reading the rows between
-    costs less than a call per run of such rows: under nested TCG a NumPy call costs
-    as much as reading some 300 pages, and a first pass over huge-page RAM found some
-    85 runs of zero pages in every 4,096 pages."""
+    whole of the rows whose first bytes are zero, a run of consecutive rows at a time
+    (views: nothing is copied). One pass over all the rows from the first such row to
+    the last made fewer calls, but pre-copy took longer with it in the testbed
+    (docs/benchmarks.md, 2026-12-04)."""
     lanes = _lanes(rows)
     has_data: NDArray[np.bool_] = lanes[indices, 0] != 0
     positions = np.flatnonzero(~has_data)
     if positions.size:
-        candidates = indices[positions]
-        first, last = int(candidates[0]), int(candidates[-1]) + 1
-        has_data[positions] = nonzero_rows(rows[first:last])[candidates - first]
+        for index, first, count in page_runs(indices[positions]):
+            has_data[positions[index : index + count]] = nonzero_rows(rows[first : first + count])
     return has_data
 
 
