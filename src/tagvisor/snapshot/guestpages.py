@@ -48,8 +48,8 @@ def read_run(machine: Machine, gpa: int, npages: int, *, live: bool = False) -> 
 
 
 #: A KVM_ARM_MTE_COPY_TAGS call costs as much as reading the tags of this many pages
-#: (testbed, Linux 6.1 under nested TCG: 87 us a call beyond its pages, 8 to 13 us a
-#: page read, ``migration.tag_copies``), and writing a page's tags as much as reading
+#: (testbed, Linux 6.1 under nested TCG: 78 to 153 us a call beyond its pages, 11 to
+#: 24 us a page read, ``migration.tag_copies``), and writing a page's tags as much as reading
 #: WRITE_COST pages' (TO_GUEST: 21 us a page). Scattered pages' tags move run by run
 #: unless their calls cost more than one call over their whole window would, pages
 #: between included (and, for a write, the window's tags read back first unless they

@@ -140,9 +140,7 @@ def rows_with_data(rows: NDArray[np.uint8], indices: NDArray[np.intp]) -> NDArra
     """Which of the rows at the ascending ``indices`` of ``rows`` (n, PAGE_SIZE, in
     place: guest memory itself) are not all zero: each row's first 8 bytes, then the
     whole of the rows whose first bytes are zero, a run of consecutive rows at a time
-    (views: nothing is copied). One pass over all the rows from the first such row to
-    the last made fewer calls, but pre-copy took longer with it in the testbed
-    (docs/benchmarks.md, 2026-12-04)."""
+    (views: nothing is copied)."""
     lanes = _lanes(rows)
     has_data: NDArray[np.bool_] = lanes[indices, 0] != 0
     positions = np.flatnonzero(~has_data)
